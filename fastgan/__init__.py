@@ -1,0 +1,11 @@
+"""fastgan: custom-kernel accelerated GAN losses, normalisation blocks and training.
+
+Importing fastgan touches no GPU and compiles nothing: backends are probed on first use.
+"""
+
+__version__ = "0.1.0"
+
+from fastgan import nn, ops
+from fastgan._backend import BackendStatus, BackendUnavailableError, backends, use_backend
+
+__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "nn", "ops", "use_backend", "__version__"]

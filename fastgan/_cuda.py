@@ -1,0 +1,71 @@
+"""Torch-facing side of the CUDA extension ``fastgan._C``.
+
+The extension sees only raw addresses, dtype codes, sizes/strides and a stream handle;
+these launchers turn prepared tensors into those arguments. They mirror the Triton
+launchers in ``fastgan.kernels`` argument for argument, so the op layer calls either.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastgan import _backend
+
+# Keep in sync with DtypeCode in csrc/common.h.
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_NO_STRIDES = (0, 0, 0, 0)
+
+
+def dtype_code(tensor: Optional[Tensor]) -> int:
+    return 0 if tensor is None else DTYPE_CODES[tensor.dtype]
+
+
+def address(tensor: Optional[Tensor]) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def stream_handle(tensor: Tensor) -> int:
+    """The current CUDA stream of ``tensor``'s device, as the integer handle the kernels take.
+
+    The extension launches on the calling thread's current device, so a tensor on another
+    device is refused rather than launched into the wrong context.
+    """
+    if tensor.device.index is not None and tensor.device.index != torch.cuda.current_device():
+        raise RuntimeError(
+            f"fastgan: the cuda backend launches on the current device (cuda:{torch.cuda.current_device()}) "
+            f"but the tensor is on {tensor.device}; wrap the call in `with torch.cuda.device({tensor.device.index}):`"
+        )
+    return torch.cuda.current_stream(tensor.device).cuda_stream
+
+
+def launch_bce_with_logits_forward(
+    input, target, weight, pos_weight, loss, partials, grad, *, target_value, grad_scale, loss_scale, reduce, plan, launch
+):
+    """CUDA twin of ``fastgan.kernels.bce.launch_bce_with_logits_forward``."""
+    in_s, tg_s, w_s, pw_s = plan.strides
+    _backend.extension().bce_with_logits_forward(
+        address(input), dtype_code(input), in_s,
+        address(target), dtype_code(target), tg_s if target is not None else _NO_STRIDES,
+        address(weight), dtype_code(weight), w_s if weight is not None else _NO_STRIDES,
+        address(pos_weight), dtype_code(pos_weight), pw_s if pos_weight is not None else _NO_STRIDES,
+        address(loss), dtype_code(loss), address(partials), address(grad), dtype_code(grad),
+        target_value, grad_scale, loss_scale, plan.numel, plan.sizes, plan.contiguous, reduce,
+        launch.num_programs, stream_handle(input),
+    )
+
+
+def launch_gan_bce_forward(
+    real, fake, d_loss, g_loss, partials, grad_real, grad_fake_d, grad_fake_g, *,
+    real_target, fake_target, inv_n_real, inv_n_fake, real_launch, fake_launch, needs_int64
+):
+    """CUDA twin of ``fastgan.kernels.bce.launch_gan_bce_forward`` (always 64-bit indexing)."""
+    _backend.extension().gan_bce_forward(
+        address(real), dtype_code(real), real.numel(), real.stride(0),
+        address(fake), dtype_code(fake), fake.numel(), fake.stride(0),
+        address(d_loss), dtype_code(d_loss), address(g_loss), dtype_code(g_loss), address(partials),
+        address(grad_real), address(grad_fake_d), address(grad_fake_g),
+        real_target, fake_target, inv_n_real, inv_n_fake, real_launch.num_programs, stream_handle(real),
+    )

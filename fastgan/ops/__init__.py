@@ -1,0 +1,21 @@
+"""fastgan's differentiable ops. Each public function picks a backend per call
+(``cuda``, ``triton`` or ``torch``) and has its plain-PyTorch reference beside it.
+
+One module per op family: :mod:`fastgan.ops.bce` (BCE-with-logits and the fused GAN form).
+"""
+
+from fastgan.ops.bce import (
+    GanBCELosses,
+    bce_with_logits,
+    bce_with_logits_reference,
+    gan_bce_losses,
+    gan_bce_losses_reference,
+)
+
+__all__ = [
+    "GanBCELosses",
+    "bce_with_logits",
+    "bce_with_logits_reference",
+    "gan_bce_losses",
+    "gan_bce_losses_reference",
+]

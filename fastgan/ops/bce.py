@@ -1,0 +1,558 @@
+"""BCE-with-logits: the drop-in op and the fused GAN real/fake form.
+
+The discriminator of a GAN is a classifier between data (label 1) and generated samples
+(label 0); trained with BCE-with-logits, its logit estimates log p_data/p_g (at the
+optimum D* = p_data / (p_data + p_g)). Per element, with logit x, target y, weight w and
+positive-class weight p:
+
+    l = w * [ (1 - y) * x - (1 + (p - 1) * y) * log_sigmoid(x) ]
+    dl/dx = w * [ (1 - y) - (1 + (p - 1) * y) * sigmoid(-x) ]
+
+Public functions: :func:`bce_with_logits` (same contract as
+``torch.nn.functional.binary_cross_entropy_with_logits``) and :func:`gan_bce_losses`
+(the discriminator's two BCE terms and the generator's non-saturating loss in one kernel
+launch). Each picks a backend per call (see :mod:`fastgan._backend`); the references
+beside them are the ``torch`` backend.
+
+Autograd. The kernels write the input gradient during the forward (scaled by 1/N for a
+mean), so the backward is one multiply by the incoming gradient. Gradients for
+``target``/``weight``/``pos_weight`` and second-order gradients (``create_graph=True``,
+e.g. an R1 penalty) are computed from the closed-form derivatives in differentiable
+PyTorch, so double backward is exact rather than an error.
+
+Registration. The kernel paths are ``torch.library`` custom ops (``fastgan::bce_with_logits``,
+``fastgan::gan_bce_losses``) with fake implementations, used under ``torch.compile``;
+eager calls enter the same implementation through an ``autograd.Function`` because the
+custom-op dispatcher costs several microseconds per call, which a loss over 64-1024
+logits cannot afford.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastgan import _backend, _indexing
+from fastgan.ops import _launch
+
+REDUCTIONS = ("none", "mean", "sum")
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+_NONE, _MEAN, _SUM = 0, 1, 2
+
+
+class GanBCELosses(NamedTuple):
+    """The two losses :func:`gan_bce_losses` returns (0-d tensors).
+
+    ``d_loss``: mean BCE(real, real_target) + mean BCE(fake, fake_target), the discriminator loss.
+    ``g_loss``: mean softplus(-fake) = mean BCE(fake, 1), the non-saturating generator loss.
+    """
+
+    d_loss: Tensor
+    g_loss: Tensor
+
+
+# --------------------------------------------------------------------------------------
+# References (the torch backend): plain differentiable PyTorch.
+# --------------------------------------------------------------------------------------
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision math runs in float32 (as the kernels do); float32/float64 as is."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _as(value, dtype: torch.dtype):
+    return value.to(dtype) if isinstance(value, torch.Tensor) else value
+
+
+def bce_with_logits_reference(
+    input: Tensor,
+    target: Tensor | float,
+    weight: Optional[Tensor] = None,
+    pos_weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """BCE-with-logits in plain PyTorch; ``target`` may be a Python float. Shapes as
+    :func:`bce_with_logits`. float16/bfloat16 operands are computed in float32 and the
+    result rounded once to the promoted dtype."""
+    out_dtype = _result_dtype(input, *(t for t in (target, weight, pos_weight) if isinstance(t, torch.Tensor)))
+    compute = _compute_dtype(out_dtype)
+    x, target, weight, pos_weight = (_as(t, compute) for t in (input, target, weight, pos_weight))
+    log_sigmoid = F.logsigmoid(x)
+    if pos_weight is None:
+        loss = (1 - target) * x - log_sigmoid
+    else:
+        loss = (1 - target) * x - (1 + (pos_weight - 1) * target) * log_sigmoid
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction).to(out_dtype)
+
+
+def gan_bce_losses_reference(
+    real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0, fake_target: float = 0.0
+) -> GanBCELosses:
+    """:func:`gan_bce_losses` in plain PyTorch (half precision computed in float32)."""
+    d_dtype = torch.promote_types(real_logits.dtype, fake_logits.dtype)
+    real = real_logits.to(_compute_dtype(d_dtype))
+    fake = fake_logits.to(_compute_dtype(d_dtype))
+    d_loss = bce_with_logits_reference(real, real_target) + bce_with_logits_reference(fake, fake_target)
+    g_loss = -F.logsigmoid(fake_logits.to(_compute_dtype(fake_logits.dtype))).mean()
+    return GanBCELosses(d_loss.to(d_dtype), g_loss.to(fake_logits.dtype))
+
+
+def bce_with_logits_grads(
+    input: Tensor,
+    target: Tensor | float,
+    weight: Optional[Tensor],
+    pos_weight: Optional[Tensor],
+    wanted: tuple[bool, bool, bool, bool],
+) -> list[Optional[Tensor]]:
+    """Closed-form elementwise derivatives of the unreduced loss, differentiable themselves.
+
+    Returns [d/d input, d/d target, d/d weight, d/d pos_weight], None where ``wanted`` is False.
+    """
+    log_sigmoid = F.logsigmoid(input)
+    log_weight = 1 if pos_weight is None else 1 + (pos_weight - 1) * target
+    w = 1 if weight is None else weight
+    d_input = d_target = d_weight = d_pos_weight = None
+    if wanted[0]:
+        d_input = w * ((1 - target) - log_weight * torch.sigmoid(-input))
+    if wanted[1]:
+        d_target = -input if pos_weight is None else -input - (pos_weight - 1) * log_sigmoid
+        d_target = w * d_target
+    if wanted[2]:
+        d_weight = (1 - target) * input - log_weight * log_sigmoid
+    if wanted[3]:
+        d_pos_weight = -w * target * log_sigmoid
+    return [d_input, d_target, d_weight, d_pos_weight]
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks (shared by every backend).
+# --------------------------------------------------------------------------------------
+
+
+def _check_tensor(value, name: str, input: Tensor, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.device != input.device:
+        raise RuntimeError(f"{name} is on {value.device} but input is on {input.device}")
+
+
+def _check_broadcastable(value: Optional[Tensor], name: str, input: Tensor) -> None:
+    if value is None:
+        return
+    try:
+        shape = torch.broadcast_shapes(value.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        raise RuntimeError(
+            f"{name} of size {tuple(value.shape)} cannot be broadcast to the input size {tuple(input.shape)}"
+        )
+
+
+def _check_bce_args(input, target, weight, pos_weight, reduction) -> tuple[Optional[Tensor], float]:
+    """Validate like PyTorch; returns (target tensor or None, scalar target value)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+    if reduction not in _REDUCTION_CODES:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if isinstance(target, torch.Tensor):
+        _check_tensor(target, "target", input)
+        if target.size() != input.size():
+            raise ValueError(
+                f"Target size ({target.size()}) must be the same as input size ({input.size()})"
+            )
+        target_tensor, target_value = target, 0.0
+    elif isinstance(target, numbers.Real) and not isinstance(target, bool):
+        target_tensor, target_value = None, float(target)
+    else:
+        raise TypeError(f"target must be a torch.Tensor or a Python float, got {type(target).__name__}")
+    for value, name in ((weight, "weight"), (pos_weight, "pos_weight")):
+        _check_tensor(value, name, input, optional=True)
+        _check_broadcastable(value, name, input)
+    return target_tensor, target_value
+
+
+def _kernel_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """The dtype the backend must handle: the first operand dtype the kernels lack, else the input's."""
+    present = [t for t in tensors if t is not None]
+    for t in present:
+        if t.dtype not in _backend.KERNEL_DTYPES:
+            return t.dtype
+    return present[0].dtype
+
+
+def _result_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _launcher(backend: str, name: str):
+    """The launch function ``name`` of the triton (``fastgan.kernels.bce``) or cuda backend."""
+    if backend == "triton":
+        from fastgan.kernels import bce as triton_bce
+
+        return getattr(triton_bce, "launch_" + name)
+    from fastgan import _cuda  # its launchers mirror the triton ones argument for argument
+
+    return getattr(_cuda, "launch_" + name)
+
+
+# --------------------------------------------------------------------------------------
+# bce_with_logits: kernel path.
+# --------------------------------------------------------------------------------------
+
+
+def _bce_kernel_forward(
+    input: Tensor,
+    target: Optional[Tensor],
+    target_value: float,
+    weight: Optional[Tensor],
+    pos_weight: Optional[Tensor],
+    reduction: int,
+    write_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Run the fused kernel; returns (loss, grad_scale * dl/dx or an empty tensor)."""
+    shape = input.shape
+    numel = input.numel()
+    out_dtype = _result_dtype(input, target, weight, pos_weight)
+    reduce = reduction != _NONE
+    loss = _launch.output(input, () if reduce else shape, out_dtype)
+    grad = _launch.output(input, shape if write_grad else (0,))
+    if numel == 0:
+        if reduce:
+            loss.fill_(float("nan") if reduction == _MEAN else 0.0)
+        return loss, grad
+    expanded = [None if t is None else t.expand(shape) for t in (target, weight, pos_weight)]
+    operands = [input] + [input if t is None else t for t in expanded]
+    plan = _indexing.plan(shape, operands)
+    if plan is None:
+        _backend.warn_once(
+            "bce_with_logits:rank",
+            "fastgan.ops.bce_with_logits: operands with more than 4 non-mergeable dimensions "
+            "are copied to contiguous memory first",
+        )
+        input = input.contiguous()
+        expanded = [None if t is None else t.contiguous() for t in expanded]
+        operands = [input] + [input if t is None else t for t in expanded]
+        plan = _indexing.plan(shape, operands)
+    mean_scale = 1.0 / numel if reduction == _MEAN else 1.0
+    if reduce:
+        blocks = -(-numel // _launch.BLOCK)
+        launch = _launch.reduction(numel, _launch.program_budget(input.device, blocks))
+    else:
+        launch = _launch.elementwise(numel)
+    partials = None
+    if reduce and launch.num_programs > 1:
+        partials = torch.empty(launch.num_programs, dtype=torch.float32, device=input.device)
+    _launcher(backend, "bce_with_logits_forward")(
+        input, *expanded, loss, partials, grad if write_grad else None,
+        target_value=target_value, grad_scale=mean_scale, loss_scale=mean_scale,
+        reduce=reduce, plan=plan, launch=launch,
+    )
+    return loss, grad
+
+
+@torch.library.custom_op("fastgan::bce_with_logits", mutates_args=())
+def _bce_with_logits_op(
+    input: Tensor,
+    target: Optional[Tensor],
+    target_value: float,
+    weight: Optional[Tensor],
+    pos_weight: Optional[Tensor],
+    reduction: int,
+    write_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    return _bce_kernel_forward(input, target, target_value, weight, pos_weight, reduction, write_grad, backend)
+
+
+@_bce_with_logits_op.register_fake
+def _bce_with_logits_fake(input, target, target_value, weight, pos_weight, reduction, write_grad, backend):
+    out_dtype = _result_dtype(input, target, weight, pos_weight)
+    loss = input.new_empty(() if reduction != _NONE else input.shape, dtype=out_dtype)
+    return loss, input.new_empty(input.shape if write_grad else (0,))
+
+
+def _bce_setup_context(ctx, inputs, output):
+    input, target, target_value, weight, pos_weight, reduction, write_grad, _ = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, target, weight, pos_weight, output[1] if write_grad else None)
+    ctx.target_value = target_value
+    ctx.reduction = reduction
+
+
+def _bce_backward(ctx, grad_loss, _grad_of_saved_grad):
+    input, target, weight, pos_weight, saved_grad = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    wanted = (needs[0], needs[1], needs[3], needs[4])
+    result = [None] * 8
+    if grad_loss is None or not any(wanted):
+        return tuple(result)
+    fast_input_grad = wanted[0] and saved_grad is not None and not torch.is_grad_enabled()
+    if fast_input_grad:
+        result[0] = (grad_loss * saved_grad).to(input.dtype)
+    slow = (wanted[0] and not fast_input_grad,) + wanted[1:]
+    if any(slow):
+        scale = grad_loss
+        if ctx.reduction == _MEAN:
+            scale = grad_loss / input.numel()
+        grads = bce_with_logits_grads(
+            input, target if target is not None else ctx.target_value, weight, pos_weight, slow
+        )
+        for slot, grad, like in zip((0, 1, 3, 4), grads, (input, target, weight, pos_weight)):
+            if grad is not None:
+                result[slot] = (scale * grad).sum_to_size(like.shape).to(like.dtype)
+    return tuple(result)
+
+
+_bce_with_logits_op.register_autograd(_bce_backward, setup_context=_bce_setup_context)
+
+
+class _BCEWithLogitsFunction(torch.autograd.Function):
+    """Eager entry to the kernel path (same forward, context and backward as the custom op).
+
+    forward takes ``ctx`` itself rather than defining ``setup_context``: with the latter,
+    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call.
+    """
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _bce_kernel_forward(*inputs)
+        _bce_setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_bce_backward)
+
+
+def bce_with_logits(
+    input: Tensor,
+    target: Tensor | float,
+    weight: Optional[Tensor] = None,
+    pos_weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    *,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Binary cross-entropy on logits; a drop-in for ``F.binary_cross_entropy_with_logits``.
+
+    Args:
+        input: logits, any shape ``(*)``, float32/float16/bfloat16 (float64 on the torch backend).
+        target: labels of the same shape ``(*)``, or a Python float used for every element
+            (e.g. 0.9 for one-sided label smoothing) without materialising a tensor.
+        weight: rescales each element's loss; broadcastable to ``(*)``.
+        pos_weight: weight of the positive term; broadcastable to ``(*)`` (commonly ``(C,)``
+            for inputs ``(N, C)``).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        backend: ``"cuda"``, ``"triton"``, ``"torch"`` or ``"auto"``; default per :mod:`fastgan._backend`.
+
+    Returns:
+        A 0-d tensor, or the per-element loss of shape ``(*)`` for ``reduction="none"``,
+        in the promoted dtype of the tensor arguments.
+    """
+    target_tensor, target_value = _check_bce_args(input, target, weight, pos_weight, reduction)
+    dtype = _kernel_dtype(input, target_tensor, weight, pos_weight)
+    name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
+    if name == "torch":
+        return bce_with_logits_reference(input, target, weight, pos_weight, reduction)
+    write_grad = torch.is_grad_enabled() and input.requires_grad
+    args = (input, target_tensor, target_value, weight, pos_weight, _REDUCTION_CODES[reduction], write_grad, name)
+    if torch.compiler.is_compiling():
+        loss, _ = _bce_with_logits_op(*args)
+    else:
+        loss, _ = _BCEWithLogitsFunction.apply(*args)
+    return loss
+
+
+# --------------------------------------------------------------------------------------
+# gan_bce_losses: both GAN BCE losses in one launch.
+# --------------------------------------------------------------------------------------
+
+
+def _inverse_count(n: int) -> float:
+    return 1.0 / n if n > 0 else float("nan")
+
+
+def _gan_kernel_forward(
+    real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (d_loss, g_loss, grad_real, grad_fake_d, grad_fake_g); grads are empty unless
+    ``write_grad``, else shaped like their inputs and already divided by the counts."""
+    # reshape keeps a view where one stride suffices (a column d_out[:, 0] stays strided and
+    # is read in place); only layouts no single stride describes are copied.
+    real_flat = real.reshape(-1)
+    fake_flat = fake.reshape(-1)
+    d_loss = _launch.output(real, (), torch.promote_types(real.dtype, fake.dtype))
+    g_loss = _launch.output(fake, ())
+    grad_real = _launch.output(real, real.shape if write_grad else (0,))
+    grad_fake_d = _launch.output(fake, fake.shape if write_grad else (0,))
+    grad_fake_g = _launch.output(fake, fake.shape if write_grad else (0,))
+    n_real, n_fake = real_flat.numel(), fake_flat.numel()
+    blocks = -(-n_real // _launch.BLOCK) + -(-n_fake // _launch.BLOCK)
+    num_programs = _launch.program_budget(real.device, max(blocks, 1))
+    real_launch = _launch.reduction(n_real, num_programs)
+    fake_launch = _launch.reduction(n_fake, num_programs)
+    partials = None
+    if num_programs > 1:
+        partials = torch.empty(3 * num_programs, dtype=torch.float32, device=real.device)
+    largest_offset = max((n_real - 1) * real_flat.stride(0), (n_fake - 1) * fake_flat.stride(0), n_real, n_fake)
+    _launcher(backend, "gan_bce_forward")(
+        real_flat, fake_flat, d_loss, g_loss, partials,
+        *((grad_real.view(-1), grad_fake_d.view(-1), grad_fake_g.view(-1)) if write_grad else (None, None, None)),
+        real_target=real_target, fake_target=fake_target,
+        inv_n_real=_inverse_count(n_real), inv_n_fake=_inverse_count(n_fake),
+        real_launch=real_launch, fake_launch=fake_launch, needs_int64=_indexing.needs_int64(largest_offset),
+    )
+    return d_loss, g_loss, grad_real, grad_fake_d, grad_fake_g
+
+
+@torch.library.custom_op("fastgan::gan_bce_losses", mutates_args=())
+def _gan_bce_losses_op(
+    real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _gan_kernel_forward(real, fake, real_target, fake_target, write_grad, backend)
+
+
+@_gan_bce_losses_op.register_fake
+def _gan_bce_losses_fake(real, fake, real_target, fake_target, write_grad, backend):
+    d_loss = real.new_empty((), dtype=torch.promote_types(real.dtype, fake.dtype))
+    fake_grad_shape = fake.shape if write_grad else (0,)
+    return (
+        d_loss,
+        fake.new_empty(()),
+        real.new_empty(real.shape if write_grad else (0,)),
+        fake.new_empty(fake_grad_shape),
+        fake.new_empty(fake_grad_shape),
+    )
+
+
+def _gan_setup_context(ctx, inputs, output):
+    real, fake, real_target, fake_target, write_grad, _ = inputs
+    ctx.mark_non_differentiable(*output[2:])
+    ctx.set_materialize_grads(False)
+    saved = output[2:] if write_grad else (None, None, None)
+    ctx.save_for_backward(real, fake, *saved)
+    ctx.real_target = real_target
+    ctx.fake_target = fake_target
+
+
+def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
+    real, fake, grad_real, grad_fake_d, grad_fake_g = ctx.saved_tensors
+    need_real, need_fake = ctx.needs_input_grad[:2]
+    d_real = d_fake = None
+    if torch.is_grad_enabled() or grad_real is None:
+        # Second order, or no saved gradient: closed forms in differentiable PyTorch.
+        if need_real and grad_d is not None:
+            d_real = grad_d * (torch.sigmoid(real) - ctx.real_target) / real.numel()
+        if need_fake:
+            if grad_d is not None:
+                d_fake = grad_d * (torch.sigmoid(fake) - ctx.fake_target) / fake.numel()
+            if grad_g is not None:
+                g_term = grad_g * -torch.sigmoid(-fake) / fake.numel()
+                d_fake = g_term if d_fake is None else d_fake + g_term
+    else:
+        if need_real and grad_d is not None:
+            d_real = grad_d * grad_real
+        if need_fake:
+            if grad_d is not None:
+                d_fake = grad_d * grad_fake_d
+            if grad_g is not None:
+                d_fake = grad_g * grad_fake_g if d_fake is None else torch.addcmul(d_fake, grad_g, grad_fake_g)
+    if d_real is not None:
+        d_real = d_real.to(real.dtype)
+    if d_fake is not None:
+        d_fake = d_fake.to(fake.dtype)
+    return d_real, d_fake, None, None, None, None
+
+
+_gan_bce_losses_op.register_autograd(_gan_backward, setup_context=_gan_setup_context)
+
+
+class _GanBCELossesFunction(torch.autograd.Function):
+    """Eager entry to the fused GAN kernel path (same context and backward as the custom op)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _gan_kernel_forward(*inputs)
+        _gan_setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_gan_backward)
+
+
+def _check_label(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    return float(value)
+
+
+def gan_bce_losses(
+    real_logits: Tensor,
+    fake_logits: Tensor,
+    *,
+    real_target: float = 1.0,
+    fake_target: float = 0.0,
+    backend: Optional[str] = None,
+) -> GanBCELosses:
+    """Both BCE losses of a GAN step, their gradients fused into one kernel launch.
+
+    Args:
+        real_logits: discriminator logits on data, any shape ``(*R)``.
+        fake_logits: discriminator logits on generated samples, any shape ``(*F)``.
+        real_target: label for real samples (1.0; 0.9 gives one-sided label smoothing).
+        fake_target: label for generated samples (0.0).
+        backend: ``"cuda"``, ``"triton"``, ``"torch"`` or ``"auto"``.
+
+    Returns:
+        :class:`GanBCELosses` ``(d_loss, g_loss)``, 0-d tensors:
+        ``d_loss = mean BCE(real, real_target) + mean BCE(fake, fake_target)`` and
+        ``g_loss = mean softplus(-fake)`` (the non-saturating generator loss). Backpropagate
+        ``d_loss`` into the discriminator (with ``fake_logits`` computed from detached
+        samples) and ``g_loss`` into the generator; both gradients come from the one launch.
+        Empty inputs give NaN means, as ``Tensor.mean`` does.
+    """
+    for value, name in ((real_logits, "real_logits"), (fake_logits, "fake_logits")):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if fake_logits.device != real_logits.device:
+        raise RuntimeError(f"fake_logits is on {fake_logits.device} but real_logits is on {real_logits.device}")
+    real_target = _check_label(real_target, "real_target")
+    fake_target = _check_label(fake_target, "fake_target")
+    dtype = _kernel_dtype(real_logits, fake_logits)
+    name = _backend.select_backend("gan_bce_losses", backend, real_logits.device, dtype)
+    if name == "torch":
+        return gan_bce_losses_reference(real_logits, fake_logits, real_target, fake_target)
+    write_grad = torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)
+    args = (real_logits, fake_logits, real_target, fake_target, write_grad, name)
+    if torch.compiler.is_compiling():
+        outputs = _gan_bce_losses_op(*args)
+    else:
+        outputs = _GanBCELossesFunction.apply(*args)
+    return GanBCELosses(outputs[0], outputs[1])

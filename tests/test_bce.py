@@ -1,0 +1,572 @@
+"""fastgan.ops.bce_with_logits and gan_bce_losses against float64 references, on every backend."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from fastgan.ops import _launch, bce as bce_module
+from fastgan.ops.bce import bce_with_logits, bce_with_logits_reference, gan_bce_losses, gan_bce_losses_reference
+
+# (dtype, rtol, atol) for float32; half-precision tolerances come from PyTorch's own error.
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Odd sizes: 1, primes, 2^k +- 1, a size past the single-program limit (several programs
+# and the finishing kernel), and multi-dimensional shapes.
+SHAPES = [(1,), (7,), (1023,), (1025,), (3, 17), (5, 1, 13), (_launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 3,)]
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def logits(shape, device, scale=4.0, mean=0.7):
+    """Non-zero-mean logits with a spread that reaches the saturated regions."""
+    return torch.randn(shape, device=device, dtype=torch.float64) * scale + mean
+
+
+def reference64(input, target, weight=None, pos_weight=None, reduction="mean"):
+    """The float64 reference on float64 copies (leaves that require grad are kept as they are)."""
+
+    def up(t):
+        return t if not isinstance(t, torch.Tensor) else t.double() if t.requires_grad else t.detach().double()
+
+    return bce_with_logits_reference(up(input), up(target), up(weight), up(pos_weight), reduction)
+
+
+def assert_matches_reference(ours, torch_lowp, ref64, dtype, what="", scale=None):
+    """Without ``torch_lowp``: a tight float32 tolerance. With it (PyTorch's own result in
+    ``dtype``): at most twice PyTorch's worst error against the float64 reference, plus two
+    units in the last place of ``scale`` (the magnitude of the terms the value is made of;
+    default the value itself), since on a few elements PyTorch may be exact by luck."""
+    ours64 = ours.detach().double()
+    ref64 = ref64.detach().double()
+    assert ours.shape == ref64.shape, what
+    finite = torch.isfinite(ref64)
+    assert torch.equal(torch.isfinite(ours64), finite), f"{what}: non-finite pattern differs"
+    assert torch.equal(torch.isnan(ours64), torch.isnan(ref64)), f"{what}: NaN pattern differs"
+    if torch_lowp is None:
+        torch.testing.assert_close(ours64[finite], ref64[finite], rtol=2e-5, atol=1e-6, msg=lambda m: f"{what}: {m}")
+        return
+    eps = torch.finfo(dtype).eps
+    torch_error = (torch_lowp.detach().double() - ref64)[finite].abs()
+    allowed = 2 * (torch_error.max().item() if torch_error.numel() else 0.0)
+    magnitude = (ref64 if scale is None else scale.double()).abs()[finite]
+    allowed += 2 * eps * magnitude.max().item() if magnitude.numel() else 0.0
+    our_error = (ours64 - ref64)[finite].abs()
+    assert our_error.numel() == 0 or our_error.max().item() <= allowed + 1e-12, (
+        f"{what}: error {our_error.max().item():.3e} > allowed {allowed:.3e} (PyTorch's own error x2 + 1 ulp)"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The reference itself.
+# ---------------------------------------------------------------------------------------
+
+
+def test_reference_matches_textbook_formula_in_float64():
+    x = logits((257,), "cpu", scale=3.0)
+    y = torch.rand(257, dtype=torch.float64)
+    pw = torch.rand(257, dtype=torch.float64) * 3
+    w = torch.rand(257, dtype=torch.float64)
+    p = torch.sigmoid(x)
+    textbook = -w * (pw * y * torch.log(p) + (1 - y) * torch.log1p(-p))
+    ours = bce_with_logits_reference(x, y, w, pw, reduction="none")
+    torch.testing.assert_close(ours, textbook, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, y, w, pos_weight=pw, reduction="none"))
+
+
+def test_reference_gradcheck_float64():
+    x = logits((6, 5), "cpu").requires_grad_()
+    y = torch.rand(6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    pw = (torch.rand(1, 5, dtype=torch.float64) + 0.5).requires_grad_()
+    for reduction in REDUCTIONS:
+        fn = lambda *a: bce_with_logits_reference(*a, reduction=reduction)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, y, w, pw))
+        assert torch.autograd.gradgradcheck(fn, (x, y, w, pw))
+    real = logits((9,), "cpu").requires_grad_()
+    fake = logits((4, 3), "cpu").requires_grad_()
+    assert torch.autograd.gradcheck(lambda r, f: tuple(gan_bce_losses_reference(r, f, 0.9, 0.05)), (real, fake))
+
+
+def test_closed_form_gradients_match_autograd_float64():
+    x = logits((4, 6), "cpu").requires_grad_()
+    y = torch.rand(4, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    pw = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    loss = bce_with_logits_reference(x, y, w, pw, reduction="none")
+    expected = torch.autograd.grad(loss.sum(), (x, y, w, pw))
+    grads = bce_module.bce_with_logits_grads(x, y, w, pw, (True, True, True, True))
+    for grad, want, like in zip(grads, expected, (x, y, w, pw)):
+        torch.testing.assert_close(grad.sum_to_size(like.shape), want)
+
+
+# ---------------------------------------------------------------------------------------
+# bce_with_logits on every backend.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_bce_matches_reference(backend, device, shape, reduction, dtype):
+    x64 = logits(shape, device)
+    y64 = torch.rand(shape, device=device, dtype=torch.float64)
+    x = x64.to(dtype).requires_grad_()
+    y = y64.to(dtype)
+    ours = bce_with_logits(x, y, reduction=reduction, backend=backend)
+    (our_grad,) = torch.autograd.grad(ours.sum(), x)
+
+    xr = x.detach().double().requires_grad_()
+    ref = reference64(xr, y, reduction=reduction)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    xt = x.detach().clone().requires_grad_()
+    torch_lowp = F.binary_cross_entropy_with_logits(xt, y, reduction=reduction)
+    (torch_grad,) = torch.autograd.grad(torch_lowp.sum(), xt)
+
+    assert ours.dtype == dtype and our_grad.dtype == dtype
+    if dtype == torch.float32:
+        torch_lowp = torch_grad = None  # tight float32 tolerance
+    # The gradient sigmoid(x) - y is a difference of terms of size up to 1 (over N for a mean).
+    grad_scale = torch.ones_like(ref_grad) / (x.numel() if reduction == "mean" else 1)
+    assert_matches_reference(ours, torch_lowp, ref, dtype, "loss")
+    assert_matches_reference(our_grad, torch_grad, ref_grad, dtype, "grad", scale=grad_scale)
+
+
+WEIGHT_SHAPES = {
+    "full": lambda shape: shape,
+    "last_dim": lambda shape: shape[-1:],
+    "scalar": lambda shape: (),
+    "leading_one": lambda shape: (1,) + shape[1:],
+}
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 17), (5, 2, 9)], ids=str)
+@pytest.mark.parametrize("weight_kind", [None, "full", "last_dim", "scalar"])
+@pytest.mark.parametrize("pos_weight_kind", [None, "last_dim", "leading_one"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_weight_and_pos_weight_broadcasting(backend, device, shape, weight_kind, pos_weight_kind, reduction):
+    x = logits(shape, device).float().requires_grad_()
+    y = torch.rand(shape, device=device)
+    w = None if weight_kind is None else torch.rand(WEIGHT_SHAPES[weight_kind](shape), device=device) + 0.1
+    pw = None
+    if pos_weight_kind is not None:
+        pw = torch.rand(WEIGHT_SHAPES[pos_weight_kind](shape), device=device) * 3 + 0.2
+    ours = bce_with_logits(x, y, w, pw, reduction=reduction, backend=backend)
+    (our_grad,) = torch.autograd.grad(ours.sum(), x)
+    xr = x.detach().double().requires_grad_()
+    ref = reference64(xr, y, w, pw, reduction)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    assert_matches_reference(ours, None, ref, torch.float32, "loss")
+    assert_matches_reference(our_grad, None, ref_grad, torch.float32, "grad")
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, y, w, reduction=reduction, pos_weight=pw))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_gradients_for_target_weight_pos_weight(backend, device, reduction):
+    x = logits((5, 6), device).float().requires_grad_()
+    y = torch.rand(5, 6, device=device, requires_grad=True)
+    w = (torch.rand(6, device=device) + 0.1).requires_grad_()
+    pw = (torch.rand(1, 6, device=device) + 0.5).requires_grad_()
+    ours = bce_with_logits(x, y, w, pw, reduction=reduction, backend=backend)
+    upstream = torch.randn_like(ours)
+    got = torch.autograd.grad(ours, (x, y, w, pw), upstream)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, y, w, pw)]
+    ref = bce_with_logits_reference(*inputs64, reduction=reduction)
+    want = torch.autograd.grad(ref, inputs64, upstream.double())
+    for name, g, r in zip(("input", "target", "weight", "pos_weight"), got, want):
+        assert g.shape == r.shape, name
+        torch.testing.assert_close(g.double(), r, rtol=2e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_float_target_equals_tensor_target(backend, device, reduction):
+    x = logits((3, 11), device).float().requires_grad_()
+    for value in (1.0, 0.9, 0.0, 1):
+        ours = bce_with_logits(x, value, reduction=reduction, backend=backend)
+        target = torch.full_like(x, float(value))
+        want = F.binary_cross_entropy_with_logits(x, target, reduction=reduction)
+        torch.testing.assert_close(ours, want, rtol=2e-5, atol=1e-6)
+        g1, = torch.autograd.grad(ours.sum(), x)
+        g2, = torch.autograd.grad(want.sum(), x)
+        torch.testing.assert_close(g1, g2, rtol=2e-5, atol=1e-7)
+
+
+NON_CONTIGUOUS = {
+    "transposed": lambda t: t.t(),
+    "strided_slice": lambda t: t[:, ::3],
+    "offset_slice": lambda t: t[1:, 2:],
+    "expanded_rows": lambda t: t[:1].expand(t.shape[0], -1),  # stride 0: one row read 9 times
+}
+
+
+@pytest.mark.parametrize("layout", list(NON_CONTIGUOUS))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_non_contiguous(backend, device, layout, reduction):
+    view = NON_CONTIGUOUS[layout]
+    base = logits((9, 31), device).float().requires_grad_()
+    x = view(base)
+    y = view(torch.rand(9, 31, device=device))
+    w = torch.rand(x.shape[-1] * 2, device=device)[::2]
+    assert not x.is_contiguous() and not w.is_contiguous()
+    ours = bce_with_logits(x, y, w, reduction=reduction, backend=backend)
+    (grad,) = torch.autograd.grad(ours.sum(), base)
+    base64 = base.detach().double().requires_grad_()
+    want = bce_with_logits_reference(view(base64), y.double(), w.double(), reduction=reduction)
+    (want_grad,) = torch.autograd.grad(want.sum(), base64)
+    torch.testing.assert_close(ours.double(), want, rtol=2e-5, atol=1e-6)
+    # An expanded row's gradient sums 9 float32 terms of size up to 1.
+    torch.testing.assert_close(grad.double(), want_grad, rtol=2e-5, atol=1e-6)
+
+
+def test_bce_high_rank_operands_are_copied_with_a_warning(kernel_backend, device):
+    base = logits((2, 3, 4, 5, 6, 7), device).float()
+    x = base.permute(5, 3, 1, 4, 2, 0)[::1, ::2]  # six dimensions no coalescing can merge
+    y = torch.rand(x.shape, device=device)
+    with pytest.warns(UserWarning, match="copied to contiguous"):
+        bce_module._backend._warned.discard("bce_with_logits:rank")
+        ours = bce_with_logits(x, y, reduction="none", backend=kernel_backend)
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, y, reduction="none"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_extreme_logits(backend, device, reduction):
+    magnitudes = torch.tensor([1e4, -1e4, 88.0, -88.0, 30.0, -30.0, 17.0, -17.0, 1e-8, 0.0], device=device)
+    x = magnitudes.repeat(3).requires_grad_()
+    y = torch.tensor([0.0, 1.0, 0.5], device=device).repeat_interleave(10)
+    ours = bce_with_logits(x, y, reduction=reduction, backend=backend)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    assert torch.isfinite(ours).all() and torch.isfinite(grad).all()
+    xr = x.detach().double().requires_grad_()
+    ref = bce_with_logits_reference(xr, y.double(), reduction=reduction)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=2e-6, atol=1e-7)
+
+
+def test_bce_small_losses_keep_relative_precision(kernel_backend, device):
+    # softplus(-x) ~ exp(-x) for large x: a log(1 + e) that rounds 1 + e to 1 would give 0.
+    x = torch.tensor([20.0, 25.0, 40.0, 80.0], device=device)
+    ours = bce_with_logits(x, 1.0, reduction="none", backend=kernel_backend)
+    want = bce_with_logits_reference(x.double(), 1.0, reduction="none")
+    torch.testing.assert_close(ours.double(), want, rtol=1e-5, atol=0)
+
+
+def test_bce_infinities_and_nan_follow_pytorch(backend, device):
+    special = torch.tensor([math.inf, -math.inf, math.nan, 0.0, 3.0], device=device)
+    x = special.repeat(3).requires_grad_()
+    y = torch.tensor([0.0, 1.0, 0.5], device=device).repeat_interleave(5)
+    pw = torch.full((15,), 2.0, device=device)
+    for kwargs in ({}, {"pos_weight": pw}):
+        ours = bce_with_logits(x, y, reduction="none", backend=backend, **kwargs)
+        (grad,) = torch.autograd.grad(ours.sum(), x)
+        xt = x.detach().clone().requires_grad_()
+        want = F.binary_cross_entropy_with_logits(xt, y, reduction="none", **kwargs)
+        (want_grad,) = torch.autograd.grad(want.sum(), xt)
+        torch.testing.assert_close(ours, want, equal_nan=True)
+        torch.testing.assert_close(grad, want_grad, equal_nan=True)
+    mean = bce_with_logits(torch.tensor([1.0, math.nan], device=device), 1.0, backend=backend)
+    assert torch.isnan(mean)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_empty_input(backend, device, reduction):
+    x = torch.empty(0, 3, device=device, requires_grad=True)
+    y = torch.empty(0, 3, device=device)
+    ours = bce_with_logits(x, y, reduction=reduction, backend=backend)
+    want = F.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+    torch.testing.assert_close(ours, want, equal_nan=True)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    assert grad.shape == x.shape
+
+
+def test_bce_writes_every_output_element(kernel_backend, device, monkeypatch):
+    def poisoned(like, shape, dtype=None):
+        return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
+
+    monkeypatch.setattr(_launch, "output", poisoned)
+    n = _launch.BLOCK * 3 + 5
+    x = logits((n,), device).float().requires_grad_()
+    y = torch.rand(n, device=device)
+    for reduction in REDUCTIONS:
+        loss = bce_with_logits(x, y, reduction=reduction, backend=kernel_backend)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        assert not torch.isnan(loss).any() and not torch.isnan(grad).any(), reduction
+    real = logits((2 * _launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 1,), device).float().requires_grad_()
+    fake = logits((33,), device).float().requires_grad_()
+    d_loss, g_loss = gan_bce_losses(real, fake, backend=kernel_backend)
+    grads = torch.autograd.grad(d_loss + g_loss, (real, fake))
+    assert not any(torch.isnan(t).any() for t in (d_loss, g_loss, *grads))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_double_backward_matches_reference(backend, device, reduction):
+    x = logits((4, 9), device).float().requires_grad_()
+    y = torch.rand(4, 9, device=device)
+    w = torch.rand(9, device=device) + 0.5
+    v = torch.randn(4, 9, device=device)
+
+    def second_order(fn, x):
+        loss = fn(x)
+        (g,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), x)
+        return g, h
+
+    g, h = second_order(lambda t: bce_with_logits(t, y, w, reduction=reduction, backend=backend), x)
+    xr = x.detach().double().requires_grad_()
+    gr, hr = second_order(lambda t: bce_with_logits_reference(t, y.double(), w.double(), reduction=reduction), xr)
+    xt = x.detach().clone().requires_grad_()
+    gt, ht = second_order(lambda t: F.binary_cross_entropy_with_logits(t, y, w, reduction=reduction), xt)
+    # float32 second derivatives carry PyTorch's own cancellation (1 - sigmoid): judge against it,
+    # with terms of size |w| (first order) and |w * v| (second order).
+    n = x.numel() if reduction == "mean" else 1
+    assert_matches_reference(g, gt, gr, torch.float32, "grad", scale=w.expand_as(x) / n)
+    assert_matches_reference(h, ht, hr, torch.float32, "second-order grad", scale=(w * v).abs() / n)
+
+
+def test_bce_no_grad_writes_no_gradient(kernel_backend, device, monkeypatch):
+    shapes = []
+    real_output = _launch.output
+
+    def recording(like, shape, dtype=None):
+        shapes.append(tuple(shape))
+        return real_output(like, shape, dtype)
+
+    monkeypatch.setattr(_launch, "output", recording)
+    x = logits((50,), device).float().requires_grad_()
+    with torch.no_grad():
+        bce_with_logits(x, 1.0, backend=kernel_backend)
+    assert (50,) not in shapes
+
+
+def test_bce_module_is_a_drop_in(backend, device):
+    w = torch.rand(5, device=device)
+    pw = torch.rand(5, device=device) + 0.5
+    ours = fastgan.nn.BCEWithLogitsLoss(weight=w, pos_weight=pw, reduction="sum", backend=backend)
+    theirs = torch.nn.BCEWithLogitsLoss(weight=w, pos_weight=pw, reduction="sum")
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = logits((8, 5), device).float()
+    y = torch.rand(8, 5, device=device)
+    torch.testing.assert_close(ours(x, y), theirs(x, y))
+    with pytest.raises(ValueError, match="reduction"):
+        fastgan.nn.BCEWithLogitsLoss(reduction="avg")
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: PyTorch's exception types, messages naming the argument.
+# ---------------------------------------------------------------------------------------
+
+
+def test_bce_errors_name_the_argument(device):
+    x = torch.randn(4, 3, device=device)
+    y = torch.rand(4, 3, device=device)
+    with pytest.raises(ValueError, match=r"Target size .* must be the same as input size"):
+        bce_with_logits(x, torch.rand(4, 2, device=device))
+    with pytest.raises(ValueError, match=r"Target size .* must be the same as input size"):
+        F.binary_cross_entropy_with_logits(x, torch.rand(4, 2, device=device))
+    with pytest.raises(RuntimeError, match="weight of size"):
+        bce_with_logits(x, y, weight=torch.rand(4, device=device))
+    with pytest.raises(RuntimeError, match="pos_weight of size"):
+        bce_with_logits(x, y, pos_weight=torch.rand(2, device=device))
+    with pytest.raises(RuntimeError, match="weight of size"):
+        bce_with_logits(x, y, weight=torch.rand(2, 4, 3, device=device))
+    with pytest.raises(ValueError, match="not a valid value for reduction"):
+        bce_with_logits(x, y, reduction="avg")
+    with pytest.raises(TypeError, match="input must be a floating-point"):
+        bce_with_logits(torch.ones(3, dtype=torch.long, device=device), 1.0)
+    with pytest.raises(TypeError, match="target must be"):
+        bce_with_logits(x, "1")
+    with pytest.raises(TypeError, match="target must be"):
+        bce_with_logits(x, True)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        bce_with_logits(x, y, backend="fast")
+    with pytest.raises(TypeError, match="real_logits must be a torch.Tensor"):
+        gan_bce_losses([1.0], x)
+    with pytest.raises(TypeError, match="fake_target"):
+        gan_bce_losses(x, x, fake_target=None)
+
+
+def test_explicit_unavailable_backend_raises(device):
+    x = torch.randn(3, dtype=torch.float64, device=device)
+    with pytest.raises(fastgan.BackendUnavailableError, match="float64"):
+        bce_with_logits(x, 1.0, backend="triton")
+    with pytest.raises(fastgan.BackendUnavailableError, match="cuda"):
+        bce_with_logits(x.cpu().float(), 1.0, backend="cuda")
+
+
+# ---------------------------------------------------------------------------------------
+# gan_bce_losses.
+# ---------------------------------------------------------------------------------------
+
+GAN_SIZES = [(1, 1), (64, 64), (127, 33), (_launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 7, 5)]
+
+
+@pytest.mark.parametrize("sizes", GAN_SIZES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("targets", [(1.0, 0.0), (0.9, 0.1)], ids=str)
+def test_gan_bce_losses_match_reference(backend, device, sizes, dtype, targets):
+    real = logits((sizes[0], 1), device).to(dtype).requires_grad_()
+    fake = logits((sizes[1],), device, mean=-1.3).to(dtype).requires_grad_()
+    real_target, fake_target = targets
+    ours = gan_bce_losses(real, fake, real_target=real_target, fake_target=fake_target, backend=backend)
+    a, b = torch.randn(2, dtype=torch.float64).tolist()
+    ours_grads = torch.autograd.grad(a * ours.d_loss + b * ours.g_loss, (real, fake))
+
+    inputs64 = [t.detach().double().requires_grad_() for t in (real, fake)]
+    ref = gan_bce_losses_reference(*inputs64, real_target, fake_target)
+    ref_grads = torch.autograd.grad(a * ref.d_loss + b * ref.g_loss, inputs64)
+    lowp = [t.detach().clone().requires_grad_() for t in (real, fake)]
+    torch_d = F.binary_cross_entropy_with_logits(lowp[0], torch.full_like(lowp[0], real_target))
+    torch_d = torch_d + F.binary_cross_entropy_with_logits(lowp[1], torch.full_like(lowp[1], fake_target))
+    torch_g = F.softplus(-lowp[1]).mean()
+    torch_grads = torch.autograd.grad(a * torch_d + b * torch_g, lowp)
+
+    assert ours.d_loss.dtype == dtype and ours.g_loss.dtype == dtype
+    if dtype == torch.float32:
+        torch_d = torch_g = None  # tight float32 tolerance
+        torch_grads = (None, None)
+    assert_matches_reference(ours.d_loss, torch_d, ref.d_loss, dtype, "d_loss")
+    assert_matches_reference(ours.g_loss, torch_g, ref.g_loss, dtype, "g_loss")
+    # Each gradient is a sum of terms of size up to |a|/n (+ |b|/n for fake).
+    scales = (abs(a) / real.numel(), (abs(a) + abs(b)) / fake.numel())
+    for name, g, t, r, sc in zip(("real", "fake"), ours_grads, torch_grads, ref_grads, scales):
+        assert_matches_reference(g, t, r, dtype, f"grad {name}", scale=torch.full_like(r, sc))
+
+
+@pytest.mark.parametrize("layout", ["column_slice", "every_other_row", "transposed_2d"])
+def test_gan_bce_losses_strided_logits(backend, device, layout):
+    """Logits sliced out of a wider output (d_out[:, 0]) are read in place, not as if dense."""
+    base_real = logits((40, 3), device).float().requires_grad_()
+    base_fake = logits((30, 3), device, mean=-1.0).float().requires_grad_()
+    view = {
+        "column_slice": lambda t: t[:, 1],
+        "every_other_row": lambda t: t[::2, 0],
+        "transposed_2d": lambda t: t.t(),
+    }[layout]
+    ours = gan_bce_losses(view(base_real), view(base_fake), real_target=0.9, backend=backend)
+    ref = gan_bce_losses_reference(view(base_real).double(), view(base_fake).double(), 0.9)
+    torch.testing.assert_close(ours.d_loss.double(), ref.d_loss, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(ours.g_loss.double(), ref.g_loss, rtol=2e-5, atol=1e-6)
+    got = torch.autograd.grad(ours.d_loss + ours.g_loss, (base_real, base_fake))
+    want = torch.autograd.grad(ref.d_loss + ref.g_loss, (base_real, base_fake))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-7)
+
+
+def test_gan_bce_losses_single_loss_backward(backend, device):
+    real = logits((17,), device).float().requires_grad_()
+    fake = logits((17,), device).float().requires_grad_()
+    ours = gan_bce_losses(real, fake, backend=backend)
+    ref = gan_bce_losses_reference(real, fake)
+    (g_only,) = torch.autograd.grad(ours.g_loss, fake, retain_graph=True)
+    torch.testing.assert_close(g_only, torch.autograd.grad(ref.g_loss, fake)[0])
+    d_grads = torch.autograd.grad(ours.d_loss, (real, fake))
+    for got, want in zip(d_grads, torch.autograd.grad(ref.d_loss, (real, fake))):
+        torch.testing.assert_close(got, want)
+
+
+def test_gan_bce_losses_double_backward(backend, device):
+    real = logits((12,), device).float().requires_grad_()
+    fake = logits((7, 2), device).float().requires_grad_()
+
+    def penalty(fn, real, fake):
+        d_loss, g_loss = fn(real, fake)
+        gr, gf = torch.autograd.grad(d_loss + 0.5 * g_loss, (real, fake), create_graph=True)
+        return torch.autograd.grad(gr.square().sum() + gf.pow(3).sum(), (real, fake))
+
+    got = penalty(lambda r, f: gan_bce_losses(r, f, real_target=0.9, backend=backend), real, fake)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (real, fake)]
+    want = penalty(lambda r, f: gan_bce_losses_reference(r, f, 0.9), *ref_inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=2e-5, atol=1e-9)
+
+
+def test_gan_bce_losses_extremes_and_empty(backend, device):
+    real = torch.tensor([1e4, -1e4, 0.0], device=device, requires_grad=True)
+    fake = torch.tensor([-1e4, 1e4, 5.0], device=device, requires_grad=True)
+    d_loss, g_loss = gan_bce_losses(real, fake, backend=backend)
+    grads = torch.autograd.grad(d_loss + g_loss, (real, fake))
+    ref = gan_bce_losses_reference(real.double(), fake.double())
+    torch.testing.assert_close(d_loss.double(), ref.d_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g_loss.double(), ref.g_loss, rtol=1e-6, atol=1e-6)
+    assert all(torch.isfinite(g).all() for g in grads)
+    empty = gan_bce_losses(torch.empty(0, device=device), torch.randn(4, device=device), backend=backend)
+    assert torch.isnan(empty.d_loss) and torch.isfinite(empty.g_loss)
+
+
+# ---------------------------------------------------------------------------------------
+# torch.library registration, torch.compile.
+# ---------------------------------------------------------------------------------------
+
+
+def test_opcheck_bce_with_logits(kernel_backend, device):
+    x = logits((5, 3), device).float().requires_grad_()
+    y = torch.rand(5, 3, device=device)
+    w = torch.rand(3, device=device)
+    for args in (
+        (x, y, 0.0, w, None, 1, True, kernel_backend),
+        (x, None, 0.9, None, w, 0, True, kernel_backend),
+        (x.detach(), y, 0.0, None, None, 2, False, kernel_backend),
+    ):
+        torch.library.opcheck(torch.ops.fastgan.bce_with_logits.default, args)
+
+
+def test_opcheck_gan_bce_losses(kernel_backend, device):
+    real = logits((6,), device).float().requires_grad_()
+    fake = logits((4, 2), device).float().requires_grad_()
+    torch.library.opcheck(torch.ops.fastgan.gan_bce_losses.default, (real, fake, 1.0, 0.0, True, kernel_backend))
+    torch.library.opcheck(
+        torch.ops.fastgan.gan_bce_losses.default, (real.detach(), fake.detach(), 0.9, 0.0, False, kernel_backend)
+    )
+
+
+def test_torch_compile_fullgraph(kernel_backend, device):
+    torch._dynamo.reset()
+
+    def step(x, y, real, fake):
+        loss = bce_with_logits(x, y, pos_weight=y[0] + 1, backend=kernel_backend)
+        d_loss, g_loss = gan_bce_losses(real, fake, backend=kernel_backend)
+        return loss + d_loss + g_loss
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    x = logits((6, 4), device).float().requires_grad_()
+    y = torch.rand(6, 4, device=device)
+    real = logits((5,), device).float().requires_grad_()
+    fake = logits((5,), device).float().requires_grad_()
+    got = compiled(x, y, real, fake)
+    got_grads = torch.autograd.grad(got, (x, real, fake))
+    want = step(x, y, real, fake)
+    want_grads = torch.autograd.grad(want, (x, real, fake))
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+def test_cuda_graph_capture(kernel_backend):
+    x = torch.randn(1000, device="cuda", requires_grad=True)
+    y = torch.rand(1000, device="cuda")
+    real = torch.randn(64, device="cuda", requires_grad=True)
+    fake = torch.randn(64, device="cuda", requires_grad=True)
+
+    def step():
+        loss = bce_with_logits(x, y, backend=kernel_backend)
+        d_loss, g_loss = gan_bce_losses(real, fake, backend=kernel_backend)
+        return torch.autograd.grad(loss + d_loss + g_loss, (x, real, fake))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_grads = step()
+    for _ in range(2):
+        x.data.copy_(torch.randn_like(x))
+        fake.data.copy_(torch.randn_like(fake))
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(static_grads, step()):
+            torch.testing.assert_close(got, want)
