@@ -247,7 +247,7 @@ def _bce_kernel_forward(
         if reduce:
             loss.fill_(float("nan") if reduction == _MEAN else 0.0)
         return loss, grad
-    expanded = [None if t is None else t.expand(shape) for t in (target, weight, pos_weight)]
+    expanded = [t if t is None or t.shape == shape else t.expand(shape) for t in (target, weight, pos_weight)]
     operands = [input] + [input if t is None else t for t in expanded]
     plan = _indexing.plan(shape, operands)
     if plan is None:
