@@ -14,6 +14,7 @@
 // by the block shape); a single-block launch writes the final scalar itself, otherwise
 // a one-block finishing kernel sums the partials in index order.
 #include "bce.h"
+#include "device_utils.cuh"
 
 #include <algorithm>
 
@@ -22,30 +23,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kFinishThreads = 1024;
-
-__device__ __forceinline__ float load_as_float(const void* ptr, int dtype, int64_t offset) {
-  switch (dtype) {
-    case kFloat16:
-      return __half2float(static_cast<const __half*>(ptr)[offset]);
-    case kBFloat16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(ptr)[offset]);
-    default:
-      return static_cast<const float*>(ptr)[offset];
-  }
-}
-
-__device__ __forceinline__ void store_from_float(void* ptr, int dtype, int64_t offset, float value) {
-  switch (dtype) {
-    case kFloat16:
-      static_cast<__half*>(ptr)[offset] = __float2half_rn(value);
-      break;
-    case kBFloat16:
-      static_cast<__nv_bfloat16*>(ptr)[offset] = __float2bfloat16_rn(value);
-      break;
-    default:
-      static_cast<float*>(ptr)[offset] = value;
-  }
-}
 
 // log_sigmoid(x) and sigmoid(-x), stable for every finite x.
 __device__ __forceinline__ void log_sigmoid_and_sigmoid_neg(float x, float* log_sigmoid, float* sigmoid_neg) {
@@ -62,24 +39,6 @@ __device__ __forceinline__ int64_t strided_offset(int64_t index, const int64_t* 
   const int64_t i1 = rest % sizes[1];
   const int64_t i0 = rest / sizes[1];
   return i0 * strides[0] + i1 * strides[1] + i2 * strides[2] + i3 * strides[3];
-}
-
-// Sum of one float per thread across the block; the result is valid in thread 0.
-template <int THREADS>
-__device__ __forceinline__ float block_sum(float value) {
-  static_assert(THREADS % 32 == 0 && THREADS <= 1024, "block size");
-  __shared__ float warp_sums[THREADS / 32];
-  for (int shift = 16; shift > 0; shift >>= 1) value += __shfl_down_sync(0xffffffffu, value, shift);
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  value = 0.0f;
-  if (warp == 0) {
-    value = lane < THREADS / 32 ? warp_sums[lane] : 0.0f;
-    for (int shift = 16; shift > 0; shift >>= 1) value += __shfl_down_sync(0xffffffffu, value, shift);
-  }
-  return value;
 }
 
 template <bool REDUCE>
@@ -187,13 +146,6 @@ __global__ void __launch_bounds__(kThreads) gan_bce_forward_kernel(GanBceForward
       args.partials[2 * gridDim.x + blockIdx.x] = sum_g_fake;
     }
   }
-}
-
-unsigned int grid_size(int64_t blocks, const char* op) {
-  if (blocks < 1 || blocks > 2147483647LL) {
-    throw std::runtime_error(std::string("fastgan.") + op + ": invalid grid of " + std::to_string(blocks) + " blocks");
-  }
-  return static_cast<unsigned int>(blocks);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "bce.h"
 #include "common.h"
+#include "renyi.h"
 
 namespace py = pybind11;
 
@@ -85,6 +86,44 @@ void gan_bce_forward(uintptr_t real, int real_dtype, int64_t n_real, int64_t rea
   fastgan::gan_bce_forward(args, num_blocks, as_stream(stream));
 }
 
+fastgan::RenyiRows renyi_rows(uintptr_t ptr, int dtype, int64_t rows, int64_t n, int64_t row_stride,
+                               int64_t col_stride) {
+  return {reinterpret_cast<const void*>(ptr), dtype, rows, n, row_stride, col_stride};
+}
+
+void renyi_forward(uintptr_t input, int input_dtype, int64_t rows, int64_t n, int64_t row_stride, int64_t col_stride,
+                   uintptr_t out, int out_dtype, uintptr_t shift, uintptr_t expsum, uintptr_t partials, float beta,
+                   float inv_beta, float log_n, int64_t cols_per_split, int64_t splits, uintptr_t stream) {
+  fastgan::RenyiForwardArgs args{};
+  args.input = renyi_rows(input, input_dtype, rows, n, row_stride, col_stride);
+  args.out = reinterpret_cast<void*>(out);
+  args.out_dtype = out_dtype;
+  args.shift = reinterpret_cast<float*>(shift);
+  args.expsum = reinterpret_cast<float*>(expsum);
+  args.partials = reinterpret_cast<float*>(partials);
+  args.beta = beta;
+  args.inv_beta = inv_beta;
+  args.log_n = log_n;
+  args.cols_per_split = cols_per_split;
+  fastgan::renyi_forward(args, splits, as_stream(stream));
+}
+
+void renyi_backward(uintptr_t input, int input_dtype, int64_t rows, int64_t n, int64_t row_stride,
+                    int64_t col_stride, uintptr_t grad_out, int grad_out_dtype, int64_t grad_out_stride,
+                    uintptr_t shift, uintptr_t expsum, uintptr_t grad, int grad_dtype, float beta, uintptr_t stream) {
+  fastgan::RenyiBackwardArgs args{};
+  args.input = renyi_rows(input, input_dtype, rows, n, row_stride, col_stride);
+  args.grad_out = reinterpret_cast<const void*>(grad_out);
+  args.grad_out_dtype = grad_out_dtype;
+  args.grad_out_stride = grad_out_stride;
+  args.shift = reinterpret_cast<const float*>(shift);
+  args.expsum = reinterpret_cast<const float*>(expsum);
+  args.grad = reinterpret_cast<void*>(grad);
+  args.grad_dtype = grad_dtype;
+  args.beta = beta;
+  fastgan::renyi_backward(args, as_stream(stream));
+}
+
 py::dict build_info() {
   py::dict info;
   info["cuda_runtime_version"] = CUDART_VERSION;
@@ -99,4 +138,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "How this extension was compiled: CUDA runtime version, target architectures.");
   m.def("bce_with_logits_forward", &bce_with_logits_forward, "Fused BCE-with-logits forward (+ input gradient).");
   m.def("gan_bce_forward", &gan_bce_forward, "Both GAN BCE losses and their gradients in one launch.");
+  m.def("renyi_forward", &renyi_forward, "Rényi-α divergence per row, with the per-row (m, E) for the backward.");
+  m.def("renyi_backward", &renyi_backward, "Gradient −g·softmax(β·r) of the Rényi-α divergence.");
 }

@@ -69,3 +69,24 @@ def launch_gan_bce_forward(
         address(grad_real), address(grad_fake_d), address(grad_fake_g),
         real_target, fake_target, inv_n_real, inv_n_fake, real_launch.num_programs, stream_handle(real),
     )
+
+
+def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
+                         needs_int64, block):
+    """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_forward`` (always 64-bit indexing)."""
+    num_rows, n = rows.shape
+    _backend.extension().renyi_forward(
+        address(rows), dtype_code(rows), num_rows, n, rows.stride(0), rows.stride(1),
+        address(out), dtype_code(out), address(shift), address(expsum), address(partials),
+        beta, inv_beta, log_n, cols_per_split, splits, stream_handle(rows),
+    )
+
+
+def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
+    """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_backward`` (always 64-bit indexing)."""
+    num_rows, n = rows.shape
+    _backend.extension().renyi_backward(
+        address(rows), dtype_code(rows), num_rows, n, rows.stride(0), rows.stride(1),
+        address(grad_out), dtype_code(grad_out), grad_out.stride(0),
+        address(shift), address(expsum), address(grad), dtype_code(grad), beta, stream_handle(rows),
+    )

@@ -1,7 +1,8 @@
 """fastgan's differentiable ops. Each public function picks a backend per call
 (``cuda``, ``triton`` or ``torch``) and has its plain-PyTorch reference beside it.
 
-One module per op family: :mod:`fastgan.ops.bce` (BCE-with-logits and the fused GAN form).
+One module per op family: :mod:`fastgan.ops.bce` (BCE-with-logits and the fused GAN form),
+:mod:`fastgan.ops.renyi` (the Rényi-α divergence logsumexp reduction).
 """
 
 from fastgan.ops.bce import (
@@ -11,6 +12,7 @@ from fastgan.ops.bce import (
     gan_bce_losses,
     gan_bce_losses_reference,
 )
+from fastgan.ops.renyi import renyi_divergence, renyi_divergence_reference
 
 __all__ = [
     "GanBCELosses",
@@ -18,4 +20,6 @@ __all__ = [
     "bce_with_logits_reference",
     "gan_bce_losses",
     "gan_bce_losses_reference",
+    "renyi_divergence",
+    "renyi_divergence_reference",
 ]

@@ -1,0 +1,260 @@
+"""The Rényi-α divergence generator loss, a logsumexp reduction over discriminator logits.
+
+With r = log p_data(x)/p_g(x) estimated by the discriminator's logit on generator samples
+x_1..x_N, the Monte-Carlo estimate of D_α(p_g ‖ p_data) is
+
+    D_α = 1/(α-1) · ( logsumexp((1-α)·r) − log N ),        dD_α/dr_i = −softmax((1−α)·r)_i.
+
+α → 1 is the reverse KL, −mean(r); α = 0 the most mode-seeking member, large α mode-covering.
+
+Stable form. With β = 1 − α, x_i = β·r_i − m and m = max_i β·r_i (so x_i ≤ 0):
+
+    logsumexp(β·r) − log N = m + log A,    A = (1/N)·Σ exp(x_i) ∈ [1/N, 1]
+    log A = log1p(S/N) with S = Σ expm1(x_i)      when A > 1/2 (near-uniform weights),
+          = log(E) − log N with E = Σ exp(x_i)    otherwise,
+
+and D_α = −(m + log A)/β. Both sums add terms of one sign, so neither cancels; log1p keeps
+log A exact when the weights are near uniform, which is the α → 1 regime, and m + log A is
+O(β) with float32-relative accuracy, so the division by β loses nothing: α = 1 ± 1e-7 agrees
+with the limit −mean(r) to float32 precision. α = 1 exactly uses −mean(r).
+
+The kernels keep (m, E, S, count, Σr) per lane and per block, merged with the rescaling
+E' = E·e^(m−m'), S' = S·e^(m−m') + count·expm1(m−m') (again one-signed terms).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastgan import _backend, _indexing
+from fastgan.ops import _launch
+from fastgan.ops.bce import _compute_dtype
+
+
+def check_alpha(alpha) -> float:
+    """α as a float; a clear ValueError unless it is a finite real ≥ 0."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise ValueError(f"alpha must be a real number >= 0, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite real number >= 0, got {alpha}")
+    return alpha
+
+
+def _check_log_ratio(log_ratio, dim: int) -> int:
+    if not isinstance(log_ratio, torch.Tensor):
+        raise TypeError(f"log_ratio must be a torch.Tensor, got {type(log_ratio).__name__}")
+    if not log_ratio.is_floating_point():
+        raise TypeError(f"log_ratio must be a floating-point tensor, got {log_ratio.dtype}")
+    if log_ratio.dim() == 0:
+        raise ValueError("log_ratio must have at least one dimension (the samples to reduce over)")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not -log_ratio.dim() <= dim < log_ratio.dim():
+        raise IndexError(f"dim {dim} is out of range for log_ratio with {log_ratio.dim()} dimensions")
+    return dim % log_ratio.dim()
+
+
+def renyi_divergence_reference(log_ratio: Tensor, alpha: float, dim: int = 0, keepdim: bool = False) -> Tensor:
+    """:func:`renyi_divergence` in plain differentiable PyTorch (half precision computed in float32)."""
+    alpha = check_alpha(alpha)
+    dim = _check_log_ratio(log_ratio, dim)
+    r = log_ratio.to(_compute_dtype(log_ratio.dtype))
+    n = r.shape[dim]
+    if n == 0:  # logsumexp of nothing − log 0, and the mean of nothing: NaN, as the definition gives
+        return r.sum(dim, keepdim=keepdim).fill_(math.nan).to(log_ratio.dtype)
+    beta = 1.0 - alpha
+    if beta == 0.0:
+        return (-r.mean(dim, keepdim=keepdim)).to(log_ratio.dtype)
+    scaled = beta * r
+    shift = scaled.amax(dim, keepdim=True).detach()  # the result does not depend on the shift
+    shifted = scaled - shift
+    exp_sum = torch.exp(shifted).sum(dim, keepdim=True)
+    expm1_sum = torch.expm1(shifted).sum(dim, keepdim=True)
+    near_uniform = exp_sum > 0.5 * n
+    # Both branches are evaluated; feed each a harmless value where it is not chosen so that
+    # no inf/NaN reaches the gradient through the unselected one.
+    log_mean = torch.where(
+        near_uniform,
+        torch.log1p(torch.where(near_uniform, expm1_sum / n, 0.0)),
+        torch.log(torch.where(near_uniform, 1.0, exp_sum)) - math.log(n),
+    )
+    result = -(shift + log_mean) / beta
+    if not keepdim:
+        result = result.squeeze(dim)
+    return result.to(log_ratio.dtype)
+
+
+def renyi_divergence(
+    log_ratio: Tensor, alpha: float, dim: int = 0, keepdim: bool = False, *, backend: Optional[str] = None
+) -> Tensor:
+    """Monte-Carlo estimate of the Rényi-α divergence D_α(p_g ‖ p_data) from generator samples.
+
+    Args:
+        log_ratio: r, the discriminator's logits ≈ log p_data/p_g on generator samples; any
+            shape, reduced over ``dim`` (float32/float16/bfloat16; float64 on the torch backend).
+        alpha: α, a finite real ≥ 0; α = 1 gives the reverse KL −mean(r), continuously.
+        dim: the sample dimension (default 0, the batch): a (N, G) input gives G estimates.
+        keepdim: keep ``dim`` with size 1.
+        backend: ``"cuda"``, ``"triton"``, ``"torch"`` or ``"auto"``.
+
+    Returns:
+        ``1/(α-1)·(logsumexp((1-α)·r, dim) − log N)``, the input's shape without ``dim``,
+        in the input's dtype. Its gradient is ``−softmax((1−α)·r, dim)`` times the incoming one.
+    """
+    alpha = check_alpha(alpha)
+    dim = _check_log_ratio(log_ratio, dim)
+    name = _backend.select_backend("renyi_divergence", backend, log_ratio.device, log_ratio.dtype)
+    if name == "torch":
+        return renyi_divergence_reference(log_ratio, alpha, dim, keepdim)
+    moved = log_ratio.movedim(dim, -1)
+    # (rows, n): a view whenever the kept dimensions share one stride (e.g. (N,) or (N, G)
+    # reduced over dim 0); otherwise reshape copies.
+    rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
+    beta = 1.0 - alpha
+    if torch.compiler.is_compiling():
+        out, _, _ = _renyi_op(rows, beta, name)
+    else:
+        out, _, _ = _RenyiFunction.apply(rows, beta, name)
+    out = out.view(moved.shape[:-1])
+    return out.unsqueeze(dim) if keepdim else out
+
+
+# --------------------------------------------------------------------------------------
+# Kernel path: fastgan::renyi_divergence on a (rows, n) view.
+# --------------------------------------------------------------------------------------
+
+
+def _launcher(backend: str, name: str):
+    if backend == "triton":
+        from fastgan.kernels import renyi as triton_renyi
+
+        return getattr(triton_renyi, "launch_" + name)
+    from fastgan import _cuda  # its launchers mirror the triton ones argument for argument
+
+    return getattr(_cuda, "launch_" + name)
+
+
+def _row_layout(rows: Tensor) -> tuple[int, int, bool]:
+    """(splits, columns per split, 64-bit indexing) for the forward over a (rows, n) view."""
+    num_rows, n = rows.shape
+    blocks = -(-n // _launch.BLOCK)
+    splits = 1
+    if blocks > _launch.SINGLE_PROGRAM_MAX_BLOCKS:
+        budget = _launch.program_budget(rows.device, num_rows * blocks)
+        splits = max(1, min(blocks, budget // max(num_rows, 1)))
+    cols_per_split = -(-blocks // splits) * _launch.BLOCK
+    splits = -(-n // cols_per_split)  # no empty split
+    largest = (num_rows - 1) * abs(rows.stride(0)) + (n - 1) * abs(rows.stride(1)) + num_rows * n
+    return splits, cols_per_split, _indexing.needs_int64(largest)
+
+
+def _renyi_kernel_forward(rows: Tensor, beta: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (D_α per row, fp32 per-row shift m, fp32 per-row E) for a (rows, n) view."""
+    num_rows, n = rows.shape
+    out = _launch.output(rows, (num_rows,))
+    shift = _launch.output(rows, (num_rows,), torch.float32)
+    expsum = _launch.output(rows, (num_rows,), torch.float32)
+    if num_rows == 0:
+        return out, shift, expsum
+    if n == 0:  # logsumexp of nothing − log 0, and the mean of nothing: NaN
+        out.fill_(float("nan"))
+        shift.zero_()
+        expsum.zero_()
+        return out, shift, expsum
+    splits, cols_per_split, needs_int64 = _row_layout(rows)
+    partials = None
+    if splits > 1:
+        partials = torch.empty(num_rows * splits * 5, dtype=torch.float32, device=rows.device)
+    _launcher(backend, "renyi_forward")(
+        rows, out, shift, expsum, partials,
+        beta=beta, inv_beta=1.0 / beta if beta != 0.0 else 0.0, log_n=math.log(n),
+        splits=splits, cols_per_split=cols_per_split, needs_int64=needs_int64, block=_launch.BLOCK,
+    )
+    return out, shift, expsum
+
+
+def _renyi_kernel_backward(rows, grad_out, shift, expsum, beta, backend) -> Tensor:
+    grad = _launch.output(rows, rows.shape)
+    if rows.numel() == 0:
+        return grad
+    _, _, needs_int64 = _row_layout(rows)
+    _launcher(backend, "renyi_backward")(
+        rows, grad_out, shift, expsum, grad, beta=beta, needs_int64=needs_int64, block=_launch.BLOCK
+    )
+    return grad
+
+
+@torch.library.custom_op("fastgan::renyi_divergence", mutates_args=())
+def _renyi_op(rows: Tensor, beta: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _renyi_kernel_forward(rows, beta, backend)
+
+
+@_renyi_op.register_fake
+def _renyi_fake(rows, beta, backend):
+    num_rows = rows.shape[0]
+    return (
+        rows.new_empty((num_rows,)),
+        rows.new_empty((num_rows,), dtype=torch.float32),
+        rows.new_empty((num_rows,), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fastgan::renyi_divergence_backward", mutates_args=())
+def _renyi_backward_op(
+    rows: Tensor, grad_out: Tensor, shift: Tensor, expsum: Tensor, beta: float, backend: str
+) -> Tensor:
+    return _renyi_kernel_backward(rows, grad_out, shift, expsum, beta, backend)
+
+
+@_renyi_backward_op.register_fake
+def _renyi_backward_fake(rows, grad_out, shift, expsum, beta, backend):
+    return rows.new_empty(rows.shape)
+
+
+def _renyi_setup_context(ctx, inputs, output):
+    rows, beta, backend = inputs
+    _, shift, expsum = output
+    ctx.mark_non_differentiable(shift, expsum)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(rows, shift, expsum)
+    ctx.beta = beta
+    ctx.backend = backend
+
+
+def _renyi_backward(ctx, grad_out, kernel):
+    rows, shift, expsum = ctx.saved_tensors
+    if grad_out is None or not ctx.needs_input_grad[0]:
+        return None, None, None
+    if torch.is_grad_enabled():
+        # Second order (create_graph=True): the closed form in differentiable PyTorch.
+        weights = torch.softmax(ctx.beta * rows.to(_compute_dtype(rows.dtype)), dim=1)
+        return (-grad_out.unsqueeze(1) * weights).to(rows.dtype), None, None
+    return kernel(rows, grad_out, shift, expsum, ctx.beta, ctx.backend), None, None
+
+
+def _renyi_op_backward(ctx, grad_out, _grad_shift, _grad_expsum):
+    """Backward of the registered op: through the backward custom op, so tracers see it."""
+    return _renyi_backward(ctx, grad_out, _renyi_backward_op)
+
+
+_renyi_op.register_autograd(_renyi_op_backward, setup_context=_renyi_setup_context)
+
+
+class _RenyiFunction(torch.autograd.Function):
+    """Eager entry to the kernel path (same context and backward as the custom op)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _renyi_kernel_forward(*inputs)
+        _renyi_setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_shift, _grad_expsum):
+        return _renyi_backward(ctx, grad_out, _renyi_kernel_backward)

@@ -1,0 +1,207 @@
+"""Triton kernels for the Rényi-α divergence reduction (installed as ``fastgan.kernels.renyi``).
+
+Math. Each row holds N discriminator logits r on generator samples; with β = 1 − α:
+
+    D_α = 1/(α−1) · (logsumexp(β·r) − log N) = −(m + log A) / β,
+    m = max_i β·r_i,  A = (1/N) Σ exp(β·r_i − m)                 (so 1/N ≤ A ≤ 1)
+    log A = log1p(S/N), S = Σ expm1(β·r_i − m)   when A > 1/2,   else log(E) − log N, E = N·A
+
+β = 0 (α = 1) is the reverse-KL limit −Σr/N, taken from a running sum of r. E and S sum
+terms of one sign, so neither cancels, and log1p keeps log A exact in the near-uniform
+(α → 1) regime: the result is continuous through α = 1.
+
+Online form: each lane keeps (m, E, S, count, Σr) over the columns it visits; a new maximum
+m' rescales E' = E·e^(m−m') and S' = S·e^(m−m') + count·expm1(m−m'). Lanes, then blocks of a
+split row, merge the same way.
+
+Backward derivation: dD/dr_i = −(1/β)·β·exp(β·r_i − m)/E = −softmax(β·r)_i, so the backward
+kernel reads r once more with the saved per-row (m, E): grad_i = −g·exp(β·r_i − m)/E.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _merge_lanes(m, e, s, count, total):
+    """Merge per-lane (m, E, S, count, Σr) into one (M, E, S, count, Σr) for the block."""
+    big_m = tl.max(m, axis=0)
+    rel = m - big_m  # -inf for lanes that saw nothing: they contribute 0 everywhere below
+    e_all = tl.sum(e * tl.exp(rel), axis=0)
+    s_all = tl.sum(s * tl.exp(rel) + count * tl.where(count > 0, _expm1(rel), 0.0), axis=0)
+    return big_m, e_all, s_all, tl.sum(count, axis=0), tl.sum(total, axis=0)
+
+
+@triton.jit
+def _expm1(x):
+    """exp(x) − 1 with full relative precision for small |x| (x ≤ 0 here): a short series
+    below |x| = 1e-2, where exp(x) − 1 would cancel, else exp(x) − 1."""
+    small = tl.abs(x) < 1e-2
+    xs = tl.where(small, x, 0.0)
+    series = xs * (1.0 + xs * (0.5 + xs * (1.0 / 6.0 + xs * (1.0 / 24.0 + xs * (1.0 / 120.0)))))
+    return tl.where(small, series, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _finalize(big_m, e_all, s_all, total, n, beta, inv_beta, log_n):
+    """D_α of one row from its merged statistics (see the module docstring)."""
+    near_uniform = e_all > 0.5 * n
+    log_mean = tl.where(
+        near_uniform,
+        _log1p(tl.where(near_uniform, s_all / n, 0.0)),
+        tl.log(tl.where(near_uniform, 1.0, e_all)) - log_n,
+    )
+    return tl.where(beta == 0.0, -total / n, -(big_m + log_mean) * inv_beta)
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x) for −1/2 ≤ x ≤ 0 with full relative precision (Goldberg's correction)."""
+    u = 1.0 + x
+    exact = u == 1.0
+    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, u - 1.0)))
+
+
+@triton.jit
+def renyi_forward_kernel(
+    rows_ptr,  # logits r, a (rows, n) view: element (i, j) at rows_ptr + i*row_stride + j*col_stride
+    out_ptr,  # SINGLE_SPLIT: D_α per row [rows], output dtype
+    shift_ptr,  # SINGLE_SPLIT: fp32 per-row max m of β·r, saved for the backward
+    expsum_ptr,  # SINGLE_SPLIT: fp32 per-row E = Σ exp(β·r − m), saved for the backward
+    partial_ptr,  # several splits: fp32 [rows, splits, 5] of (m, E, S, count, Σr)
+    n,  # columns per row (the reduced dimension), > 0
+    row_stride,  # elements between rows
+    col_stride,  # elements between columns
+    beta,  # fp32 β = 1 − α
+    inv_beta,  # fp32 1/β (0 when β = 0; unused then)
+    log_n,  # fp32 log n
+    cols_per_split,  # columns each split covers (a multiple of BLOCK)
+    blocks_per_split,  # cols_per_split / BLOCK
+    SINGLE_SPLIT: tl.constexpr,  # one program per row: finish the row here
+    INT64: tl.constexpr,  # 64-bit offsets
+    BLOCK: tl.constexpr,  # columns per iteration (power of two)
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    if INT64:
+        row = row.to(tl.int64)
+        split = split.to(tl.int64)
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    e = tl.zeros([BLOCK], dtype=tl.float32)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    count = tl.zeros([BLOCK], dtype=tl.float32)
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for it in range(0, blocks_per_split):
+        col = split * cols_per_split + it * BLOCK + tl.arange(0, BLOCK)
+        mask = col < n
+        r = tl.load(rows_ptr + row * row_stride + col * col_stride, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, beta * r, float("-inf"))
+        m_new = tl.maximum(m, x)
+        seen = m_new > float("-inf")
+        delta = tl.where(seen, m - tl.where(seen, m_new, 0.0), 0.0)  # ≤ 0; -inf for a lane's first value
+        rel = tl.where(mask, x - tl.where(seen, m_new, 0.0), 0.0)
+        rescale = tl.exp(delta)
+        e = e * rescale + tl.where(mask, tl.exp(rel), 0.0)
+        s = s * rescale + count * tl.where(count > 0, _expm1(delta), 0.0) + tl.where(mask, _expm1(rel), 0.0)
+        count += mask.to(tl.float32)
+        total += r
+        m = m_new
+    big_m, e_all, s_all, count_all, total_all = _merge_lanes(m, e, s, count, total)
+    if SINGLE_SPLIT:
+        result = _finalize(big_m, e_all, s_all, total_all, n, beta, inv_beta, log_n)
+        tl.store(out_ptr + row, result.to(out_ptr.dtype.element_ty))
+        tl.store(shift_ptr + row, big_m)
+        tl.store(expsum_ptr + row, e_all)
+    else:
+        base = partial_ptr + (row * tl.num_programs(1) + split) * 5
+        tl.store(base + 0, big_m)
+        tl.store(base + 1, e_all)
+        tl.store(base + 2, s_all)
+        tl.store(base + 3, count_all)
+        tl.store(base + 4, total_all)
+
+
+@triton.jit
+def renyi_finish_kernel(
+    partial_ptr,  # fp32 [rows, splits, 5] from renyi_forward_kernel
+    out_ptr,  # D_α per row [rows], output dtype
+    shift_ptr,  # fp32 per-row m
+    expsum_ptr,  # fp32 per-row E
+    splits,  # splits per row (<= SPLIT_BLOCK)
+    n,
+    beta,
+    inv_beta,
+    log_n,
+    SPLIT_BLOCK: tl.constexpr,  # power of two >= splits
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, SPLIT_BLOCK)
+    mask = offs < splits
+    base = partial_ptr + (row * splits + offs) * 5
+    m = tl.load(base + 0, mask=mask, other=float("-inf"))
+    e = tl.load(base + 1, mask=mask, other=0.0)
+    s = tl.load(base + 2, mask=mask, other=0.0)
+    count = tl.load(base + 3, mask=mask, other=0.0)
+    total = tl.load(base + 4, mask=mask, other=0.0)
+    big_m, e_all, s_all, count_all, total_all = _merge_lanes(m, e, s, count, total)
+    result = _finalize(big_m, e_all, s_all, total_all, n, beta, inv_beta, log_n)
+    tl.store(out_ptr + row, result.to(out_ptr.dtype.element_ty))
+    tl.store(shift_ptr + row, big_m)
+    tl.store(expsum_ptr + row, e_all)
+
+
+@triton.jit
+def renyi_backward_kernel(
+    rows_ptr,  # logits r, the (rows, n) view the forward read
+    grad_out_ptr,  # incoming gradient per row, element i at grad_out_ptr + i * grad_out_stride
+    shift_ptr,  # fp32 per-row m from the forward
+    expsum_ptr,  # fp32 per-row E from the forward
+    grad_ptr,  # contiguous (rows, n) gradient −g·exp(β·r − m)/E, input dtype
+    n,
+    row_stride,
+    col_stride,
+    grad_out_stride,
+    beta,  # fp32 β
+    blocks_per_row,  # ceil(n / BLOCK); the 1-d grid covers rows x blocks_per_row
+    INT64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    row = pid // blocks_per_row
+    block = pid % blocks_per_row
+    col = block * BLOCK + tl.arange(0, BLOCK)
+    mask = col < n
+    r = tl.load(rows_ptr + row * row_stride + col * col_stride, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(grad_out_ptr + row * grad_out_stride).to(tl.float32)
+    shift = tl.load(shift_ptr + row)
+    expsum = tl.load(expsum_ptr + row)
+    grad = -g * tl.exp(beta * r - shift) / expsum
+    tl.store(grad_ptr + row * n + col, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
+                         needs_int64, block):
+    """Launch the forward (and, for split rows, the finishing kernel) on a (rows, n) view."""
+    num_rows, n = rows.shape
+    renyi_forward_kernel[(num_rows, splits)](
+        rows, out, shift, expsum, partials if partials is not None else shift,
+        n, rows.stride(0), rows.stride(1), beta, inv_beta, log_n, cols_per_split, cols_per_split // block,
+        SINGLE_SPLIT=splits == 1, INT64=needs_int64, BLOCK=block,
+    )
+    if splits > 1:
+        renyi_finish_kernel[(num_rows,)](
+            partials, out, shift, expsum, splits, n, beta, inv_beta, log_n,
+            SPLIT_BLOCK=max(16, triton.next_power_of_2(splits)),
+        )
+
+
+def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
+    """Launch the backward on the forward's (rows, n) view; ``grad`` is contiguous (rows, n)."""
+    num_rows, n = rows.shape
+    blocks_per_row = triton.cdiv(n, block)
+    renyi_backward_kernel[(num_rows * blocks_per_row,)](
+        rows, grad_out, shift, expsum, grad, n, rows.stride(0), rows.stride(1), grad_out.stride(0), beta,
+        blocks_per_row, INT64=needs_int64, BLOCK=block,
+    )

@@ -1,0 +1,222 @@
+"""fastgan.ops.renyi_divergence against float64 formulas, on every backend."""
+
+import math
+
+import pytest
+import torch
+
+from fastgan.ops import _launch, renyi as renyi_module
+from fastgan.ops.renyi import renyi_divergence, renyi_divergence_reference
+
+ALPHAS = [0.0, 0.25, 0.5, 0.999999, 1.0, 1.000001, 2.0, 10.0]
+# (shape, dim): the batch dimension first, G estimates, a middle dimension, a long row that
+# the kernels split across programs, and a transposed (non-contiguous) layout.
+SHAPES = [
+    ((1,), 0),
+    ((7,), 0),
+    ((257, 3), 0),
+    ((3, 5, 9), 1),
+    ((2, _launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 5), 1),
+    ((1025,), -1),
+]
+
+
+def textbook64(r, alpha, dim):
+    """The definition in float64: 1/(α−1)·(logsumexp((1−α)·r) − log N), −mean(r) at α = 1."""
+    r = r.double()
+    if alpha == 1.0:
+        return -r.mean(dim)
+    return (torch.logsumexp((1 - alpha) * r, dim) - math.log(r.shape[dim])) / (alpha - 1)
+
+
+def log_ratios(shape, device, dtype=torch.float32, scale=2.0, mean=0.8):
+    return (torch.randn(shape, device=device, dtype=torch.float64) * scale + mean).to(dtype)
+
+
+def tolerance(alpha, values):
+    """The float64 definition itself loses log(N)·1e-16/|α−1| near α = 1; add that slack."""
+    slack = 0.0 if alpha == 1.0 else 1e-15 * 40 / abs(alpha - 1)
+    return dict(rtol=3e-5, atol=3e-6 + slack)
+
+
+def test_reference_matches_definition_and_gradcheck():
+    r = log_ratios((40, 3), "cpu", torch.float64)
+    for alpha in ALPHAS:
+        torch.testing.assert_close(renyi_divergence_reference(r, alpha), textbook64(r, alpha, 0), **tolerance(alpha, r))
+    small = log_ratios((6, 2), "cpu", torch.float64).requires_grad_()
+    for alpha in (0.0, 0.5, 1.0, 1.0 + 1e-6, 3.0):
+        assert torch.autograd.gradcheck(lambda t: renyi_divergence_reference(t, alpha), (small,))
+        assert torch.autograd.gradgradcheck(lambda t: renyi_divergence_reference(t, alpha), (small,))
+
+
+@pytest.mark.parametrize("shape,dim", SHAPES, ids=str)
+@pytest.mark.parametrize("alpha", ALPHAS, ids=str)
+def test_renyi_matches_float64(backend, device, shape, dim, alpha):
+    r = log_ratios(shape, device).requires_grad_()
+    got = renyi_divergence(r, alpha, dim, backend=backend)
+    upstream = torch.randn_like(got)
+    (grad,) = torch.autograd.grad(got, r, upstream)
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, dim)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    assert got.shape == want.shape and got.dtype == r.dtype
+    torch.testing.assert_close(got.double(), want, **tolerance(alpha, want))
+    # The gradient is −softmax((1−α)·r) times the upstream: entries of size up to |g|.
+    torch.testing.assert_close(grad.double(), want_grad, rtol=3e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_renyi_keepdim_and_gradient_is_negative_softmax(backend, device, alpha):
+    r = log_ratios((6, 11), device).requires_grad_()
+    got = renyi_divergence(r, alpha, dim=1, keepdim=True, backend=backend)
+    assert got.shape == (6, 1)
+    (grad,) = torch.autograd.grad(got.sum(), r)
+    torch.testing.assert_close(grad, -torch.softmax((1 - alpha) * r.detach(), dim=1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
+def test_renyi_half_precision_within_pytorchs_own_error(backend, device, dtype, alpha):
+    r = log_ratios((513, 2), device, dtype).requires_grad_()
+    got = renyi_divergence(r, alpha, backend=backend)
+    (grad,) = torch.autograd.grad(got.sum(), r)
+    want = textbook64(r.detach(), alpha, 0)
+    r64 = r.detach().double().requires_grad_()
+    (want_grad,) = torch.autograd.grad(textbook64(r64, alpha, 0).sum(), r64)
+    # PyTorch's own eager code in this dtype (its logsumexp upcasts internally, its scaling does not).
+    rt = r.detach().clone().requires_grad_()
+    torch_value = (-rt.mean(0)) if alpha == 1.0 else (torch.logsumexp((1 - alpha) * rt, 0) - math.log(513)) / (alpha - 1)
+    (torch_grad,) = torch.autograd.grad(torch_value.sum(), rt)
+    eps = torch.finfo(dtype).eps
+    for ours, theirs, ref in ((got, torch_value, want), (grad, torch_grad, want_grad)):
+        allowed = 2 * (theirs.double() - ref).abs().max().item() + 2 * eps * ref.abs().max().item()
+        assert (ours.double() - ref).abs().max().item() <= allowed
+
+
+def test_renyi_continuous_through_alpha_one(backend, device):
+    r = log_ratios((4096, 3), device, scale=3.0)
+    limit = -r.double().mean(0)
+    for alpha in (1.0 - 1e-7, 1.0, 1.0 + 1e-7):
+        got = renyi_divergence(r, alpha, backend=backend).double()
+        # float32 precision of values of size ~|mean r| + spread
+        torch.testing.assert_close(got, limit, rtol=1e-5, atol=4e-6)
+    # and the second-order term: d D/dα at α = 1 is −var(r)/2, so α = 1 − 1e-3 moves by ~var·5e-4
+    near = renyi_divergence(r, 1.0 - 1e-3, backend=backend).double()
+    torch.testing.assert_close(near, limit - 1e-3 * r.double().var(0, unbiased=False) / 2, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0, 10.0])
+def test_renyi_extreme_logits(backend, device, alpha):
+    r = torch.tensor([1e4, -1e4, 0.0, 3.0, -9999.0], device=device).repeat(7).requires_grad_()
+    got = renyi_divergence(r, alpha, backend=backend)
+    (grad,) = torch.autograd.grad(got, r)
+    assert torch.isfinite(got) and torch.isfinite(grad).all()
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, 0)
+    (want_grad,) = torch.autograd.grad(want, r64)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_renyi_non_contiguous(backend, device):
+    base = log_ratios((12, 40), device).requires_grad_()
+    for view, dim in ((lambda t: t.t(), 0), (lambda t: t[:, ::3], 1), (lambda t: t[::2].t()[5:], 0)):
+        got = renyi_divergence(view(base), 0.5, dim, backend=backend)
+        (grad,) = torch.autograd.grad(got.sum(), base)
+        b64 = base.detach().double().requires_grad_()
+        want = textbook64(view(b64), 0.5, dim)
+        (want_grad,) = torch.autograd.grad(want.sum(), b64)
+        torch.testing.assert_close(got.double(), want, rtol=3e-5, atol=3e-6)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=3e-5, atol=1e-6)
+
+
+def test_renyi_writes_every_output(kernel_backend, device, monkeypatch):
+    def poisoned(like, shape, dtype=None):
+        return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
+
+    monkeypatch.setattr(_launch, "output", poisoned)
+    for shape, dim in ((37, 5), 0), ((3, _launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 9), 1):
+        r = log_ratios(shape, device).requires_grad_()
+        got = renyi_divergence(r, 0.5, dim, backend=kernel_backend)
+        (grad,) = torch.autograd.grad(got.sum(), r)
+        assert not torch.isnan(got).any() and not torch.isnan(grad).any()
+
+
+def test_renyi_double_backward(backend, device):
+    r = log_ratios((9, 2), device).requires_grad_()
+    v = torch.randn(9, 2, device=device)
+    for alpha in (0.5, 1.0, 3.0):
+        (g,) = torch.autograd.grad(renyi_divergence(r, alpha, backend=backend).sum(), r, create_graph=True)
+        # At α = 1 the gradient −1/N is constant: the second derivative is zero (or absent).
+        (h,) = torch.autograd.grad((g * v).sum(), r, allow_unused=True, materialize_grads=True) if g.requires_grad else (torch.zeros_like(r),)
+        r64 = r.detach().double().requires_grad_()
+        (g64,) = torch.autograd.grad(textbook64(r64, alpha, 0).sum(), r64, create_graph=True)
+        (h64,) = torch.autograd.grad((g64 * v.double()).sum(), r64, allow_unused=True, materialize_grads=True) if g64.requires_grad else (torch.zeros_like(r64),)
+        torch.testing.assert_close(h.double(), h64, rtol=1e-4, atol=1e-6)
+
+
+def test_renyi_empty_and_errors(backend, device):
+    assert torch.isnan(renyi_divergence(torch.empty(0, device=device), 0.5, backend=backend))
+    assert renyi_divergence(torch.empty(5, 0, device=device), 0.5, backend=backend).shape == (0,)
+    r = torch.randn(4, device=device)
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="alpha"):
+            renyi_divergence(r, bad, backend=backend)
+    with pytest.raises(ValueError, match="alpha"):
+        renyi_divergence(r, "0.5", backend=backend)
+    with pytest.raises(IndexError, match="dim"):
+        renyi_divergence(r, 0.5, dim=1, backend=backend)
+    with pytest.raises(TypeError, match="log_ratio"):
+        renyi_divergence(torch.ones(3, dtype=torch.long, device=device), 0.5, backend=backend)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        renyi_divergence(torch.tensor(1.0, device=device), 0.5, backend=backend)
+
+
+def test_opcheck_renyi(kernel_backend, device):
+    rows = log_ratios((5, 33), device).requires_grad_()
+    for beta in (0.5, 0.0, -1.0):
+        torch.library.opcheck(torch.ops.fastgan.renyi_divergence.default, (rows, beta, kernel_backend))
+    out, shift, expsum = renyi_module._renyi_op(rows.detach(), 0.5, kernel_backend)
+    torch.library.opcheck(
+        torch.ops.fastgan.renyi_divergence_backward.default,
+        (rows.detach(), torch.randn(5, device=device), shift, expsum, 0.5, kernel_backend),
+    )
+
+
+def test_renyi_torch_compile_fullgraph(kernel_backend, device):
+    torch._dynamo.reset()
+
+    def loss(r):
+        return renyi_divergence(r, 0.5, backend=kernel_backend).sum() + renyi_divergence(r, 1.0, 1, backend=kernel_backend).mean()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    r = log_ratios((16, 3), device).requires_grad_()
+    got = compiled(r)
+    (got_grad,) = torch.autograd.grad(got, r)
+    want = loss(r)
+    (want_grad,) = torch.autograd.grad(want, r)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+def test_renyi_cuda_graph_capture(kernel_backend):
+    r = torch.randn(300, 2, device="cuda", requires_grad=True)
+
+    def step():
+        return torch.autograd.grad(renyi_divergence(r, 0.5, backend=kernel_backend).sum(), r)[0]
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_grad = step()
+    r.data.copy_(torch.randn_like(r))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_grad, step())
