@@ -11,36 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastgan import _backend
 from fastgan.ops import bce_with_logits, gan_bce_losses
 
-GPU = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if GPU else "cpu")
-SIZES = [256, 2**26] if GPU else [256]
+SIZES = [256, 2**26] if torch.cuda.is_available() else [256]
 
 
-def _provider_params():
-    params = [pytest.param("eager", id="eager")]
-    for name in ("torch", "triton", "cuda"):
-        reason = "" if name == "torch" else _backend._why_not(name, DEVICE, torch.float32)
-        if name == "triton" and not GPU:
-            reason = "timing the Triton interpreter measures nothing"
-        marks = [pytest.mark.skip(reason=f"fastgan {name}: {reason}")] if reason else []
-        params.append(pytest.param(name, id=f"fastgan-{name}", marks=marks))
-    return params
-
-
-def _sync():
-    if GPU:
-        torch.cuda.synchronize()
-
-
-@pytest.mark.parametrize("provider", _provider_params())
 @pytest.mark.parametrize("n", SIZES, ids=lambda n: f"n={n}")
-def bench_bce_with_logits_fwd_bwd(benchmark, provider, n):
+def bench_bce_with_logits_fwd_bwd(benchmark, provider, device, synchronize, n):
     benchmark.group = f"bce_with_logits fwd+bwd n={n}"
-    x = torch.randn(n, device=DEVICE, requires_grad=True)
-    y = torch.rand(n, device=DEVICE)
+    x = torch.randn(n, device=device, requires_grad=True)
+    y = torch.rand(n, device=device)
 
     def step():
         if provider == "eager":
@@ -48,17 +28,16 @@ def bench_bce_with_logits_fwd_bwd(benchmark, provider, n):
         else:
             loss = bce_with_logits(x, y, backend=provider)
         loss.backward()
-        _sync()
+        synchronize()
 
     benchmark(step)
 
 
-@pytest.mark.parametrize("provider", _provider_params())
 @pytest.mark.parametrize("n", SIZES, ids=lambda n: f"n={n}")
-def bench_gan_bce_losses_fwd_bwd(benchmark, provider, n):
+def bench_gan_bce_losses_fwd_bwd(benchmark, provider, device, synchronize, n):
     benchmark.group = f"gan_bce_losses fwd+bwd n={n}"
-    real = torch.randn(n, 1, device=DEVICE, requires_grad=True)
-    fake = torch.randn(n, 1, device=DEVICE, requires_grad=True)
+    real = torch.randn(n, 1, device=device, requires_grad=True)
+    fake = torch.randn(n, 1, device=device, requires_grad=True)
     ones = torch.ones_like(real)
     zeros = torch.zeros_like(fake)
 
@@ -69,13 +48,13 @@ def bench_gan_bce_losses_fwd_bwd(benchmark, provider, n):
         else:
             d_loss, g_loss = gan_bce_losses(real, fake, backend=provider)
         (d_loss + g_loss).backward()
-        _sync()
+        synchronize()
 
     benchmark(step)
 
 
-@pytest.mark.parametrize("provider", ["eager", "fastgan-host-path"])
-def bench_bce_with_logits_host_overhead(benchmark, provider, monkeypatch):
+@pytest.mark.parametrize("path", ["eager", "fastgan-host-path"])
+def bench_bce_with_logits_host_overhead(benchmark, path, monkeypatch):
     """Host time per fwd+bwd call at 256 logits with fastgan's kernel launch stubbed out:
     the Python cost of validation, backend selection, planning, allocation and autograd that
     every kernel-backed call pays before its launch (eager: the whole CPU op, for scale)."""
@@ -84,7 +63,7 @@ def bench_bce_with_logits_host_overhead(benchmark, provider, monkeypatch):
     benchmark.group = "bce_with_logits host overhead n=256"
     x = torch.randn(256, requires_grad=True)
     y = torch.rand(256)
-    if provider == "eager":
+    if path == "eager":
         benchmark(lambda: F.binary_cross_entropy_with_logits(x, y).backward())
         return
     monkeypatch.setattr(bce_module, "_launcher", lambda backend, name: lambda *args, **kwargs: None)
