@@ -5,7 +5,7 @@ Importing fastgan touches no GPU and compiles nothing: backends are probed on fi
 
 __version__ = "0.1.0"
 
-from fastgan import nn, ops
+from fastgan import losses, nn, ops
 from fastgan._backend import BackendStatus, BackendUnavailableError, backends, use_backend
 
-__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "nn", "ops", "use_backend", "__version__"]
+__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "losses", "nn", "ops", "use_backend", "__version__"]

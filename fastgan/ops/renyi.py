@@ -5,7 +5,10 @@ x_1..x_N, the Monte-Carlo estimate of D_α(p_g ‖ p_data) is
 
     D_α = 1/(α-1) · ( logsumexp((1-α)·r) − log N ),        dD_α/dr_i = −softmax((1−α)·r)_i.
 
-α → 1 is the reverse KL, −mean(r); α = 0 the most mode-seeking member, large α mode-covering.
+α → 1 is the reverse KL, −mean(r). The gradient weights samples by softmax((1−α)·r): for
+α < 1 towards high r, where data mass is under-covered (α = 0 weighs by p_data/p_g, the
+forward-KL, mass-covering direction); for α > 1 towards low r, the generator's spurious
+mass, increasingly mode-seeking as α grows.
 
 Stable form. With β = 1 − α, x_i = β·r_i − m and m = max_i β·r_i (so x_i ≤ 0):
 
