@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 
+#include "batch_norm.h"
 #include "bce.h"
 #include "common.h"
 #include "renyi.h"
@@ -22,6 +23,7 @@ namespace py = pybind11;
 namespace {
 
 using Strides = std::array<int64_t, 4>;
+using Strides3 = std::array<int64_t, 3>;  // (stride_n, stride_c, stride_s) of an (N, C, S) view
 
 fastgan::StridedOperand operand(uintptr_t ptr, int dtype, const Strides& strides) {
   fastgan::StridedOperand result{reinterpret_cast<const void*>(ptr), dtype, {}};
@@ -124,6 +126,88 @@ void renyi_backward(uintptr_t input, int input_dtype, int64_t rows, int64_t n, i
   fastgan::renyi_backward(args, as_stream(stream));
 }
 
+fastgan::BnTensor bn_tensor(uintptr_t ptr, int dtype, const Strides3& strides) {
+  return {reinterpret_cast<void*>(ptr), dtype, strides[0], strides[1], strides[2]};
+}
+
+fastgan::BnVector bn_vector(uintptr_t ptr, int dtype) { return {reinterpret_cast<void*>(ptr), dtype}; }
+
+fastgan::BnShape bn_shape(int64_t n, int64_t c, int64_t s, int64_t splits, int64_t positions_per_split) {
+  return {c, s, n * s, splits, positions_per_split};
+}
+
+void batch_norm_forward_train(uintptr_t x, int x_dtype, const Strides3& x_strides, uintptr_t y, int y_dtype,
+                              const Strides3& y_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
+                              int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t running_mean,
+                              int running_mean_dtype, uintptr_t running_var, int running_var_dtype,
+                              uintptr_t num_batches_tracked, uintptr_t mean, uintptr_t invstd, uintptr_t partials,
+                              int64_t splits, int64_t positions_per_split, float momentum, bool cumulative, float eps,
+                              float slope, uintptr_t stream) {
+  fastgan::BatchNormForwardTrainArgs args{};
+  args.shape = bn_shape(n, c, s, splits, positions_per_split);
+  args.x = bn_tensor(x, x_dtype, x_strides);
+  args.y = bn_tensor(y, y_dtype, y_strides);
+  args.weight = bn_vector(weight, weight_dtype);
+  args.bias = bn_vector(bias, bias_dtype);
+  args.running_mean = bn_vector(running_mean, running_mean_dtype);
+  args.running_var = bn_vector(running_var, running_var_dtype);
+  args.num_batches_tracked = reinterpret_cast<const int64_t*>(num_batches_tracked);
+  args.mean = reinterpret_cast<float*>(mean);
+  args.invstd = reinterpret_cast<float*>(invstd);
+  args.partials = reinterpret_cast<float*>(partials);
+  args.momentum = momentum;
+  args.cumulative = cumulative;
+  args.eps = eps;
+  args.slope = slope;
+  fastgan::batch_norm_forward_train(args, as_stream(stream));
+}
+
+void batch_norm_forward_eval(uintptr_t x, int x_dtype, const Strides3& x_strides, uintptr_t y, int y_dtype,
+                             const Strides3& y_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
+                             int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t running_mean,
+                             int running_mean_dtype, uintptr_t running_var, int running_var_dtype, float eps,
+                             float slope, uintptr_t stream) {
+  fastgan::BatchNormForwardEvalArgs args{};
+  args.shape = bn_shape(n, c, s, 1, 1);  // no reductions
+  args.x = bn_tensor(x, x_dtype, x_strides);
+  args.y = bn_tensor(y, y_dtype, y_strides);
+  args.weight = bn_vector(weight, weight_dtype);
+  args.bias = bn_vector(bias, bias_dtype);
+  args.running_mean = bn_vector(running_mean, running_mean_dtype);
+  args.running_var = bn_vector(running_var, running_var_dtype);
+  args.eps = eps;
+  args.slope = slope;
+  fastgan::batch_norm_forward_eval(args, as_stream(stream));
+}
+
+void batch_norm_backward(uintptr_t grad_out, int grad_out_dtype, const Strides3& grad_out_strides, uintptr_t x,
+                         int x_dtype, const Strides3& x_strides, uintptr_t grad_x, int grad_x_dtype,
+                         const Strides3& grad_x_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
+                         int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean, int mean_dtype,
+                         uintptr_t stat, int stat_dtype, bool stat_is_invstd, uintptr_t grad_weight,
+                         int grad_weight_dtype, uintptr_t grad_bias, int grad_bias_dtype, uintptr_t partials,
+                         uintptr_t coefficients, int64_t splits, int64_t positions_per_split, bool training, float eps,
+                         float slope, uintptr_t stream) {
+  fastgan::BatchNormBackwardArgs args{};
+  args.shape = bn_shape(n, c, s, splits, positions_per_split);
+  args.grad_out = bn_tensor(grad_out, grad_out_dtype, grad_out_strides);
+  args.x = bn_tensor(x, x_dtype, x_strides);
+  args.grad_x = bn_tensor(grad_x, grad_x_dtype, grad_x_strides);
+  args.channel.mean = bn_vector(mean, mean_dtype);
+  args.channel.stat = bn_vector(stat, stat_dtype);
+  args.channel.weight = bn_vector(weight, weight_dtype);
+  args.channel.bias = bn_vector(bias, bias_dtype);
+  args.channel.stat_is_invstd = stat_is_invstd;
+  args.channel.eps = eps;
+  args.grad_weight = bn_vector(grad_weight, grad_weight_dtype);
+  args.grad_bias = bn_vector(grad_bias, grad_bias_dtype);
+  args.partials = reinterpret_cast<float*>(partials);
+  args.coefficients = reinterpret_cast<float*>(coefficients);
+  args.training = training;
+  args.slope = slope;
+  fastgan::batch_norm_backward(args, as_stream(stream));
+}
+
 py::dict build_info() {
   py::dict info;
   info["cuda_runtime_version"] = CUDART_VERSION;
@@ -140,4 +224,29 @@ PYBIND11_MODULE(_C, m) {
   m.def("gan_bce_forward", &gan_bce_forward, "Both GAN BCE losses and their gradients in one launch.");
   m.def("renyi_forward", &renyi_forward, "Rényi-α divergence per row, with the per-row (m, E) for the backward.");
   m.def("renyi_backward", &renyi_backward, "Gradient −g·softmax(β·r) of the Rényi-α divergence.");
+  m.def("batch_norm_forward_train", &batch_norm_forward_train,
+        "BatchNorm + LeakyReLU training forward: split statistics, finalize (running statistics in place), "
+        "elementwise pass.",
+        py::arg("x"), py::arg("x_dtype"), py::arg("x_strides"), py::arg("y"), py::arg("y_dtype"),
+        py::arg("y_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"),
+        py::arg("bias"), py::arg("bias_dtype"), py::arg("running_mean"), py::arg("running_mean_dtype"),
+        py::arg("running_var"), py::arg("running_var_dtype"), py::arg("num_batches_tracked"), py::arg("mean"),
+        py::arg("invstd"), py::arg("partials"), py::arg("splits"), py::arg("positions_per_split"),
+        py::arg("momentum"), py::arg("cumulative"), py::arg("eps"), py::arg("slope"), py::arg("stream"));
+  m.def("batch_norm_forward_eval", &batch_norm_forward_eval,
+        "BatchNorm + LeakyReLU eval forward: one elementwise pass with the running statistics.",
+        py::arg("x"), py::arg("x_dtype"), py::arg("x_strides"), py::arg("y"), py::arg("y_dtype"),
+        py::arg("y_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"),
+        py::arg("bias"), py::arg("bias_dtype"), py::arg("running_mean"), py::arg("running_mean_dtype"),
+        py::arg("running_var"), py::arg("running_var_dtype"), py::arg("eps"), py::arg("slope"), py::arg("stream"));
+  m.def("batch_norm_backward", &batch_norm_backward,
+        "BatchNorm + LeakyReLU backward: split sums, finalize (grad_weight, grad_bias), input gradient.",
+        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"),
+        py::arg("x_dtype"), py::arg("x_strides"), py::arg("grad_x"), py::arg("grad_x_dtype"),
+        py::arg("grad_x_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"),
+        py::arg("weight_dtype"), py::arg("bias"), py::arg("bias_dtype"), py::arg("mean"), py::arg("mean_dtype"),
+        py::arg("stat"), py::arg("stat_dtype"), py::arg("stat_is_invstd"), py::arg("grad_weight"),
+        py::arg("grad_weight_dtype"), py::arg("grad_bias"), py::arg("grad_bias_dtype"), py::arg("partials"),
+        py::arg("coefficients"), py::arg("splits"), py::arg("positions_per_split"), py::arg("training"),
+        py::arg("eps"), py::arg("slope"), py::arg("stream"));
 }

@@ -90,3 +90,60 @@ def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_in
         address(grad_out), dtype_code(grad_out), grad_out.stride(0),
         address(shift), address(expsum), address(grad), dtype_code(grad), beta, stream_handle(rows),
     )
+
+
+_NO_STRIDES_3D = (0, 0, 0)
+
+
+def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
+                                    partials, *, plan, momentum, cumulative, eps, slope):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_train`` (always 64-bit offsets)."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_forward_train(
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(),
+        y=address(y), y_dtype=dtype_code(y), y_strides=y.stride(), n=n, c=c, s=s,
+        weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
+        running_mean=address(running_mean), running_mean_dtype=dtype_code(running_mean),
+        running_var=address(running_var), running_var_dtype=dtype_code(running_var),
+        num_batches_tracked=address(num_batches_tracked) if cumulative else 0,
+        mean=address(mean), invstd=address(invstd), partials=address(partials),
+        splits=plan.splits, positions_per_split=plan.positions_per_split,
+        momentum=float(momentum) if momentum is not None else 0.0, cumulative=bool(cumulative),
+        eps=float(eps), slope=float(slope), stream=stream_handle(x),
+    )
+
+
+def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var, *, plan, eps, slope):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_eval`` (always 64-bit offsets)."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_forward_eval(
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(),
+        y=address(y), y_dtype=dtype_code(y), y_strides=y.stride(), n=n, c=c, s=s,
+        weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
+        running_mean=address(running_mean), running_mean_dtype=dtype_code(running_mean),
+        running_var=address(running_var), running_var_dtype=dtype_code(running_var),
+        eps=float(eps), slope=float(slope), stream=stream_handle(x),
+    )
+
+
+def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials,
+                               coefficients, *, plan, training, stat_is_invstd, eps, slope):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward`` (always 64-bit offsets).
+
+    The reduction and finalize run when ``training`` or a parameter gradient is asked for; the
+    elementwise dx pass when ``grad_x`` is given."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_backward(
+        grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(),
+        grad_x=address(grad_x), grad_x_dtype=dtype_code(grad_x),
+        grad_x_strides=grad_x.stride() if grad_x is not None else _NO_STRIDES_3D, n=n, c=c, s=s,
+        weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
+        mean=address(mean), mean_dtype=dtype_code(mean), stat=address(stat), stat_dtype=dtype_code(stat),
+        stat_is_invstd=bool(stat_is_invstd),
+        grad_weight=address(grad_weight), grad_weight_dtype=dtype_code(grad_weight),
+        grad_bias=address(grad_bias), grad_bias_dtype=dtype_code(grad_bias),
+        partials=address(partials), coefficients=address(coefficients),
+        splits=plan.splits, positions_per_split=plan.positions_per_split, training=bool(training),
+        eps=float(eps), slope=float(slope), stream=stream_handle(x),
+    )

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fastgan.ops.batch_norm import batch_norm_leaky_relu
 from fastgan.ops.bce import REDUCTIONS, bce_with_logits
 
 
@@ -41,3 +42,68 @@ class BCEWithLogitsLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}" + (f", backend={self.backend!r}" if self.backend else "")
+
+
+class _BatchNormLeakyReLU(torch.nn.modules.batchnorm._BatchNorm):
+    """``nn.BatchNorm*d`` followed by ``nn.LeakyReLU(negative_slope)``, fused
+    (:func:`fastgan.ops.batch_norm_leaky_relu`). Same constructor arguments, parameters,
+    buffers and state_dict keys as ``nn.BatchNorm*d``, so checkpoints load either way;
+    ``negative_slope=0`` gives BatchNorm → ReLU."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        negative_slope: float = 0.01,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.negative_slope = float(negative_slope)
+        self.backend = backend
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        # The same decisions as nn.BatchNorm's forward: batch statistics in training, or
+        # always when no running statistics are kept; num_batches_tracked is advanced (on the
+        # device, by the op) whenever running statistics are updated.
+        use_running = not self.training or self.track_running_stats
+        tracking = self.training and self.track_running_stats
+        return batch_norm_leaky_relu(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            self.training or (self.running_mean is None and self.running_var is None),
+            self.momentum,
+            self.eps,
+            self.negative_slope,
+            num_batches_tracked=self.num_batches_tracked if tracking else None,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        extra = f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+        return extra + (f", backend={self.backend!r}" if self.backend else "")
+
+
+class BatchNormLeakyReLU1d(_BatchNormLeakyReLU):
+    """Fused ``nn.BatchNorm1d`` → ``nn.LeakyReLU`` for (N, C) and (N, C, L) inputs."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+
+
+class BatchNormLeakyReLU2d(_BatchNormLeakyReLU):
+    """Fused ``nn.BatchNorm2d`` → ``nn.LeakyReLU`` for (N, C, H, W) inputs (contiguous or channels_last)."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")

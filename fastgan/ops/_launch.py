@@ -61,6 +61,12 @@ def output(like: torch.Tensor, shape, dtype: torch.dtype | None = None) -> torch
     return like.new_empty(shape, dtype=dtype if dtype is not None else like.dtype)
 
 
+def output_like(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised kernel output shaped and strided like ``like`` (memory format kept);
+    the allocation seam for activation-sized outputs, as :func:`output` is for the rest."""
+    return torch.empty_like(like)
+
+
 def elementwise(numel: int) -> LaunchShape:
     """One program per block, no reduction."""
     return LaunchShape(num_programs=max(1, -(-numel // BLOCK)), blocks_per_program=1)

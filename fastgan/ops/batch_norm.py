@@ -1,0 +1,462 @@
+"""Fused BatchNorm + LeakyReLU: ``leaky_relu(batch_norm(x), negative_slope)`` in one op.
+
+DCGAN-style discriminators run BatchNorm → LeakyReLU(0.2) and generators BatchNorm → ReLU
+(slope 0); both are memory-bound, so fusing them saves whole passes over the activation.
+
+Math (per channel c, over the P = N·H·W positions; see ``kernels/batch_norm.py`` for the
+kernels and the backward derivation):
+
+    training: μ = mean(x), σ² = mean((x − μ)²) (biased, fp32, Welford/Chan merges)
+              running_mean ← running_mean + f·(μ − running_mean)
+              running_var  ← running_var + f·(σ²·P/(P − 1) − running_var)
+              f = momentum, or 1/num_batches_tracked when momentum is None (cumulative average)
+    eval:     μ, σ² = running_mean, running_var
+    y = leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias, negative_slope)
+
+Memory: the kernel path saves x and two fp32 vectors of C for the backward (eager PyTorch
+saves the BatchNorm input and the LeakyReLU input: two activation-sized tensors). The
+in-place-ABN alternative (save y, invert the activation and the affine map to recover x̂)
+is not used: it cannot invert ReLU (slope 0), divides by the weight, and makes an exact
+double backward impossible because x would no longer be in the graph. Saving x keeps the
+second-order gradients (R1 penalties through the discriminator) exact: under
+``create_graph=True`` the backward is recomputed in differentiable PyTorch from x.
+
+Multi-GPU seam: training statistics are computed as per-split (count, mean, M2) partials
+(``[splits, 3, C]``) and merged by Chan's formula in a separate finalize kernel; a
+distributed version all-gathers the partials and runs the same finalize.
+
+Registration: ``fastgan::batch_norm_leaky_relu`` (mutating the running statistics) and
+``fastgan::batch_norm_leaky_relu_backward`` are ``torch.library`` custom ops with fake
+implementations; eager calls enter the same code through an ``autograd.Function``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastgan import _backend, _indexing
+from fastgan.ops import _launch
+from fastgan.ops.bce import _compute_dtype
+
+# Tile shapes: the unit-stride dimension is the long one.
+_CHANNELS_LAST_TILE = (32, 64)  # (channels, positions) when channels are contiguous
+_CHANNELS_FIRST_TILE = (2, 512)  # when positions are contiguous (NCHW)
+
+
+class BatchNormPlan(NamedTuple):
+    """How the kernels tile an (N, C, S) view: ``splits`` programs per channel block for the
+    reductions, each covering ``positions_per_split`` of the P = N·S positions."""
+
+    splits: int
+    positions_per_split: int
+    block_c: int
+    block_p: int
+    needs_int64: bool
+
+
+# --------------------------------------------------------------------------------------
+# Reference (the torch backend)
+# --------------------------------------------------------------------------------------
+
+
+def _channel_view(t: Tensor, ndim: int) -> Tensor:
+    return t.view((1, -1) + (1,) * (ndim - 2))
+
+
+def _normalise_activate(x: Tensor, weight, bias, mean: Tensor, var: Tensor, eps: float, slope: float) -> Tensor:
+    """leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias), differentiable in every argument."""
+    z = (x - _channel_view(mean, x.dim())) * _channel_view(torch.rsqrt(var + eps), x.dim())
+    if weight is not None:
+        z = z * _channel_view(weight.to(z.dtype), x.dim())
+    if bias is not None:
+        z = z + _channel_view(bias.to(z.dtype), x.dim())
+    return F.leaky_relu(z, slope)
+
+
+def _batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    dims = [0] + list(range(2, x.dim()))
+    return x.mean(dims), x.var(dims, unbiased=False)
+
+
+def _update_running(running_mean, running_var, mean, var, positions: int, factor) -> None:
+    with torch.no_grad():
+        unbiased = var * (positions / (positions - 1))
+        running_mean.copy_(running_mean + factor * (mean.to(running_mean.dtype) - running_mean))
+        running_var.copy_(running_var + factor * (unbiased.to(running_var.dtype) - running_var))
+
+
+def _running_factor(momentum: Optional[float], num_batches_tracked: Optional[Tensor]):
+    """The running-statistics factor: momentum, or 1/num_batches_tracked as a device tensor."""
+    return momentum if momentum is not None else 1.0 / num_batches_tracked
+
+
+def batch_norm_leaky_relu_reference(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    training: bool,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    negative_slope: float = 0.01,
+    *,
+    num_batches_tracked: Optional[Tensor] = None,
+) -> Tensor:
+    """:func:`batch_norm_leaky_relu` in plain differentiable PyTorch (half precision in float32)."""
+    positions = _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
+                            num_batches_tracked)
+    x32 = x.to(_compute_dtype(x.dtype))
+    if training:
+        _advance(num_batches_tracked, running_mean)
+        mean, var = _batch_statistics(x32)
+        if running_mean is not None:
+            _update_running(running_mean, running_var, mean.detach(), var.detach(), positions,
+                            _running_factor(momentum, num_batches_tracked))
+    else:
+        mean, var = running_mean.to(x32.dtype), running_var.to(x32.dtype)
+    return _normalise_activate(x32, weight, bias, mean, var, eps, negative_slope).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+
+
+def _check_vector(value, name: str, channels: int, x: Tensor) -> None:
+    if value is None:
+        return
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) for an input with {channels} channels, got {tuple(value.shape)}")
+    if value.device != x.device:
+        raise RuntimeError(f"{name} is on {value.device} but x is on {x.device}")
+
+
+def _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
+                num_batches_tracked) -> int:
+    """Validates the arguments; returns P, the number of values per channel."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (N, C, *) with at least 2 dimensions, got {tuple(x.shape)}")
+    channels = x.shape[1]
+    for value, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
+        _check_vector(value, name, channels, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if not training and running_mean is None:
+        raise ValueError("training=False normalises with running_mean/running_var, which are None")
+    if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)):
+        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    for value, name in ((eps, "eps"), (negative_slope, "negative_slope")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
+            raise TypeError("num_batches_tracked must be a one-element tensor (the module's buffer) or None")
+        if num_batches_tracked.device != x.device:
+            raise RuntimeError(f"num_batches_tracked is on {num_batches_tracked.device} but x is on {x.device}")
+    if training and running_mean is not None and momentum is None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    positions = x.numel() // channels if channels else 0
+    if training and positions == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    return positions
+
+
+def _advance(num_batches_tracked: Optional[Tensor], running_mean: Optional[Tensor]) -> None:
+    """num_batches_tracked += 1, on the device, as nn.BatchNorm does in training."""
+    if num_batches_tracked is not None and running_mean is not None:
+        num_batches_tracked.add_(1)
+
+
+# --------------------------------------------------------------------------------------
+# Kernel path
+# --------------------------------------------------------------------------------------
+
+
+def _launcher(backend: str, name: str):
+    if backend == "triton":
+        from fastgan.kernels import batch_norm as triton_batch_norm
+
+        return getattr(triton_batch_norm, "launch_" + name)
+    from fastgan import _cuda
+
+    return getattr(_cuda, "launch_" + name)
+
+
+def _three_d(t: Tensor) -> Optional[Tensor]:
+    """(N, C, S) view of an (N, C, *) tensor, or None when the spatial dimensions do not
+    share one stride (NCHW-contiguous and channels_last both do)."""
+    n, c = t.shape[:2]
+    spatial = math.prod(t.shape[2:])
+    try:
+        return t.view(n, c, spatial)
+    except RuntimeError:
+        return None
+
+
+def _largest_offset(*tensors: Tensor) -> int:
+    return max(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) + 1 for t in tensors)
+
+
+def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
+    n, c, s = x3.shape
+    positions = n * s
+    block_c, block_p = _CHANNELS_LAST_TILE if x3.stride(1) == 1 and c > 1 else _CHANNELS_FIRST_TILE
+    block_c = min(block_c, _launch.triton_next_power_of_2(max(c, 1)))
+    block_c = max(block_c, 2)
+    channel_blocks = -(-c // block_c)
+    position_blocks = max(1, -(-positions // block_p))
+    budget = _launch.program_budget(x3.device, channel_blocks * position_blocks)
+    splits = max(1, min(position_blocks, budget // channel_blocks))
+    positions_per_split = -(-position_blocks // splits) * block_p
+    splits = max(1, -(-positions // positions_per_split))
+    return BatchNormPlan(splits, positions_per_split, block_c, block_p,
+                         _indexing.needs_int64(_largest_offset(x3, *others)))
+
+
+def _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
+                  momentum: float, cumulative: bool, eps: float, slope: float, backend: str):
+    y3 = _launch.output_like(x3)
+    plan = _plan(x3, y3)
+    channels = x3.shape[1]
+    if training:
+        mean = _launch.output(x3, (channels,), torch.float32)
+        invstd = _launch.output(x3, (channels,), torch.float32)
+        partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
+        _launcher(backend, "batch_norm_forward_train")(
+            x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
+            plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope,
+        )
+    else:
+        mean, invstd = x3.new_empty((0,), dtype=torch.float32), x3.new_empty((0,), dtype=torch.float32)
+        _launcher(backend, "batch_norm_forward_eval")(
+            x3, y3, weight, bias, running_mean, running_var, plan=plan, eps=eps, slope=slope
+        )
+    return y3, mean, invstd
+
+
+@torch.library.custom_op(
+    "fastgan::batch_norm_leaky_relu", mutates_args=("running_mean", "running_var")
+)
+def _batch_norm_leaky_relu_op(
+    x3: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    cumulative: bool,
+    eps: float,
+    slope: float,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+                         cumulative, eps, slope, backend)
+
+
+@_batch_norm_leaky_relu_op.register_fake
+def _batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num_batches_tracked, training,
+                                momentum, cumulative, eps, slope, backend):
+    stats = (x3.shape[1],) if training else (0,)
+    return torch.empty_like(x3), x3.new_empty(stats, dtype=torch.float32), x3.new_empty(stats, dtype=torch.float32)
+
+
+def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat_is_invstd: bool, eps: float,
+                   slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str):
+    channels = x3.shape[1]
+    grad_x = _launch.output_like(x3) if need_x else None
+    grad_weight = _launch.output(weight, (channels,)) if need_weight else None
+    grad_bias = _launch.output(bias, (channels,)) if need_bias else None
+    plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
+    partials = x3.new_empty((plan.splits, 2, channels), dtype=torch.float32)
+    coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
+    _launcher(backend, "batch_norm_backward")(
+        grad_out3, x3, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials, coefficients,
+        plan=plan, training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope,
+    )
+    # Absent gradients are distinct empty tensors: custom-op outputs may not alias each other.
+    return tuple(g if g is not None else x3.new_empty((0,)) for g in (grad_x, grad_weight, grad_bias))
+
+
+@torch.library.custom_op("fastgan::batch_norm_leaky_relu_backward", mutates_args=())
+def _batch_norm_leaky_relu_backward_op(
+    grad_out3: Tensor,
+    x3: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    mean: Tensor,
+    stat: Tensor,
+    training: bool,
+    stat_is_invstd: bool,
+    eps: float,
+    slope: float,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward_impl(grad_out3, x3, weight, bias, mean, stat, training, stat_is_invstd, eps, slope, need_x,
+                          need_weight, need_bias, backend)
+
+
+@_batch_norm_leaky_relu_backward_op.register_fake
+def _batch_norm_leaky_relu_backward_fake(grad_out3, x3, weight, bias, mean, stat, training, stat_is_invstd, eps,
+                                         slope, need_x, need_weight, need_bias, backend):
+    channels = x3.shape[1]
+    return (
+        torch.empty_like(x3) if need_x else x3.new_empty((0,)),
+        weight.new_empty((channels,)) if need_weight else x3.new_empty((0,)),
+        bias.new_empty((channels,)) if need_bias else x3.new_empty((0,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x3, weight, bias, running_mean, running_var, _, training, _, _, eps, slope, backend = inputs
+    _, mean, invstd = output
+    ctx.mark_non_differentiable(mean, invstd)
+    ctx.set_materialize_grads(False)
+    if training:
+        ctx.save_for_backward(x3, weight, bias, mean, invstd)
+    else:
+        ctx.save_for_backward(x3, weight, bias, running_mean, running_var)
+    ctx.training, ctx.eps, ctx.slope, ctx.backend = training, eps, slope, backend
+
+
+def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
+    x3, weight, bias, mean, stat = ctx.saved_tensors
+    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+    if grad_out3 is None:
+        return (None,) * 12
+    if torch.is_grad_enabled():
+        # Second order (e.g. an R1 penalty): recompute the forward differentiably from x.
+        running = (None, None) if ctx.training else (mean, stat)
+        grads = _differentiable_backward(grad_out3, x3, weight, bias, *running, ctx.eps, ctx.slope,
+                                         (need_x, need_weight, need_bias))
+    else:
+        outputs = _batch_norm_leaky_relu_backward_op(
+            grad_out3, x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
+            need_x, need_weight and weight is not None, need_bias and bias is not None, ctx.backend,
+        )
+        grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
+    return grads + (None,) * 9
+
+
+def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_var, eps, slope, wanted):
+    """Gradients of the forward recomputed in differentiable PyTorch (batch statistics when
+    ``running_mean`` is None), with ``create_graph`` so they can be differentiated again."""
+    with torch.enable_grad():
+        inputs = [t if t is None or t.requires_grad else t.detach().requires_grad_(w)
+                  for t, w in zip((x3, weight, bias), wanted)]
+        x32 = inputs[0].to(_compute_dtype(x3.dtype))
+        if running_mean is None:
+            mean, var = _batch_statistics(x32)
+        else:
+            mean, var = running_mean.to(x32.dtype), running_var.to(x32.dtype)
+        y = _normalise_activate(x32, inputs[1], inputs[2], mean, var, eps, slope)
+        targets = [t for t, w in zip(inputs, wanted) if w and t is not None]
+        found = iter(torch.autograd.grad(y, targets, grad_out3.to(y.dtype), create_graph=True))
+    return tuple(next(found).to(t.dtype) if w and t is not None else None for t, w in zip(inputs, wanted))
+
+
+class _BatchNormLeakyReLUFunction(torch.autograd.Function):
+    """Autograd for the kernel path. The forward op mutates the running statistics, and
+    torch.library cannot attach autograd to a mutating op, so the autograd lives here: under
+    torch.compile the forward and backward are the registered custom ops (traced through this
+    Function), in eager the same implementations are called directly."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        if torch.compiler.is_compiling():
+            output = _batch_norm_leaky_relu_op(*inputs)
+        else:
+            output = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
+def batch_norm_leaky_relu(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    training: bool,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    negative_slope: float = 0.01,
+    *,
+    num_batches_tracked: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """``F.leaky_relu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps),
+    negative_slope)`` fused.
+
+    Args:
+        x: (N, C), (N, C, L), (N, C, H, W) or any (N, C, *); contiguous or channels_last
+            (other layouts are copied once, with a warning). float32/float16/bfloat16 on the
+            kernel backends (statistics in float32), any float dtype on ``torch``.
+        weight, bias: (C,) affine parameters, or None.
+        running_mean, running_var: (C,) buffers updated in place when ``training``; used to
+            normalise when not. Both None: batch statistics only (needs ``training``).
+        training: normalise with batch statistics (and update the running ones).
+        momentum: running-statistics factor; None for the cumulative average, which needs
+            ``num_batches_tracked``.
+        eps: added to the variance. negative_slope: LeakyReLU slope (0 is ReLU).
+        num_batches_tracked: the module's 1-element counter; incremented on the device in
+            training (as ``nn.BatchNorm`` does), read by the kernels when ``momentum`` is None.
+        backend: ``"cuda"``, ``"triton"``, ``"torch"`` or ``"auto"``.
+
+    Returns:
+        y, shaped like ``x`` in its memory format and dtype.
+    """
+    _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
+                num_batches_tracked)
+    # The kernels take float32/float16/bfloat16 tensors and parameters; anything else (float64
+    # buffers, say) selects like a float64 input does: the torch backend.
+    dtypes = [t.dtype for t in (x, weight, bias, running_mean, running_var) if t is not None]
+    unsupported = [d for d in dtypes if d not in _backend.KERNEL_DTYPES]
+    name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, unsupported[0] if unsupported else x.dtype)
+    if name == "torch" or x.numel() == 0:
+        return batch_norm_leaky_relu_reference(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
+            num_batches_tracked=num_batches_tracked,
+        )
+    x3 = _three_d(x)
+    if x3 is None:
+        _backend.warn_once(
+            f"batch_norm_leaky_relu:layout:{x.stride()}",
+            "fastgan.ops.batch_norm_leaky_relu: the input is neither contiguous nor channels_last; "
+            "copying it to contiguous memory first",
+        )
+        x3 = _three_d(x.contiguous())
+    if training:
+        _advance(num_batches_tracked, running_mean)
+    cumulative = training and running_mean is not None and momentum is None
+    args = (
+        x3, weight, bias, running_mean, running_var, num_batches_tracked if cumulative else None, training,
+        float(momentum) if momentum is not None else 0.0, cumulative, float(eps), float(negative_slope), name,
+    )
+    y3 = _BatchNormLeakyReLUFunction.apply(*args)[0]
+    return y3.view(x.shape) if y3.shape != x.shape else y3

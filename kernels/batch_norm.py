@@ -1,0 +1,372 @@
+"""Triton kernels for fused BatchNorm + LeakyReLU (installed as ``fastgan.kernels.batch_norm``).
+
+Layout. Every tensor is seen as (N, C, S): S = the flattened spatial positions, element
+(n, c, s) at n·stride_n + c·stride_c + s·stride_s. Contiguous NCHW has stride_s = 1,
+channels_last has stride_c = 1; a tile is BLOCK_C channels × BLOCK_P positions, where a
+position p = n·S + s runs over all N·S = P samples of a channel. The block shape is picked
+by the caller so that the unit-stride dimension is the long one.
+
+Forward (training), three launches:
+  1. partial statistics: each (channel block, split) program walks its range of positions
+     and keeps per channel (count, mean, M2) with Welford/Chan merges of two-pass tile
+     statistics: tile mean, then tile M2 = Σ(x − tile mean)² (never E[x²] − E[x]²);
+     merging (n_a, μ_a, M2_a) with (n_b, μ_b, M2_b): δ = μ_b − μ_a, n = n_a + n_b,
+     μ = μ_a + δ·n_b/n, M2 = M2_a + M2_b + δ²·n_a·n_b/n.
+     These partials are the multi-GPU seam: an all-gather of them merges the same way.
+  2. finalize: merge the splits, var = M2/P (biased, for normalising), invstd =
+     1/sqrt(var + eps); update the running statistics in place with the unbiased
+     M2/(P − 1) and factor = momentum, or 1/num_batches_tracked (cumulative average) read
+     on the device, so no host synchronisation.
+  3. elementwise: y = leaky_relu(x·a + b) with a = w·invstd, b = bias − mean·a.
+Eval is launch 3 alone with a, b from the running statistics.
+
+Backward. With x̂ = (x − μ)·invstd, z = w·x̂ + bias, y = z if z > 0 else slope·z:
+    dz = dy if z > 0 else slope·dy
+    dbias = Σ dz,   dw = Σ dz·x̂                 (sums over the P positions of a channel)
+    training: dx = w·invstd·(dz − Σdz/P − x̂·Σ(dz·x̂)/P)   (μ and σ depend on x)
+    eval:     dx = w·invstd·dz
+Two data passes: a reduction (per-split partial Σdz, Σdz·x̂), a tiny finalize over C (dw,
+dbias, and the two coefficients), and the elementwise dx pass. Only x is saved.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64: tl.constexpr):
+    """Element offsets of a (BLOCK_C, BLOCK_P) tile; positions p = n·S + s."""
+    if INT64:
+        positions = positions.to(tl.int64)
+        channels = channels.to(tl.int64)
+    n = positions // S
+    s = positions - n * S
+    return n[None, :] * stride_n + channels[:, None] * stride_c + s[None, :] * stride_s
+
+
+@triton.jit
+def _normalise_coefficients(channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps,
+                            STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Per-channel (mean, invstd, w, bias) in fp32; stat is invstd (saved batch statistics)
+    or a variance (running statistics, eval) turned into 1/sqrt(var + eps)."""
+    mean = tl.load(mean_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+    stat = tl.load(stat_ptr + channels, mask=c_mask, other=1.0).to(tl.float32)
+    if STAT_IS_INVSTD:
+        invstd = stat
+    else:
+        invstd = 1.0 / tl.sqrt(stat + eps)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + channels, mask=c_mask, other=1.0).to(tl.float32)
+    else:
+        w = tl.full(mean.shape, 1.0, tl.float32)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+    else:
+        b = tl.zeros(mean.shape, tl.float32)
+    return mean, invstd, w, b
+
+
+@triton.jit
+def bn_partial_statistics_kernel(
+    x_ptr,                 # input x, (N, C, S) with the strides below
+    partials_ptr,          # fp32 [splits, 3, C]: (count, mean, M2) of each split's positions
+    C, S, P,               # channels, spatial positions per sample, P = N·S
+    stride_n, stride_c, stride_s,
+    positions_per_split,   # positions each split covers (a multiple of BLOCK_P)
+    INT64: tl.constexpr,   # 64-bit offsets (tensors beyond 2^31 elements)
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    split = tl.program_id(1)
+    channels = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = channels < C
+    start = split * positions_per_split
+    end = tl.minimum(start + positions_per_split, P)
+    count = tl.zeros([BLOCK_C], tl.float32)
+    mean = tl.zeros([BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_C], tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        positions = p0 + tl.arange(0, BLOCK_P)
+        mask = c_mask[:, None] & (positions < end)[None, :]
+        offsets = _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64)
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        tile_count = tl.minimum(end - p0, BLOCK_P).to(tl.float32)
+        tile_mean = tl.sum(x, axis=1) / tile_count
+        centred = tl.where(mask, x - tile_mean[:, None], 0.0)
+        tile_m2 = tl.sum(centred * centred, axis=1)
+        total = count + tile_count
+        delta = tile_mean - mean
+        mean += delta * (tile_count / total)
+        m2 += tile_m2 + delta * delta * (count * tile_count / total)
+        count = total
+    out = partials_ptr + split * 3 * C + channels
+    tl.store(out, count, mask=c_mask)
+    tl.store(out + C, mean, mask=c_mask)
+    tl.store(out + 2 * C, m2, mask=c_mask)
+
+
+@triton.jit
+def bn_finalize_statistics_kernel(
+    partials_ptr,          # fp32 [splits, 3, C] from bn_partial_statistics_kernel
+    mean_ptr,              # fp32 [C] out: batch mean, saved for the backward
+    invstd_ptr,            # fp32 [C] out: 1/sqrt(biased var + eps), saved for the backward
+    running_mean_ptr,      # [C] running mean, updated in place (any float dtype) when HAS_RUNNING
+    running_var_ptr,       # [C] running variance (unbiased estimate), updated in place
+    num_batches_tracked_ptr,  # int64 [1], already incremented; read when CUMULATIVE
+    splits, C,
+    momentum,              # running-statistics factor (unused when CUMULATIVE)
+    eps,
+    HAS_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,  # CUMULATIVE: momentum=None, factor 1/num_batches_tracked
+    BLOCK_C: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = channels < C
+    count = tl.zeros([BLOCK_C], tl.float32)
+    mean = tl.zeros([BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_C], tl.float32)
+    for split in range(0, splits):
+        row = partials_ptr + split * 3 * C + channels
+        n_b = tl.load(row, mask=c_mask, other=0.0)
+        mean_b = tl.load(row + C, mask=c_mask, other=0.0)
+        m2_b = tl.load(row + 2 * C, mask=c_mask, other=0.0)
+        total = count + n_b
+        delta = mean_b - mean
+        ratio = tl.where(total > 0, n_b / tl.maximum(total, 1.0), 0.0)
+        mean += delta * ratio
+        m2 += m2_b + delta * delta * count * ratio
+        count = total
+    invstd = 1.0 / tl.sqrt(m2 / count + eps)
+    tl.store(mean_ptr + channels, mean, mask=c_mask)
+    tl.store(invstd_ptr + channels, invstd, mask=c_mask)
+    if HAS_RUNNING:
+        if CUMULATIVE:
+            factor = 1.0 / tl.load(num_batches_tracked_ptr).to(tl.float32)
+        else:
+            factor = momentum
+        running_mean = tl.load(running_mean_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+        running_var = tl.load(running_var_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+        unbiased = m2 / (count - 1.0)
+        tl.store(running_mean_ptr + channels, running_mean + factor * (mean - running_mean), mask=c_mask)
+        tl.store(running_var_ptr + channels, running_var + factor * (unbiased - running_var), mask=c_mask)
+
+
+@triton.jit
+def bn_leaky_relu_forward_kernel(
+    x_ptr, y_ptr,          # input and output, (N, C, S) each with its own strides
+    mean_ptr, stat_ptr,    # per-channel mean and invstd (training) or running mean and variance (eval)
+    weight_ptr, bias_ptr,  # affine parameters [C] (absent: 1 and 0)
+    C, S, P,
+    x_stride_n, x_stride_c, x_stride_s,
+    y_stride_n, y_stride_c, y_stride_s,
+    eps,                   # used only when the stat is a variance
+    slope,                 # LeakyReLU negative slope (0: ReLU)
+    STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    positions = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_mask = channels < C
+    mask = c_mask[:, None] & (positions < P)[None, :]
+    mean, invstd, w, b = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
+    )
+    scale = w * invstd
+    shift = b - mean * scale
+    x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64),
+                mask=mask, other=0.0).to(tl.float32)
+    z = x * scale[:, None] + shift[:, None]
+    y = tl.where(z > 0, z, z * slope)
+    tl.store(y_ptr + _tile_offsets(channels, positions, S, y_stride_n, y_stride_c, y_stride_s, INT64),
+             y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _activation_grad(x, dy, mean, invstd, w, b, slope):
+    """(x̂, dz) of a tile: dz = dy where z = w·x̂ + bias > 0, else slope·dy."""
+    xhat = (x - mean[:, None]) * invstd[:, None]
+    z = xhat * w[:, None] + b[:, None]
+    return xhat, tl.where(z > 0, dy, dy * slope)
+
+
+@triton.jit
+def bn_leaky_relu_backward_reduce_kernel(
+    grad_out_ptr, x_ptr,   # dy and the saved input, (N, C, S) with their own strides
+    mean_ptr, stat_ptr, weight_ptr, bias_ptr,  # as in the forward
+    partials_ptr,          # fp32 [splits, 2, C] out: per split Σdz and Σdz·x̂
+    C, S, P,
+    g_stride_n, g_stride_c, g_stride_s,
+    x_stride_n, x_stride_c, x_stride_s,
+    positions_per_split, eps, slope,
+    STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    c_mask = channels < C
+    mean, invstd, w, b = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
+    )
+    start = split * positions_per_split
+    end = tl.minimum(start + positions_per_split, P)
+    sum_dz = tl.zeros([BLOCK_C], tl.float32)
+    sum_dz_xhat = tl.zeros([BLOCK_C], tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        positions = p0 + tl.arange(0, BLOCK_P)
+        mask = c_mask[:, None] & (positions < end)[None, :]
+        x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64),
+                    mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64),
+                     mask=mask, other=0.0).to(tl.float32)
+        xhat, dz = _activation_grad(x, dy, mean, invstd, w, b, slope)
+        sum_dz += tl.sum(dz, axis=1)
+        sum_dz_xhat += tl.sum(tl.where(mask, dz * xhat, 0.0), axis=1)
+    out = partials_ptr + split * 2 * C + channels
+    tl.store(out, sum_dz, mask=c_mask)
+    tl.store(out + C, sum_dz_xhat, mask=c_mask)
+
+
+@triton.jit
+def bn_leaky_relu_backward_finalize_kernel(
+    partials_ptr,          # fp32 [splits, 2, C] from the reduce kernel
+    grad_weight_ptr,       # [C] out: Σdz·x̂ (when HAS_GRAD_WEIGHT), the weight's dtype
+    grad_bias_ptr,         # [C] out: Σdz (when HAS_GRAD_BIAS)
+    coefficients_ptr,      # fp32 [2, C] out: Σdz/P and Σdz·x̂/P (training only)
+    splits, C, inv_p,      # inv_p = 1/P
+    TRAINING: tl.constexpr, HAS_GRAD_WEIGHT: tl.constexpr, HAS_GRAD_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = channels < C
+    sum_dz = tl.zeros([BLOCK_C], tl.float32)
+    sum_dz_xhat = tl.zeros([BLOCK_C], tl.float32)
+    for split in range(0, splits):
+        row = partials_ptr + split * 2 * C + channels
+        sum_dz += tl.load(row, mask=c_mask, other=0.0)
+        sum_dz_xhat += tl.load(row + C, mask=c_mask, other=0.0)
+    if HAS_GRAD_WEIGHT:
+        tl.store(grad_weight_ptr + channels, sum_dz_xhat.to(grad_weight_ptr.dtype.element_ty), mask=c_mask)
+    if HAS_GRAD_BIAS:
+        tl.store(grad_bias_ptr + channels, sum_dz.to(grad_bias_ptr.dtype.element_ty), mask=c_mask)
+    if TRAINING:
+        tl.store(coefficients_ptr + channels, sum_dz * inv_p, mask=c_mask)
+        tl.store(coefficients_ptr + C + channels, sum_dz_xhat * inv_p, mask=c_mask)
+
+
+@triton.jit
+def bn_leaky_relu_backward_input_kernel(
+    grad_out_ptr, x_ptr, grad_x_ptr,  # dy, saved x, dx: (N, C, S) each with its own strides
+    mean_ptr, stat_ptr, weight_ptr, bias_ptr,
+    coefficients_ptr,      # fp32 [2, C] from the finalize kernel (training only)
+    C, S, P,
+    g_stride_n, g_stride_c, g_stride_s,
+    x_stride_n, x_stride_c, x_stride_s,
+    dx_stride_n, dx_stride_c, dx_stride_s,
+    eps, slope,
+    TRAINING: tl.constexpr, STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    positions = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_mask = channels < C
+    mask = c_mask[:, None] & (positions < P)[None, :]
+    mean, invstd, w, b = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
+    )
+    x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64),
+                mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64),
+                 mask=mask, other=0.0).to(tl.float32)
+    xhat, dz = _activation_grad(x, dy, mean, invstd, w, b, slope)
+    if TRAINING:
+        mean_dz = tl.load(coefficients_ptr + channels, mask=c_mask, other=0.0)
+        mean_dz_xhat = tl.load(coefficients_ptr + C + channels, mask=c_mask, other=0.0)
+        dz = dz - mean_dz[:, None] - xhat * mean_dz_xhat[:, None]
+    dx = dz * (w * invstd)[:, None]
+    tl.store(grad_x_ptr + _tile_offsets(channels, positions, S, dx_stride_n, dx_stride_c, dx_stride_s, INT64),
+             dx.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------
+# Launchers: 3-d (N, C, S) views and a plan from fastgan.ops.batch_norm; the CUDA twins in
+# fastgan._cuda take the same arguments.
+# --------------------------------------------------------------------------------------
+
+
+def _finalize_block(channels: int) -> int:
+    return min(1024, max(16, triton.next_power_of_2(channels)))
+
+
+def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
+                                    partials, *, plan, momentum, cumulative, eps, slope):
+    """Statistics, finalize (running statistics updated in place) and the elementwise pass."""
+    n, c, s = x.shape
+    p = n * s
+    channel_blocks = triton.cdiv(c, plan.block_c)
+    bn_partial_statistics_kernel[(channel_blocks, plan.splits)](
+        x, partials, c, s, p, *x.stride(), plan.positions_per_split,
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+    )
+    has_running = running_mean is not None
+    block = _finalize_block(c)
+    bn_finalize_statistics_kernel[(triton.cdiv(c, block),)](
+        partials, mean, invstd,
+        running_mean if has_running else mean, running_var if has_running else invstd,
+        num_batches_tracked if cumulative else mean,
+        plan.splits, c, momentum, eps,
+        HAS_RUNNING=has_running, CUMULATIVE=cumulative, BLOCK_C=block,
+    )
+    _launch_elementwise(x, y, mean, invstd, weight, bias, plan=plan, eps=eps, slope=slope, stat_is_invstd=True)
+
+
+def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var, *, plan, eps, slope):
+    """One elementwise pass normalising with the running statistics."""
+    _launch_elementwise(x, y, running_mean, running_var, weight, bias, plan=plan, eps=eps, slope=slope,
+                        stat_is_invstd=False)
+
+
+def _launch_elementwise(x, y, mean, stat, weight, bias, *, plan, eps, slope, stat_is_invstd):
+    n, c, s = x.shape
+    p = n * s
+    grid = (triton.cdiv(c, plan.block_c), triton.cdiv(p, plan.block_p))
+    bn_leaky_relu_forward_kernel[grid](
+        x, y, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
+        c, s, p, *x.stride(), *y.stride(), eps, slope,
+        STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+    )
+
+
+def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials,
+                               coefficients, *, plan, training, stat_is_invstd, eps, slope):
+    """Reduction, finalize (dw, dbias) and, when ``grad_x`` is given, the elementwise dx pass."""
+    n, c, s = x.shape
+    p = n * s
+    channel_blocks = triton.cdiv(c, plan.block_c)
+    common = dict(STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+                  INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p)
+    weight_arg = weight if weight is not None else mean
+    bias_arg = bias if bias is not None else mean
+    need_sums = training or grad_weight is not None or grad_bias is not None
+    if need_sums:
+        bn_leaky_relu_backward_reduce_kernel[(channel_blocks, plan.splits)](
+            grad_out, x, mean, stat, weight_arg, bias_arg, partials, c, s, p,
+            *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope, **common,
+        )
+        block = _finalize_block(c)
+        bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
+            partials,
+            grad_weight if grad_weight is not None else partials,
+            grad_bias if grad_bias is not None else partials,
+            coefficients if coefficients is not None else partials,
+            plan.splits, c, 1.0 / p,
+            TRAINING=training, HAS_GRAD_WEIGHT=grad_weight is not None, HAS_GRAD_BIAS=grad_bias is not None,
+            BLOCK_C=block,
+        )
+    if grad_x is not None:
+        grid = (channel_blocks, triton.cdiv(p, plan.block_p))
+        bn_leaky_relu_backward_input_kernel[grid](
+            grad_out, x, grad_x, mean, stat, weight_arg, bias_arg,
+            coefficients if coefficients is not None else mean,
+            c, s, p, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps, slope,
+            TRAINING=training, **common,
+        )

@@ -1,0 +1,429 @@
+"""Fused BatchNorm + LeakyReLU against eager float64 PyTorch, every backend; the modules and
+fastgan.fuse against their unfused twins."""
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastgan
+from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
+from fastgan.ops import _launch
+from fastgan.ops import batch_norm as bn_module
+from fastgan.ops.batch_norm import batch_norm_leaky_relu, batch_norm_leaky_relu_reference
+
+# (shape, channels_last): C = 1, 3, 17; H·W = 1 and 7×5; 1-d inputs (N, C) and (N, C, L).
+SHAPES = [
+    ((5, 1, 7, 5), False),
+    ((4, 3, 1, 1), False),
+    ((3, 17, 7, 5), False),
+    ((3, 17, 7, 5), True),
+    ((2, 3, 7, 5), True),
+    ((9, 3), False),
+    ((4, 17, 9), False),
+]
+SLOPES = [0.0, 0.01, 0.2]
+
+
+def make_input(shape, channels_last, device, dtype=torch.float32, mean=30.0, scale=8.0):
+    """Non-zero-mean, large-magnitude input with a per-channel offset."""
+    channel_offset = torch.linspace(-1, 1, shape[1], dtype=torch.float64).view((1, -1) + (1,) * (len(shape) - 2))
+    x = torch.randn(shape, dtype=torch.float64) * scale + mean * (1 + channel_offset)
+    x = x.to(device=device, dtype=dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def make_params(channels, device, dtype=torch.float32):
+    weight = (torch.randn(channels, dtype=torch.float64) + 1.0).to(device, dtype).requires_grad_()
+    bias = torch.randn(channels, dtype=torch.float64).to(device, dtype).requires_grad_()
+    running_mean = torch.randn(channels, dtype=torch.float64).to(device, dtype)
+    running_var = (torch.rand(channels, dtype=torch.float64) + 0.5).to(device, dtype)
+    return weight, bias, running_mean, running_var
+
+
+def eager64(x, weight, bias, running_mean, running_var, training, momentum, eps, slope):
+    """PyTorch's own BatchNorm → LeakyReLU in float64 (running statistics updated in place)."""
+    return F.leaky_relu(
+        F.batch_norm(x.double(), running_mean, running_var, weight.double() if weight is not None else None,
+                     bias.double() if bias is not None else None, training, momentum, eps),
+        slope,
+    )
+
+
+def run_both(backend, x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, slope=0.2):
+    """(ours, float64 eager) values, gradients (x, weight, bias) and running statistics."""
+    rm64 = running_mean.double().clone() if running_mean is not None else None
+    rv64 = running_var.double().clone() if running_var is not None else None
+    x = x.detach().requires_grad_()
+    y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, momentum, eps, slope,
+                              backend=backend)
+    upstream = torch.randn(y.shape, dtype=torch.float64, device=y.device)
+    grads = torch.autograd.grad(y, [t for t in (x, weight, bias) if t is not None], upstream.to(y.dtype))
+    x64 = x.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_() if weight is not None else None
+    b64 = bias.detach().double().requires_grad_() if bias is not None else None
+    y64 = eager64(x64, w64, b64, rm64, rv64, training, momentum, eps, slope)
+    grads64 = torch.autograd.grad(y64, [t for t in (x64, w64, b64) if t is not None], upstream)
+    return (y, grads, running_mean, running_var), (y64, grads64, rm64, rv64)
+
+
+def assert_matches(ours, want, rtol=1e-4, atol=1e-5):
+    y, grads, rm, rv = ours
+    y64, grads64, rm64, rv64 = want
+    torch.testing.assert_close(y.double(), y64, rtol=rtol, atol=atol)
+    for g, g64 in zip(grads, grads64):
+        scale = g64.abs().max().item()
+        torch.testing.assert_close(g.double(), g64, rtol=rtol, atol=atol * max(scale, 1e-3))
+    if rm is not None:
+        torch.testing.assert_close(rm.double(), rm64, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rv.double(), rv64, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("slope", SLOPES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape,channels_last", SHAPES, ids=str)
+def test_matches_eager_float64(backend, device, shape, channels_last, training, slope):
+    x = make_input(shape, channels_last, device)
+    weight, bias, running_mean, running_var = make_params(shape[1], device)
+    if not training:  # eval normalises with the running statistics: give them the data's scale
+        running_mean.copy_(x.double().mean([0] + list(range(2, x.dim()))).to(running_mean.dtype) + 0.5)
+        running_var.mul_(60.0)
+    ours, want = run_both(backend, x, weight, bias, running_mean, running_var, training, slope=slope)
+    assert_matches(ours, want)
+    y = ours[0]
+    assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
+
+
+@pytest.mark.parametrize("momentum", [0.1, None, 1.0])
+def test_running_statistics_over_several_steps(backend, device, momentum):
+    module = BatchNormLeakyReLU2d(5, momentum=momentum, negative_slope=0.2, backend=backend).to(device)
+    twin = nn.BatchNorm2d(5, momentum=momentum).to(device).double()
+    for step in range(4):
+        x = make_input((3, 5, 4, 3), step % 2 == 1, device, mean=10.0 * step)
+        module(x)
+        twin(x.double())
+    assert module.num_batches_tracked.item() == 4
+    torch.testing.assert_close(module.running_mean.double(), twin.running_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.running_var.double(), twin.running_var, rtol=1e-5, atol=1e-5)
+    module.eval()
+    twin.eval()
+    x = make_input((2, 5, 3, 3), False, device, mean=15.0)
+    torch.testing.assert_close(module(x).double(), F.leaky_relu(twin(x.double()), 0.2), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine,track", [(False, True), (True, False), (False, False)])
+def test_module_options_match_batchnorm(backend, device, affine, track):
+    module = BatchNormLeakyReLU1d(6, affine=affine, track_running_stats=track, negative_slope=0.0, backend=backend)
+    twin = nn.BatchNorm1d(6, affine=affine, track_running_stats=track).double()
+    module.to(device), twin.to(device)
+    for mode in ("train", "eval", "train"):
+        module.train(mode == "train"), twin.train(mode == "train")
+        x = make_input((7, 6, 5), False, device).requires_grad_()
+        y = module(x)
+        x64 = x.detach().double().requires_grad_()
+        y64 = F.relu(twin(x64))
+        torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-5)
+        g = torch.randn_like(y)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0].double(), torch.autograd.grad(y64, x64, g.double())[0],
+                                   rtol=1e-4, atol=1e-5)
+    assert module.state_dict().keys() == twin.state_dict().keys()
+
+
+def test_state_dict_keys_identical_and_load_either_way(device):
+    for fused_cls, plain_cls in ((BatchNormLeakyReLU1d, nn.BatchNorm1d), (BatchNormLeakyReLU2d, nn.BatchNorm2d)):
+        plain = plain_cls(4)
+        with torch.no_grad():
+            plain.weight.uniform_(), plain.bias.uniform_(), plain.running_mean.uniform_()
+        plain.num_batches_tracked.fill_(7)
+        fused = fused_cls(4, negative_slope=0.2)
+        assert list(fused.state_dict()) == list(plain.state_dict())
+        fused.load_state_dict(plain.state_dict())
+        back = plain_cls(4)
+        back.load_state_dict(fused.state_dict())
+        for key, value in plain.state_dict().items():
+            assert torch.equal(back.state_dict()[key], value)
+    assert "negative_slope=0.2" in repr(BatchNormLeakyReLU2d(3, negative_slope=0.2))
+
+
+def test_half_precision_within_pytorchs_own_error(backend, device):
+    for dtype in (torch.float16, torch.bfloat16):
+        for training in (True, False):
+            x = make_input((4, 3, 5, 7), False, device, dtype, mean=3.0, scale=2.0).requires_grad_()
+            weight, bias, running_mean, running_var = make_params(3, device)
+            running_mean.fill_(3.0), running_var.fill_(4.0)
+            y = batch_norm_leaky_relu(x, weight, bias, running_mean.clone(), running_var.clone(), training, 0.1, 1e-5, 0.2,
+                                      backend=backend)
+            assert y.dtype == dtype
+            g = torch.randn_like(y)
+            (gx,) = torch.autograd.grad(y, x, g)
+            x64 = x.detach().double().requires_grad_()
+            y64 = eager64(x64, weight.detach(), bias.detach(), running_mean.double().clone(), running_var.double().clone(),
+                          training, 0.1, 1e-5, 0.2)
+            (gx64,) = torch.autograd.grad(y64, x64, g.double())
+            # PyTorch's own: the block computed in float32 (as cuDNN does for half inputs) and
+            # rounded to the dtype, the gradient likewise.
+            x32 = x.detach().float().requires_grad_()
+            y32 = eager64(x32, weight.detach(), bias.detach(), running_mean.double().clone(), running_var.double().clone(),
+                          training, 0.1, 1e-5, 0.2).to(dtype)
+            (gx32,) = torch.autograd.grad(y32, x32, g)
+            eps = torch.finfo(dtype).eps
+            for ours, theirs, ref in ((y, y32, y64), (gx, gx32.to(dtype), gx64)):
+                allowed = 2 * (theirs.double() - ref).abs().max().item() + 2 * eps * ref.abs().max().item()
+                assert (ours.double() - ref).abs().max().item() <= allowed
+
+
+def test_reference_gradcheck_and_double_backward():
+    x = make_input((3, 2, 2, 2), False, "cpu", torch.float64, mean=1.0, scale=1.0).requires_grad_()
+    weight, bias, running_mean, running_var = (t.detach().double() for t in make_params(2, "cpu"))
+    weight.requires_grad_(), bias.requires_grad_()
+    for training in (True, False):
+        def fn(x_, w_, b_):
+            return batch_norm_leaky_relu_reference(x_, w_, b_, running_mean.clone(), running_var.clone(), training, 0.1,
+                                                   1e-5, 0.2)
+
+        assert torch.autograd.gradcheck(fn, (x, weight, bias))
+        assert torch.autograd.gradgradcheck(fn, (x, weight, bias))
+
+
+def test_double_backward_r1_penalty(backend, device):
+    """An R1-style penalty through a discriminator containing the block: the gradient of
+    ||∇_x D(x)||² with respect to x and the block's weight, against the reference."""
+    x = make_input((4, 3, 3, 3), False, device, mean=2.0, scale=1.0)
+    weight, bias, _, _ = make_params(3, device)
+    probe = torch.randn(4, 3, 3, 3, device=device)
+
+    def r1(backend_name):
+        xx = x.detach().clone().requires_grad_()
+        out = batch_norm_leaky_relu(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2, backend=backend_name)
+        (gx,) = torch.autograd.grad((out * probe).sum(), xx, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), (xx, weight, bias))
+
+    for got, want in zip(r1(backend), r1("torch")):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_saves_one_activation_sized_tensor(kernel_backend, device):
+    x = make_input((4, 8, 6, 6), False, device).requires_grad_()
+    weight, bias, running_mean, running_var = make_params(8, device)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=kernel_backend)
+    assert sum(n == x.numel() for n in saved) == 1
+    assert sum(n for n in saved if n != x.numel()) <= 4 * 8
+    eager = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: eager.append(t.numel()) or t, lambda t: t):
+        F.leaky_relu(F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, True), 0.2)
+    assert sum(n == x.numel() for n in eager) >= 2  # what the fusion saves
+
+
+def test_writes_every_output(kernel_backend, device, monkeypatch):
+    def poisoned_like(like):
+        return torch.full_like(like, math.nan)
+
+    def poisoned(like, shape, dtype=None):
+        return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
+
+    monkeypatch.setattr(_launch, "output_like", poisoned_like)
+    monkeypatch.setattr(_launch, "output", poisoned)
+    for shape, channels_last in ((3, 17, 7, 5), True), ((5, 3, 41, 40), False), ((33, 5), False):
+        x = make_input(shape, channels_last, device).requires_grad_()
+        weight, bias, running_mean, running_var = make_params(shape[1], device)
+        for training in (True, False):
+            y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, 0.1, 1e-5, 0.2,
+                                      backend=kernel_backend)
+            grads = torch.autograd.grad(y, (x, weight, bias), torch.ones_like(y))
+            assert not torch.isnan(y).any() and not any(torch.isnan(g).any() for g in grads)
+            assert not torch.isnan(running_mean).any() and not torch.isnan(running_var).any()
+
+
+def test_multi_split_reduction_matches(kernel_backend, device):
+    # Enough positions that the statistics are split across programs and merged (Chan).
+    x = make_input((6, 3, 41, 40), False, device, mean=100.0, scale=3.0)
+    plan = bn_module._plan(x.view(6, 3, -1))
+    assert plan.splits > 1
+    weight, bias, running_mean, running_var = make_params(3, device)
+    ours, want = run_both(kernel_backend, x, weight, bias, running_mean, running_var, True)
+    assert_matches(ours, want)
+
+
+def test_plan_switches_to_64_bit_offsets():
+    small = torch.empty((4, 3, 100), device="meta")
+    huge = torch.empty((2**17, 3, 2**14), device="meta")
+    assert not bn_module._plan(small).needs_int64
+    assert bn_module._plan(huge).needs_int64
+
+
+def test_other_layouts_warn_once_and_are_correct(kernel_backend, device):
+    base = make_input((3, 8, 4, 6), False, device)
+    x = base.permute(0, 1, 3, 2)  # (N, C, W, H) view: neither contiguous nor channels_last
+    weight, bias, running_mean, running_var = make_params(8, device)
+    fastgan._backend._warned.clear() if hasattr(fastgan._backend, "_warned") else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours, want = run_both(kernel_backend, x, weight, bias, running_mean, running_var, True)
+    assert_matches(ours, want)
+    assert any("neither contiguous nor channels_last" in str(w.message) for w in caught)
+
+
+def test_errors(backend, device):
+    x = make_input((4, 3, 2, 2), False, device)
+    weight, bias, running_mean, running_var = make_params(3, device)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        batch_norm_leaky_relu(x[:1, :, :1, :1], weight, bias, running_mean, running_var, True, backend=backend)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        batch_norm_leaky_relu(x, weight[:2], bias, running_mean, running_var, True, backend=backend)
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, None, backend=backend)
+    with pytest.raises(ValueError, match="running_mean/running_var, which are None"):
+        batch_norm_leaky_relu(x, weight, bias, None, None, False, backend=backend)
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        batch_norm_leaky_relu(x.long(), weight, bias, running_mean, running_var, True, backend=backend)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 0.0, backend=backend)
+    with pytest.raises(ValueError, match="negative_slope"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, math.nan, backend=backend)
+    if backend != "torch":  # float64 parameters: only the torch backend takes them
+        with pytest.raises(fastgan.BackendUnavailableError, match="float64"):
+            batch_norm_leaky_relu(x, weight.double(), bias, running_mean, running_var, True, backend=backend)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        BatchNormLeakyReLU2d(3)(x[0])
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):
+        BatchNormLeakyReLU1d(3)(x)
+
+
+def test_opcheck(kernel_backend, device):
+    x3 = make_input((4, 3, 10), False, device).requires_grad_()
+    weight, bias, running_mean, running_var = make_params(3, device)
+    nbt = torch.tensor(3, device=device)
+    for training, cumulative in ((True, False), (True, True), (False, False)):
+        args = (x3, weight, bias, running_mean, running_var, nbt if cumulative else None, training, 0.1, cumulative,
+                1e-5, 0.2, kernel_backend)
+        torch.library.opcheck(torch.ops.fastgan.batch_norm_leaky_relu.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+        _, mean, invstd = bn_module._batch_norm_leaky_relu_op(*args)
+        saved = (mean.detach(), invstd.detach()) if training else (running_mean, running_var)
+        torch.library.opcheck(
+            torch.ops.fastgan.batch_norm_leaky_relu_backward.default,
+            (torch.randn_like(x3), x3.detach(), weight.detach(), bias.detach(), *saved, training, training, 1e-5, 0.2,
+             True, True, True, kernel_backend),
+        )
+
+
+def test_torch_compile_fullgraph(kernel_backend, device):
+    torch._dynamo.reset()
+    module = BatchNormLeakyReLU2d(3, momentum=None, negative_slope=0.2, backend=kernel_backend).to(device)
+    twin = copy.deepcopy(module)
+    compiled = torch.compile(module, fullgraph=True)
+    for step in range(2):
+        x = make_input((4, 3, 5, 5), step == 1, device).requires_grad_()
+        got, want = compiled(x), twin(x)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    torch.testing.assert_close(module.running_mean, twin.running_mean)
+    assert module.num_batches_tracked.item() == twin.num_batches_tracked.item() == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+def test_cuda_graph_capture(kernel_backend):
+    module = BatchNormLeakyReLU2d(8, momentum=None, negative_slope=0.2, backend=kernel_backend).cuda()
+    x = torch.randn(16, 8, 6, 6, device="cuda", requires_grad=True)
+
+    def step():
+        return torch.autograd.grad(module(x).square().sum(), x)[0]
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_grad = step()
+    x.data.copy_(torch.randn_like(x) * 3 + 1)
+    before = module.num_batches_tracked.clone()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert module.num_batches_tracked.item() == before.item() + 1
+    torch.testing.assert_close(static_grad, step())
+
+
+# --------------------------------------------------------------------------------------
+# fastgan.fuse on a DCGAN pair
+# --------------------------------------------------------------------------------------
+
+
+def dcgan_generator(z=8, width=8):
+    return nn.Sequential(
+        nn.ConvTranspose2d(z, width * 4, 4, 1, 0, bias=False), nn.BatchNorm2d(width * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(width * 4, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(width * 2, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True),
+        nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=False), nn.Tanh(),
+    )
+
+
+def dcgan_discriminator(width=8):
+    return nn.Sequential(
+        nn.Conv2d(3, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Sequential(nn.Conv2d(width * 2, width * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 4),
+                      nn.LeakyReLU(0.2, inplace=True)),
+        nn.Conv2d(width * 4, 1, 4, 1, 0, bias=False), nn.Flatten(),
+    )
+
+
+def test_fuse_dcgan_pair_matches_unfused(backend, device):
+    generator, discriminator = dcgan_generator().to(device), dcgan_discriminator().to(device)
+    fused_g, fused_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    g_params = list(fused_g.parameters())
+    report_g = fastgan.fuse(fused_g, backend=backend)
+    report_d = fastgan.fuse(fused_d, backend=backend)
+    assert [p.path for p in report_g.fused] == ["1", "4", "7"]
+    assert [p.path for p in report_d.fused] == ["3", "5.1"]
+    assert "BatchNormLeakyReLU2d" in str(report_d) and len(report_g) == 3
+    assert list(fused_g.parameters()) == g_params  # the same tensors: optimizers keep working
+    assert isinstance(fused_g[2], nn.Identity) and fused_g[1].negative_slope == 0.0
+    assert fused_d[3].negative_slope == 0.2
+    for mode in (True, False):
+        for model in (generator, discriminator, fused_g, fused_d):
+            model.train(mode)
+        z = torch.randn(4, 8, 1, 1, device=device)
+        images, images_fused = generator(z), fused_g(z)
+        torch.testing.assert_close(images_fused, images, rtol=1e-4, atol=1e-5)
+        logits, logits_fused = discriminator(images), fused_d(images_fused)
+        torch.testing.assert_close(logits_fused, logits, rtol=1e-4, atol=1e-5)
+        grads = torch.autograd.grad(logits.sum(), list(generator.parameters()) + list(discriminator.parameters()))
+        grads_fused = torch.autograd.grad(logits_fused.sum(), list(fused_g.parameters()) + list(fused_d.parameters()))
+        for a, b in zip(grads_fused, grads):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    # running statistics moved identically in training, and the state_dicts round-trip
+    for plain, fused in ((generator, fused_g), (discriminator, fused_d)):
+        state = fused.state_dict()
+        assert state.keys() == plain.state_dict().keys()
+        for key, value in plain.state_dict().items():
+            torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6)
+        copy.deepcopy(plain).load_state_dict(state)
+        fused.load_state_dict(plain.state_dict())
+
+
+def test_fuse_leaves_other_modules_alone():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.BatchNorm1d(4))
+    report = fastgan.fuse(model)
+    assert len(report) == 0 and "nothing to fuse" in str(report)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, momentum=None, affine=False), nn.LeakyReLU(0.3))
+    model[1].eval()
+    report = fastgan.fuse(model)
+    assert isinstance(model[1], BatchNormLeakyReLU1d) and not model[1].training and model[1].momentum is None
+    assert model[1].negative_slope == 0.3 and not model[1].affine
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        fastgan.fuse("model")
