@@ -449,6 +449,9 @@ void batch_norm_forward_train(const BatchNormForwardTrainArgs& args, cudaStream_
   const BnShape& shape = args.shape;
   check_shape(shape, true, op);
   if (shape.channels == 0) return;
+  if (shape.positions < 2) {  // the Python layer raises first; never divide by P - 1 = 0
+    throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: training needs more than 1 value per channel");
+  }
   const bool has_running = args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr;
   if (has_running && args.cumulative && args.num_batches_tracked == nullptr) {
     throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: cumulative running statistics need num_batches_tracked");

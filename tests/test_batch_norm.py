@@ -291,6 +291,17 @@ def test_errors(backend, device):
         batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 0.0, backend=backend)
     with pytest.raises(ValueError, match="negative_slope"):
         batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, math.nan, backend=backend)
+    with pytest.raises(TypeError, match="num_batches_tracked must be a one-element int64"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, None,
+                              num_batches_tracked=torch.ones((), device=device), backend=backend)
+    if backend != "torch":
+        with pytest.raises(ValueError, match="running_mean must be contiguous"):
+            batch_norm_leaky_relu(x, weight, bias, torch.zeros(6, device=device)[::2], running_var, True, backend=backend)
+        # strided parameters are fine: copied
+        wide = torch.randn(6, device=device)
+        ours = batch_norm_leaky_relu(x, wide[::2], bias, None, None, True, backend=backend)
+        want = batch_norm_leaky_relu(x, wide[::2].contiguous(), bias, None, None, True, backend="torch")
+        torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
     if backend != "torch":  # float64 parameters: only the torch backend takes them
         with pytest.raises(fastgan.BackendUnavailableError, match="float64"):
             batch_norm_leaky_relu(x, weight.double(), bias, running_mean, running_var, True, backend=backend)

@@ -168,8 +168,9 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if num_batches_tracked is not None:
-        if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
-            raise TypeError("num_batches_tracked must be a one-element tensor (the module's buffer) or None")
+        if (not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1
+                or num_batches_tracked.dtype != torch.int64):
+            raise TypeError("num_batches_tracked must be a one-element int64 tensor (the module's buffer) or None")
         if num_batches_tracked.device != x.device:
             raise RuntimeError(f"num_batches_tracked is on {num_batches_tracked.device} but x is on {x.device}")
     if training and running_mean is not None and momentum is None and num_batches_tracked is None:
@@ -443,6 +444,13 @@ def batch_norm_leaky_relu(
             x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
             num_batches_tracked=num_batches_tracked,
         )
+    # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
+    # copy stays in the autograd graph); running statistics are updated in place, so refuse.
+    weight = weight.contiguous() if weight is not None else None
+    bias = bias.contiguous() if bias is not None else None
+    for value, label in ((running_mean, "running_mean"), (running_var, "running_var")):
+        if value is not None and not value.is_contiguous():
+            raise ValueError(f"{label} must be contiguous: the kernels update it in place")
     x3 = _three_d(x)
     if x3 is None:
         _backend.warn_once(
