@@ -5,17 +5,23 @@ Importing fastgan touches no GPU and compiles nothing: backends are probed on fi
 
 __version__ = "0.1.0"
 
-from fastgan import losses, nn, ops
+from fastgan import data, losses, metrics, models, nn, ops
 from fastgan.fusion import FuseReport, fuse
+from fastgan.trainer import Trainer, TrainingDiverged
 from fastgan._backend import BackendStatus, BackendUnavailableError, backends, use_backend
 
 __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
     "FuseReport",
+    "Trainer",
+    "TrainingDiverged",
     "backends",
+    "data",
     "fuse",
     "losses",
+    "metrics",
+    "models",
     "nn",
     "ops",
     "use_backend",

@@ -1,16 +1,24 @@
 """The ``fastgan`` command line (also ``python -m fastgan``).
 
 Subcommands:
-  info   what fastgan can run here: versions, the CUDA extension's build flags, the device,
-         and each backend's availability with the reason when it is not available.
+  train   train a GAN (default: the tuned MLP GAN on the embedded grid25 mixture) into a run
+          directory: config.json, log.jsonl, metrics.json, samples.npy, samples.png, checkpoint.pt
+  sample  draw samples from a run's checkpoint
+  eval    score samples (a run's, or a .npy file) with the mode-coverage metrics
+  info    what fastgan can run here: versions, the CUDA extension's build flags, the device,
+          and each backend's availability with the reason when it is not available.
+
+Bad arguments are one line on stderr and exit status 2 (set FASTGAN_DEBUG=1 for tracebacks).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
+import time
 
 
 def collect_info() -> dict:
@@ -83,19 +91,427 @@ def format_info(info: dict) -> str:
     return "\n".join(lines)
 
 
+class UsageError(Exception):
+    """A bad argument or input: reported as one line, exit status 2."""
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = collect_info()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
+# --------------------------------------------------------------------------------------
+# Defaults. The toy preset is the tuned recipe (see README: 5-seed results and wall time).
+# --------------------------------------------------------------------------------------
+
+TOY_DEFAULTS = dict(
+    model="mlp", latent_dim=8, hidden=128, layers=3, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    steps=12000, batch_size=256, lr_g=5e-3, lr_d=5e-3, lr_decay=0.005, d_steps=1, ema_decay=0.999,
+    log_every=500,
+)
+IMAGE_DEFAULTS = dict(
+    model="dcgan", latent_dim=100, hidden=64, layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, ema_decay=0.999, log_every=100,
+)
+SAMPLES = 2500  # the PacGAN/VEEGAN protocol
+
+# Reference scores on grid25 (modes / high-quality % / reverse KL), printed beside a run's.
+GRID25_REFERENCES = (
+    ("PacGAN paper, GAN", "17.3", "94.8", "0.70"),
+    ("PacGAN paper, PacGAN4", "24.8", "93.6", "0.04"),
+    ("true mixture (ceiling)", "25", "98.9", "~0"),
+)
+
+
+def _data_kind(name: str) -> str:
+    from fastgan.data import TOY_MIXTURES
+
+    if name in TOY_MIXTURES:
+        return "toy"
+    if name == "shapes":
+        return "shapes"
+    return "images"
+
+
+def _resolve_config(args: argparse.Namespace) -> dict:
+    """The run's full configuration: the preset for the data kind, overridden by the flags given."""
+    kind = _data_kind(args.data)
+    config = dict(TOY_DEFAULTS if kind == "toy" else IMAGE_DEFAULTS)
+    for key in list(config) + ["image_size"]:
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    config.update(
+        data=args.data, data_kind=kind, precision=args.precision, cuda_graphs=args.cuda_graphs, backend=args.backend,
+        device=args.device or ("cuda" if _cuda_available() else "cpu"), seed=args.seed, fuse=args.fuse,
+    )
+    if kind != "toy":
+        config.setdefault("image_size", 32 if kind == "shapes" else 64)
+        config["image_size"] = config.get("image_size") or (32 if kind == "shapes" else 64)
+        config["model"] = "dcgan"
+    _validate(config)
+    return config
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _validate(config: dict) -> None:
+    from fastgan import losses
+
+    for key in ("steps", "batch_size", "latent_dim", "hidden", "d_steps", "log_every"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or value < (0 if key == "steps" else 1)):
+            raise UsageError(f"--{key.replace('_', '-')} must be a {'non-negative' if key == 'steps' else 'positive'} integer, got {value}")
+    for key in ("lr_g", "lr_d"):
+        if not config[key] > 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {config[key]}")
+    if not 0 < config["lr_decay"] <= 1:
+        raise UsageError(f"--lr-decay must be in (0, 1], got {config['lr_decay']}")
+    if config["ema_decay"] is not None and not 0 <= config["ema_decay"] < 1:
+        raise UsageError(f"--ema-decay must be in [0, 1), got {config['ema_decay']}")
+    available = losses.available()
+    if config["d_loss"] not in available["discriminator"]:
+        raise UsageError(f"unknown discriminator loss {config['d_loss']!r}; choose from {', '.join(available['discriminator'])}")
+    if config["g_loss"] not in available["generator"]:
+        raise UsageError(f"unknown generator loss {config['g_loss']!r}; choose from {', '.join(available['generator'])}")
+    alpha = config.get("alpha")
+    if config["g_loss"] == "renyi":
+        if alpha is None:
+            raise UsageError("--g-loss renyi needs --alpha (a real >= 0; 1 is reverse KL)")
+        if not (alpha >= 0 and alpha < float("inf")):
+            raise UsageError(f"--alpha must be a finite real >= 0, got {alpha}")
+    elif alpha is not None:
+        raise UsageError(f"--alpha applies to --g-loss renyi only (got --g-loss {config['g_loss']})")
+    if config["data_kind"] == "images" and not os.path.exists(config["data"]):
+        raise UsageError(f"--data {config['data']!r}: no such toy mixture, 'shapes', file or folder")
+    if config["device"].startswith("cuda") and not _cuda_available():
+        raise UsageError(f"--device {config['device']}: CUDA is not available on this machine")
+    if config["cuda_graphs"] == "on" and not config["device"].startswith("cuda"):
+        raise UsageError("--cuda-graphs on needs a CUDA device (use auto or off)")
+
+
+def _build(config: dict):
+    """(data, generator, discriminator) for a configuration (models initialised from the global seed)."""
+    import torch
+
+    from fastgan import data as data_module
+    from fastgan import models
+
+    torch.manual_seed(config["seed"])
+    kind = config["data_kind"]
+    if kind == "toy":
+        data = data_module.toy_mixture(config["data"])
+        extent = float(data.centres.abs().max()) + 3 * data.std
+        generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent)
+        discriminator = models.MLPDiscriminator(2, config["hidden"], config["layers"], scale=extent)
+        return data, generator, discriminator
+    if kind == "shapes":
+        data = data_module.ShapesDataset(size=config["image_size"])
+        channels = 3
+    else:
+        try:
+            data = data_module.ImageDataset.from_path(config["data"], size=config["image_size"])
+        except (ValueError, FileNotFoundError, OSError) as error:
+            raise UsageError(str(error)) from None
+        channels = data.shape[0]
+    generator = models.DCGANGenerator(config["latent_dim"], channels, config["image_size"], config["hidden"])
+    discriminator = models.DCGANDiscriminator(channels, config["image_size"], config["hidden"])
+    return data, generator, discriminator
+
+
+def _make_trainer(config: dict, generator, discriminator):
+    from fastgan import Trainer
+
+    graphs = {"auto": "auto", "on": True, "off": False}[config["cuda_graphs"]]
+    return Trainer(
+        generator, discriminator, d_loss=config["d_loss"], g_loss=config["g_loss"],
+        g_loss_params={"alpha": config["alpha"]} if config["g_loss"] == "renyi" else None,
+        lr_g=config["lr_g"], lr_d=config["lr_d"], lr_decay=config["lr_decay"], total_steps=max(config["steps"], 1),
+        d_steps=config["d_steps"], ema_decay=config["ema_decay"], precision=config["precision"],
+        device=config["device"], seed=config["seed"], fuse=config["fuse"], cuda_graphs=graphs,
+        backend=config["backend"],
+    )
+
+
+class Progress:
+    """A one-line progress bar on stderr (a new line per update when not a terminal)."""
+
+    def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True) -> None:
+        self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.started = time.perf_counter()
+        self.start = start
+
+    def update(self, record) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        done = int(width * record.step / max(self.total, 1))
+        line = (
+            f"[{'#' * done}{'.' * (width - done)}] {record.step}/{self.total}  {record.it_per_s:6.0f} it/s  "
+            f"d_loss {record.d_loss:.4f}  g_loss {record.g_loss:.4f}  divergence {record.divergence:.4f}  "
+            f"D(real) {record.d_real:.3f}  D(fake) {record.d_fake:.3f}"
+        )
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _write_json(path: str, value) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(value, file, indent=2)
+        file.write("\n")
+    os.replace(temporary, path)
+
+
+def _evaluate(config: dict, samples) -> dict:
+    from fastgan import metrics
+
+    if config["data_kind"] == "toy":
+        return metrics.toy_metrics(samples, config["data"]).as_dict()
+    if config["data_kind"] == "shapes":
+        return metrics.shapes_metrics(samples).as_dict()
+    return {}
+
+
+def _save_samples(out: str, config: dict, samples) -> None:
+    import numpy as np
+
+    from fastgan import data as data_module
+    from fastgan import plots
+
+    np.save(os.path.join(out, "samples.npy"), samples.cpu().numpy())
+    png = os.path.join(out, "samples.png")
+    if config["data_kind"] == "toy":
+        plots.scatter_png(png, samples, data_module.toy_mixture(config["data"]).centres)
+    else:
+        plots.image_grid_png(png, samples[:64])
+
+
+def _format_metrics(config: dict, result: dict) -> str:
+    if not result:
+        return ""
+    line = (
+        f"modes {result['modes']}/{result['num_modes']} (>= 20 samples: {result['modes_strict']}), "
+        f"high-quality {100 * result['high_quality']:.1f} %, reverse KL {result['reverse_kl']:.4f}"
+    )
+    if config["data"] == "grid25":
+        rows = [f"  {'this run':<24} {result['modes']:>5} {100 * result['high_quality']:>7.1f} {result['reverse_kl']:>8.3f}"]
+        rows += [f"  {name:<24} {m:>5} {hq:>7} {kl:>8}" for name, m, hq, kl in GRID25_REFERENCES]
+        line += "\n" + f"  {'grid25':<24} {'modes':>5} {'HQ %':>7} {'rev KL':>8}\n" + "\n".join(rows)
+    return line
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastgan import TrainingDiverged
+
+    started = time.perf_counter()
+    out = args.out
+    checkpoint = os.path.join(out, "checkpoint.pt") if out else None
+    if args.resume:
+        if not out:
+            raise UsageError("--resume needs --out DIR (the run to continue)")
+        config_path = os.path.join(out, "config.json")
+        if not os.path.isfile(checkpoint) or not os.path.isfile(config_path):
+            raise UsageError(f"--resume: {out} holds no checkpoint.pt and config.json to continue from")
+        with open(config_path) as file:
+            config = json.load(file)
+        if args.steps is not None:
+            config["steps"] = args.steps
+            _validate(config)
+    else:
+        config = _resolve_config(args)
+        if not out:
+            out = os.path.join("runs", f"{os.path.basename(os.path.normpath(config['data']))}-{time.strftime('%Y%m%d-%H%M%S')}")
+            checkpoint = os.path.join(out, "checkpoint.pt")
+        if os.path.exists(checkpoint):
+            raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
+    os.makedirs(out, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data, generator, discriminator = _build(config)
+    trainer = _make_trainer(config, generator, discriminator)
+    if args.resume:
+        trainer.resume(checkpoint)
+    _write_json(os.path.join(out, "config.json"), config)
+    quiet = args.quiet
+    if not quiet:
+        print(f"fastgan train: {config['data']} · {config['model']} · D {config['d_loss']} · G {config['g_loss']}"
+              + (f" (alpha {config['alpha']})" if config.get("alpha") is not None else "")
+              + f" · {config['steps']} steps × batch {config['batch_size']} · {config['device']}"
+              + (f" · resuming at step {trainer.step}" if args.resume else "") + f" → {out}", file=sys.stderr)
+    progress = Progress(config["steps"], trainer.step, enabled=not quiet)
+    log_path = os.path.join(out, "log.jsonl")
+
+    def on_log(record) -> None:
+        with open(log_path, "a") as file:
+            file.write(json.dumps(record.as_dict()) + "\n")
+        progress.update(record)
+
+    try:
+        trainer.train(data, config["steps"], config["batch_size"], log_every=config["log_every"], on_log=on_log,
+                      checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every, config=config)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"fastgan train: interrupted at step {trainer.step}; checkpoint saved. Continue with: "
+              f"fastgan train --out {out} --resume", file=sys.stderr)
+        return 130
+    except TrainingDiverged as error:
+        progress.close()
+        print(f"fastgan train: {error}", file=sys.stderr)
+        return 1
+    progress.close()
+    samples = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2))
+    result = _evaluate(config, samples)
+    _save_samples(out, config, samples)
+    seconds = time.perf_counter() - started
+    _write_json(os.path.join(out, "metrics.json"), {**result, "steps": trainer.step, "wall_seconds": round(seconds, 2)})
+    summary = f"fastgan train: done, {trainer.step} steps in {seconds:.1f} s"
+    formatted = _format_metrics(config, result)
+    print(summary + (f"; {formatted}" if formatted else "") + f"\n  run directory: {out}")
+    return 0
+
+
+def _load_run(run: str):
+    from fastgan.trainer import load_checkpoint
+
+    checkpoint = os.path.join(run, "checkpoint.pt")
+    if not os.path.isfile(checkpoint):
+        raise UsageError(f"{run}: no checkpoint.pt (is it a fastgan run directory?)")
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    config = state.get("config") or {}
+    if not config:
+        raise UsageError(f"{checkpoint}: the checkpoint holds no config")
+    return state, config
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    if args.n < 1:
+        raise UsageError(f"-n must be a positive integer, got {args.n}")
+    state, config = _load_run(args.run)
+    config = dict(config, device=args.device or "cpu")
+    _, generator, discriminator = _build(config)
+    trainer = _make_trainer(dict(config, cuda_graphs="off"), generator, discriminator)
+    trainer.load_state_dict(state)
+    samples = trainer.sample(args.n, generator=torch.Generator(trainer.device).manual_seed(args.seed))
+    out = args.out or os.path.join(args.run, "samples-extra.npy")
+    np.save(out, samples.cpu().numpy())
+    print(f"fastgan sample: {args.n} samples of shape {tuple(samples.shape[1:])} → {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    if os.path.isdir(args.target):
+        with open(os.path.join(args.target, "config.json")) as file:
+            config = json.load(file)
+        path = os.path.join(args.target, "samples.npy")
+    else:
+        if not args.data:
+            raise UsageError("eval of a .npy file needs --data (grid25, ring8, grid100 or shapes)")
+        path, config = args.target, {"data": args.data, "data_kind": _data_kind(args.data)}
+        if config["data_kind"] == "images":
+            raise UsageError(f"--data {args.data!r}: metrics exist for the toy mixtures and shapes only")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such samples file")
+    try:
+        samples = torch.from_numpy(np.load(path))
+    except (ValueError, OSError) as error:
+        raise UsageError(f"{path}: cannot read samples ({error})") from None
+    result = _evaluate(config, samples)
+    print(json.dumps(result, indent=2) if args.json else _format_metrics(config, result))
+    return 0
+
+
+def _nonnegative_float(text: str) -> float:
+    return float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgan", description="fastgan: custom-kernel accelerated GAN training.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a GAN into a run directory",
+        description="Train a GAN. With no arguments: the tuned MLP GAN on the embedded grid25 mixture (CPU, about a minute).",
+    )
+    train.add_argument("--data", default="grid25",
+                       help="grid25 | ring8 | grid100 | shapes (embedded) | a folder of PNG/JPEG | a .npy/.npz array (default grid25)")
+    train.add_argument("--model", choices=("mlp", "dcgan"), help="mlp for toy data, dcgan for images (default: by data)")
+    train.add_argument("--image-size", type=int, choices=(32, 64), help="DCGAN resolution (default 32 for shapes, 64 for your images)")
+    train.add_argument("--latent-dim", type=int, help="latent dimension of z")
+    train.add_argument("--hidden", type=int, help="MLP hidden width, or DCGAN base width")
+    train.add_argument("--layers", type=int, help="MLP hidden layers")
+    train.add_argument("--d-loss", help="discriminator loss (see fastgan.losses.available())")
+    train.add_argument("--g-loss", help="generator loss, e.g. nonsaturating, reverse_kl, forward_kl, renyi")
+    train.add_argument("--alpha", type=float, help="Rényi alpha (with --g-loss renyi), a real >= 0")
+    train.add_argument("--steps", type=int, help="total training steps (with --resume: continue up to this many)")
+    train.add_argument("--batch-size", type=int, help="samples per D and G step")
+    train.add_argument("--lr-g", type=float, help="generator learning rate")
+    train.add_argument("--lr-d", type=float, help="discriminator learning rate")
+    train.add_argument("--lr-decay", type=float, help="final learning rate as a fraction of the initial one (exponential decay)")
+    train.add_argument("--d-steps", type=int, help="discriminator steps per generator step")
+    train.add_argument("--ema-decay", type=float, help="EMA decay of the generator's weights")
+    train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (default fp32)")
+    train.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto", help="capture the steps in CUDA graphs (default auto: on CUDA)")
+    train.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), help="fastgan op backend (default auto)")
+    train.add_argument("--fuse", action="store_true", help="run fastgan.fuse on the models first")
+    train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--out", help="run directory (default runs/<data>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--log-every", type=int, help="steps between log records (the only host synchronisations)")
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: at the end and on Ctrl-C)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(handler=_cmd_train)
+
+    sample = commands.add_parser("sample", help="draw samples from a run's checkpoint")
+    sample.add_argument("run", help="a run directory")
+    sample.add_argument("-n", type=int, default=SAMPLES, help=f"number of samples (default {SAMPLES})")
+    sample.add_argument("--out", help="output .npy (default RUN/samples-extra.npy)")
+    sample.add_argument("--seed", type=int, default=0, help="noise seed")
+    sample.add_argument("--device", help="device to sample on (default cpu)")
+    sample.set_defaults(handler=_cmd_sample)
+
+    evaluate = commands.add_parser("eval", help="mode-coverage metrics of a run's samples or a .npy file")
+    evaluate.add_argument("target", help="a run directory, or a samples .npy file (then --data)")
+    evaluate.add_argument("--data", help="grid25, ring8, grid100 or shapes (for a .npy file)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(handler=_cmd_eval)
+
     info = commands.add_parser("info", help="versions, build flags, device and available backends")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_cmd_info)
+    for sub in (train, sample, evaluate, info):
+        sub.error = _one_line_error(sub)
+    parser.error = _one_line_error(parser)
     return parser
+
+
+def _one_line_error(parser: argparse.ArgumentParser):
+    def error(message: str):
+        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +520,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"fastgan {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        if os.environ.get("FASTGAN_DEBUG"):
+            raise
+        print(f"fastgan {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

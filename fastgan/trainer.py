@@ -1,0 +1,515 @@
+"""``fastgan.Trainer``: a thin GAN trainer that is fast (CUDA graphs, no host syncs in the
+step) and trustworthy (exact resume, atomic checkpoints, divergence telemetry, NaN stops).
+
+One training step is ``d_steps`` discriminator updates followed by one generator update:
+
+    D step: real ~ data, z ~ N(0, I), fake = G(z) (detached); minimise d_loss(D(real), D(fake)).
+    G step: z ~ N(0, I), minimise g_loss(D(G(z))) (D frozen); EMA(G) ← lerp(EMA(G), G, 1 − decay).
+
+Losses come from :mod:`fastgan.losses` by name; both optimisers are Adam (β = (0.5, 0.999)
+by default) with the learning rate decayed exponentially to ``lr_decay`` × its start over
+the run. Noise and toy/image data are drawn on the device from the trainer's own random
+generators, whose states are checkpointed, so a resumed run repeats the uninterrupted one.
+
+On a CUDA device with ``cuda_graphs`` ("auto" or True) the D step and the G step (data
+sampling, noise, forward, loss, backward, capturable Adam, EMA update, telemetry) are each
+captured once after a warm-up and replayed; if capture fails the trainer says why once and
+runs eager. Losses and telemetry are summed on the device and read every ``log_every``
+steps; a non-finite loss is recorded on the device with its step and stops training at the
+next read, leaving the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from fastgan import losses as loss_library
+from fastgan.fusion import fuse as fuse_models
+
+__all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
+
+PRECISIONS = ("fp32", "bf16")
+_TELEMETRY = ("d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or a parameter became NaN/Inf; the message names the step."""
+
+
+@dataclass
+class LogRecord:
+    """Means over the steps since the previous record (read from the device once)."""
+
+    step: int
+    d_loss: float
+    g_loss: float
+    divergence: float
+    d_real: float
+    d_fake: float
+    saturated_fraction: float
+    it_per_s: float
+    lr_g: float
+    lr_d: float
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        record = asdict(self)
+        record.update(record.pop("extra"))
+        return record
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, then a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def load_checkpoint(path: str, map_location=None) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _check_choice(value, name: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _check_number(value, name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low) or value > high:
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ValueError(f"{name} must be {bound}" + (f" and <= {high}" if high != math.inf else "") + f", got {value}")
+    return float(value)
+
+
+class Trainer:
+    """Trains ``generator`` against ``discriminator`` with losses chosen by name.
+
+    Args:
+        generator: maps z (N, latent_dim) to samples; needs a ``latent_dim`` attribute or
+            the ``latent_dim`` argument.
+        discriminator: maps samples to logits (N,) (or (N, 1)).
+        d_loss, g_loss: names in :func:`fastgan.losses.available` (``g_loss_params``, e.g.
+            ``{"alpha": 0.5}``, go to the generator loss).
+        lr_g, lr_d, betas: Adam settings (DCGAN's β = (0.5, 0.999) by default).
+        lr_decay: the learning rates decay exponentially to ``lr_decay`` × their start value
+            at ``total_steps`` (1.0: constant).
+        d_steps: discriminator updates per generator update.
+        ema_decay: keep an exponential moving average of G with this decay (None: no EMA).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
+        device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
+        fuse: run :func:`fastgan.fuse` on both models first.
+        cuda_graphs: ``"auto"`` (on CUDA devices), True (CUDA only; an error elsewhere) or False.
+        backend: pin the fastgan op backend for the losses and fused blocks.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        *,
+        d_loss: str = "bce",
+        g_loss: str = "nonsaturating",
+        g_loss_params: Optional[dict] = None,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        lr_decay: float = 1.0,
+        total_steps: int = 1,
+        d_steps: int = 1,
+        ema_decay: Optional[float] = 0.999,
+        precision: str = "fp32",
+        device="cpu",
+        seed: int = 0,
+        fuse: bool = False,
+        cuda_graphs="auto",
+        backend: Optional[str] = None,
+        latent_dim: Optional[int] = None,
+    ) -> None:
+        for model, name in ((generator, "generator"), (discriminator, "discriminator")):
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+        _check_choice(precision, "precision", PRECISIONS)
+        _check_choice(cuda_graphs, "cuda_graphs", ("auto", True, False))
+        for value, name in ((lr_g, "lr_g"), (lr_d, "lr_d")):
+            _check_number(value, name, 0.0, low_open=True)
+        _check_number(lr_decay, "lr_decay", 0.0, 1.0, low_open=True)
+        if ema_decay is not None:
+            _check_number(ema_decay, "ema_decay", 0.0, 1.0)
+        if isinstance(d_steps, bool) or not isinstance(d_steps, int) or d_steps < 1:
+            raise ValueError(f"d_steps must be a positive integer, got {d_steps!r}")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was requested but CUDA is not available")
+        if cuda_graphs is True and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device; use 'auto' or False on the CPU")
+        self.d_loss = loss_library.get(d_loss, role="discriminator", backend=backend)
+        self.g_loss = loss_library.get(g_loss, role="generator", backend=backend, **(g_loss_params or {}))
+        self.latent_dim = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError("latent_dim: pass it, or give the generator a positive int `latent_dim` attribute")
+        self.fuse_report = None
+        if fuse:
+            self.fuse_report = (fuse_models(generator, backend=backend), fuse_models(discriminator, backend=backend))
+        self.generator = generator.to(self.device)
+        self.discriminator = discriminator.to(self.device)
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        self.ema_decay = ema_decay
+        self.precision = precision
+        self.d_steps = d_steps
+        self.total_steps = total_steps
+        self.lr_g, self.lr_d, self.lr_decay = float(lr_g), float(lr_d), float(lr_decay)
+        capturable = self.device.type == "cuda"
+        # The learning rate is a device tensor when capturing, so replays see its updates.
+        lr = (lambda v: torch.tensor(v, device=self.device)) if capturable else float
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr(lr_g), betas=betas, capturable=capturable,
+                                      foreach=True)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr(lr_d), betas=betas, capturable=capturable,
+                                      foreach=True)
+        self.seed = int(seed)
+        self.noise_generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.data_generator = torch.Generator(self.device).manual_seed(self.seed + 1)
+        self.step = 0
+        self._accumulated = torch.zeros(len(_TELEMETRY), device=self.device, dtype=torch.float64)
+        self._accumulated_steps = 0
+        self._first_bad_step = torch.full((), -1, device=self.device, dtype=torch.int64)
+        self._step_tensor = torch.zeros((), device=self.device, dtype=torch.int64)
+        self._cuda_graphs = cuda_graphs
+        self._graphs = None
+        self._graph_batch = None
+        self.messages: list[str] = []
+
+    # ----------------------------------------------------------------------------------
+    # The step
+    # ----------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _noise(self, batch: int, noise: Optional[Tensor]) -> Tensor:
+        if noise is not None:
+            return noise
+        return torch.randn(batch, self.latent_dim, device=self.device, generator=self.noise_generator)
+
+    def _discriminator_step(self, data, batch: int, noise: Optional[Tensor] = None):
+        real = data.sample(batch, device=self.device, generator=self.data_generator)
+        with torch.no_grad(), self._autocast():
+            fake = self.generator(self._noise(batch, noise))
+        with self._autocast():
+            out = self.d_loss(self.discriminator(real), self.discriminator(fake))
+        self.opt_d.zero_grad(set_to_none=self._graphs is None)
+        out.loss.float().backward()
+        self.opt_d.step()
+        return out
+
+    def _generator_step(self, batch: int, noise: Optional[Tensor] = None):
+        self.discriminator.requires_grad_(False)
+        try:
+            with self._autocast():
+                out = self.g_loss(self.discriminator(self.generator(self._noise(batch, noise))))
+            self.opt_g.zero_grad(set_to_none=self._graphs is None)
+            out.loss.float().backward()
+            self.opt_g.step()
+        finally:
+            self.discriminator.requires_grad_(True)
+        if self.ema is not None:
+            with torch.no_grad():
+                ema_params = list(self.ema.parameters())
+                torch._foreach_lerp_(ema_params, list(self.generator.parameters()), 1.0 - self.ema_decay)
+                for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers()):
+                    ema_buffer.copy_(buffer)
+        return out
+
+    def _record(self, d_out, g_out) -> None:
+        """Add this step's losses and telemetry to the device accumulators (no sync)."""
+        with torch.no_grad():
+            g_tel, d_tel = g_out.telemetry, d_out.telemetry
+            divergence = d_tel.divergence if d_tel.divergence is not None else d_loss_nan(d_out.loss)
+            values = torch.stack([
+                d_out.loss.detach().double(), g_out.loss.detach().double(), divergence.double(),
+                d_tel.d_real.double(), d_tel.d_fake.double(), g_tel.saturated_fraction.double(),
+            ])
+            self._accumulated.add_(values)
+            self._step_tensor.add_(1)
+            bad = ~torch.isfinite(values[:2]).all()
+            self._first_bad_step.copy_(torch.where(bad & (self._first_bad_step < 0), self._step_tensor,
+                                                   self._first_bad_step))
+
+    def _eager_step(self, data, batch: int, noise=None) -> None:
+        for _ in range(self.d_steps):
+            d_out = self._discriminator_step(data, batch, noise)
+        g_out = self._generator_step(batch, noise)
+        self._record(d_out, g_out)
+
+    def _set_learning_rates(self) -> None:
+        fraction = self.lr_decay ** (self.step / self.total_steps)
+        for optimizer, start in ((self.opt_g, self.lr_g), (self.opt_d, self.lr_d)):
+            for group in optimizer.param_groups:
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(start * fraction)
+                else:
+                    group["lr"] = start * fraction
+
+    # ----------------------------------------------------------------------------------
+    # CUDA graphs
+    # ----------------------------------------------------------------------------------
+
+    def _use_graphs(self) -> bool:
+        return self._cuda_graphs in ("auto", True) and self.device.type == "cuda"
+
+    def _capture(self, data, batch: int, noise=None) -> None:
+        """Warm up on a side stream, then capture one D step and one G step."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up: autotuning, allocator, optimizer state
+                self._eager_step(data, batch, noise)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self._graphs = {}
+        d_graph, g_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # Gradients must live in static memory: zero them rather than setting them to None.
+        self.opt_d.zero_grad(set_to_none=False)
+        self.opt_g.zero_grad(set_to_none=False)
+        with torch.cuda.graph(d_graph):
+            self._graph_d_out = self._discriminator_step(data, batch, noise)
+        with torch.cuda.graph(g_graph):
+            self._graph_g_out = self._generator_step(batch, noise)
+            self._record(self._graph_d_out, self._graph_g_out)
+        self._graphs = {"d": d_graph, "g": g_graph}
+        self._graph_batch = batch
+
+    def _graph_step(self) -> None:
+        for _ in range(self.d_steps):
+            self._graphs["d"].replay()
+        self._graphs["g"].replay()
+
+    def _say(self, message: str) -> None:
+        self.messages.append(message)
+        print(f"fastgan: {message}", file=sys.stderr)
+
+    # ----------------------------------------------------------------------------------
+    # Training loop
+    # ----------------------------------------------------------------------------------
+
+    def train(
+        self,
+        data,
+        steps: int,
+        batch_size: int,
+        *,
+        log_every: int = 100,
+        on_log: Optional[Callable[[LogRecord], None]] = None,
+        checkpoint_path: Optional[str] = None,
+        checkpoint_every: Optional[int] = None,
+        config: Optional[dict] = None,
+        noise: Optional[Tensor] = None,
+    ) -> list[LogRecord]:
+        """Run until ``self.step == steps``.
+
+        Args:
+            data: has ``sample(n, device=..., generator=...) -> Tensor`` (the toy mixtures and
+                image sets of :mod:`fastgan.data`).
+            steps: the total step count (a resumed trainer continues to it).
+            batch_size: samples per D and G step.
+            log_every: read the device accumulators and call ``on_log`` this often.
+            checkpoint_path, checkpoint_every: save there (atomically) this often and at the end,
+                and on Ctrl-C before re-raising ``KeyboardInterrupt``.
+            config: stored in the checkpoint (plain data).
+            noise: a fixed (batch_size, latent_dim) noise buffer used for every step instead of
+                fresh draws (for testing graph and eager equivalence).
+        Returns:
+            The log records.
+        Raises:
+            TrainingDiverged: a loss or parameter became non-finite (the last good checkpoint stays).
+        """
+        for value, name in ((steps, "steps"), (batch_size, "batch_size"), (log_every, "log_every")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} integer, got {value!r}")
+        if not hasattr(data, "sample"):
+            raise TypeError("data must have a sample(n, device=..., generator=...) method")
+        records: list[LogRecord] = []
+        self.generator.train(), self.discriminator.train()
+        last_time, last_step = time.perf_counter(), self.step
+        stop = _StopOnInterrupt()
+        try:
+            while self.step < steps:
+                stop.check()
+                self._set_learning_rates()
+                if self._graphs is None and self._use_graphs() and self._graph_batch is None:
+                    try:
+                        self._capture(data, batch_size, noise)
+                        self._say("CUDA graphs: the D and G steps are captured and replayed")
+                    except Exception as error:  # anything that prevents capture: run eager, say why once
+                        self._graphs, self._graph_batch = None, batch_size
+                        self._cuda_graphs = False
+                        self._say(f"CUDA graphs off, running eager: capture failed ({type(error).__name__}: {error})")
+                        torch.cuda.synchronize(self.device)
+                if self._graphs is not None:
+                    self._graph_step()
+                else:
+                    self._eager_step(data, batch_size, noise)
+                self.step += 1
+                if self.step % log_every == 0 or self.step == steps:
+                    now = time.perf_counter()
+                    record = self._read_log(now - last_time, self.step - last_step)
+                    last_time, last_step = now, self.step
+                    records.append(record)
+                    if on_log is not None:
+                        on_log(record)
+                if checkpoint_path and checkpoint_every and self.step % checkpoint_every == 0 and self.step < steps:
+                    self.save(checkpoint_path, config)
+        except KeyboardInterrupt:
+            if checkpoint_path:
+                self._check_finite()
+                self.save(checkpoint_path, config)
+            raise
+        finally:
+            stop.restore()
+        if checkpoint_path:
+            self.save(checkpoint_path, config)
+        return records
+
+    def _read_log(self, seconds: float, steps: int) -> LogRecord:
+        """The one host synchronisation: means of the accumulators since the last read."""
+        first_bad = int(self._first_bad_step.item())
+        if first_bad >= 0:
+            raise TrainingDiverged(
+                f"a loss became NaN/Inf at step {first_bad}; training stopped (the last good checkpoint is kept)"
+            )
+        self._check_finite()
+        totals = (self._accumulated / max(steps, 1)).tolist()
+        self._accumulated.zero_()
+        lrs = [group["lr"] for group in (self.opt_g.param_groups[0], self.opt_d.param_groups[0])]
+        lrs = [float(lr) for lr in lrs]
+        return LogRecord(self.step, *totals, it_per_s=steps / seconds if seconds > 0 else float("inf"),
+                         lr_g=lrs[0], lr_d=lrs[1])
+
+    def _check_finite(self) -> None:
+        for name, model in (("generator", self.generator), ("discriminator", self.discriminator)):
+            norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+            if not torch.isfinite(torch.stack(norms)).all():
+                raise TrainingDiverged(
+                    f"the {name}'s parameters became NaN/Inf by step {self.step}; training stopped "
+                    "(the last good checkpoint is kept)"
+                )
+
+    # ----------------------------------------------------------------------------------
+    # Sampling and checkpoints
+    # ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, use_ema: bool = True, generator: Optional[torch.Generator] = None,
+               batch: int = 4096) -> Tensor:
+        """n samples from the generator (its EMA when kept), on the trainer's device."""
+        model = self.ema if (use_ema and self.ema is not None) else self.generator
+        was_training = model.training
+        model.eval()
+        try:
+            chunks = []
+            for start in range(0, n, batch):
+                count = min(batch, n - start)
+                z = torch.randn(count, self.latent_dim, device=self.device, generator=generator)
+                with self._autocast():
+                    chunks.append(model(z).float())
+            return torch.cat(chunks) if chunks else torch.empty(0, device=self.device)
+        finally:
+            model.train(was_training)
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "noise_rng": self.noise_generator.get_state(),
+            "data_rng": self.data_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.noise_generator.set_state(state["noise_rng"])
+        self.data_generator.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self._graphs, self._graph_batch = None, None
+
+    def save(self, path: str, config: Optional[dict] = None) -> None:
+        """Atomic checkpoint of everything a resume needs (and ``config``)."""
+        state = self.state_dict()
+        state["config"] = config or {}
+        save_checkpoint(path, state)
+
+    def resume(self, path: str) -> dict:
+        """Load a checkpoint written by :meth:`save`; returns its config."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.load_state_dict(state)
+        return state.get("config", {})
+
+
+class _StopOnInterrupt:
+    """Ctrl-C between steps, not inside one: the first SIGINT sets a flag that the loop checks
+    before each step (so a checkpoint never holds a half-done step); a second one interrupts
+    at once. Only in the main thread, where Python delivers signals."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def d_loss_nan(loss: Tensor) -> Tensor:
+    return torch.full_like(loss.detach(), math.nan, dtype=torch.float32)

@@ -1,0 +1,148 @@
+"""The fastgan command line: train / sample / eval / info, run directories, resume, errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fastgan import cli
+
+SMALL = ["--hidden", "32", "--layers", "2", "--batch-size", "64", "--log-every", "10", "--quiet"]
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_the_run_directory(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    code, stdout, _ = run(["train", "--steps", "30", "--out", out, *SMALL], capsys)
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.jsonl", "metrics.json", "samples.npy",
+                                       "samples.png"]
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["data"] == "grid25" and config["steps"] == 30 and config["hidden"] == 32
+    log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert [r["step"] for r in log] == [10, 20, 30]
+    assert {"d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction", "it_per_s"} <= set(log[0])
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert {"modes", "modes_strict", "high_quality", "reverse_kl", "wall_seconds"} <= set(metrics)
+    assert np.load(os.path.join(out, "samples.npy")).shape == (2500, 2)
+    assert open(os.path.join(out, "samples.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "PacGAN paper" in stdout and "true mixture" in stdout and "run directory" in stdout
+
+
+def test_progress_output_and_summary(tmp_path, capsys):
+    code, stdout, stderr = run(["train", "--steps", "20", "--out", str(tmp_path / "r"), *SMALL[:-1]], capsys)
+    assert code == 0
+    assert "it/s" in stderr and "d_loss" in stderr and "20/20" in stderr
+    assert stdout.startswith("fastgan train: done, 20 steps")
+
+
+def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    from fastgan.trainer import load_checkpoint
+
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    assert run(["train", "--steps", "40", "--out", straight, *SMALL], capsys)[0] == 0
+    original = cli.Progress.update
+
+    def interrupt_at_20(self, record):
+        original(self, record)
+        if record.step == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.Progress, "update", interrupt_at_20)
+    code, _, err = run(["train", "--steps", "40", "--out", split, *SMALL], capsys)
+    assert code == 130 and "interrupted at step 20; checkpoint saved" in err and "--resume" in err
+    assert load_checkpoint(os.path.join(split, "checkpoint.pt"))["step"] == 20
+    monkeypatch.setattr(cli.Progress, "update", original)
+    code, _, _ = run(["train", "--out", split, "--resume", "--quiet"], capsys)
+    assert code == 0
+    a = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
+    b = load_checkpoint(os.path.join(split, "checkpoint.pt"))
+    assert a["step"] == b["step"] == 40
+    for part in ("generator", "discriminator", "ema"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+
+
+def test_sample_and_eval(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run(["train", "--steps", "10", "--out", out, *SMALL], capsys)[0] == 0
+    code, stdout, _ = run(["sample", out, "-n", "100", "--out", str(tmp_path / "s.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "s.npy").shape == (100, 2)
+    code, stdout, _ = run(["eval", out, "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["num_modes"] == 25
+    true = torch.load  # noqa: F841 (keep torch imported for the fixture below)
+    from fastgan import data
+
+    np.save(tmp_path / "true.npy", data.toy_mixture("ring8").sample(2500, generator=torch.Generator().manual_seed(0)).numpy())
+    code, stdout, _ = run(["eval", str(tmp_path / "true.npy"), "--data", "ring8", "--json"], capsys)
+    result = json.loads(stdout)
+    assert code == 0 and result["modes"] == 8 and result["high_quality"] > 0.97
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--g-loss", "nope"], "unknown generator loss 'nope'"),
+        (["train", "--steps", "-5"], "--steps must be a non-negative integer"),
+        (["train", "--data", "/no/such/folder"], "no such toy mixture"),
+        (["train", "--g-loss", "renyi", "--alpha", "-1"], "--alpha must be a finite real >= 0"),
+        (["train", "--g-loss", "renyi"], "needs --alpha"),
+        (["train", "--lr-g", "0"], "--lr-g must be > 0"),
+        (["train", "--precision", "fp8"], "invalid choice"),
+        (["train", "--resume"], "--resume needs --out"),
+        (["eval", "/no/such.npy", "--data", "grid25"], "no such samples file"),
+        (["sample", "/no/such/run"], "no checkpoint.pt"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run(["train", "--steps", "5", "--out", out, *SMALL], capsys)[0] == 0
+    code, _, err = run(["train", "--steps", "5", "--out", out, *SMALL], capsys)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_shapes_and_image_folder_runs(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray((np.random.rand(40, 36, 3) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    tiny = ["--steps", "2", "--batch-size", "4", "--hidden", "4", "--latent-dim", "8", "--log-every", "1", "--quiet"]
+    out = str(tmp_path / "img")
+    assert run(["train", "--data", str(folder), "--image-size", "32", "--out", out, *tiny], capsys)[0] == 0
+    assert open(os.path.join(out, "samples.png"), "rb").read(4) == b"\x89PNG"
+    assert np.load(os.path.join(out, "samples.npy")).shape == (2500, 3, 32, 32)
+    out = str(tmp_path / "shapes")
+    code, stdout, _ = run(["train", "--data", "shapes", "--out", out, *tiny], capsys)
+    assert code == 0 and "modes" in stdout
+    (folder / "bad.png").write_bytes(b"not a png")
+    code, _, err = run(["train", "--data", str(folder), "--out", str(tmp_path / "bad"), *tiny], capsys)
+    assert code == 2 and "bad.png" in err
+
+
+def test_info_and_help(capsys):
+    assert run(["info"], capsys)[0] == 0
+    for command in ("train", "sample", "eval", "info"):
+        with pytest.raises(SystemExit) as exit:
+            cli.main([command, "--help"])
+        assert exit.value.code == 0
+        assert "usage" in capsys.readouterr().out

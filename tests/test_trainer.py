@@ -1,0 +1,195 @@
+"""fastgan.Trainer and fastgan.models on the CPU: training improves, resume is exact,
+Ctrl-C saves, NaN stops, checkpoints cannot run code; CUDA graphs against eager on a GPU."""
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from fastgan import Trainer, TrainingDiverged, data, metrics, models
+from fastgan.trainer import load_checkpoint, save_checkpoint
+
+GRID = data.toy_mixture("grid25")
+
+
+def toy_trainer(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    generator = models.MLPGenerator(8, 2, 64, 2, scale=4.15)
+    discriminator = models.MLPDiscriminator(2, 64, 2, scale=4.15)
+    options = dict(lr_g=5e-3, lr_d=5e-3, lr_decay=0.05, total_steps=60, seed=seed)
+    options.update(kwargs)
+    return Trainer(generator, discriminator, **options)
+
+
+def parameters(trainer):
+    return [p.detach().clone() for p in list(trainer.generator.parameters()) + list(trainer.discriminator.parameters())]
+
+
+def test_short_grid25_run_improves_metrics():
+    trainer = toy_trainer(total_steps=1500)
+    before = metrics.toy_metrics(trainer.sample(2500, generator=torch.Generator().manual_seed(1)), GRID)
+    records = trainer.train(GRID, 1500, 256, log_every=500)
+    after = metrics.toy_metrics(trainer.sample(2500, generator=torch.Generator().manual_seed(1)), GRID)
+    assert [r.step for r in records] == [500, 1000, 1500]
+    assert after.modes >= before.modes + 3 and after.reverse_kl < before.reverse_kl - 0.5
+    assert all(math.isfinite(r.d_loss) and math.isfinite(r.g_loss) and r.it_per_s > 0 for r in records)
+    assert 0 < records[-1].d_real < 1 and 0 < records[-1].d_fake < 1
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight = toy_trainer()
+    straight.train(GRID, 60, 64, log_every=20)
+    first = toy_trainer()
+    first.train(GRID, 25, 64, log_every=5, checkpoint_path=str(tmp_path / "ckpt.pt"))
+    resumed = toy_trainer(seed=0)
+    torch.manual_seed(123)  # the resumed process's global RNG differs; the checkpoint restores it
+    resumed.resume(str(tmp_path / "ckpt.pt"))
+    assert resumed.step == 25
+    resumed.train(GRID, 60, 64, log_every=5)
+    for a, b in zip(parameters(straight), parameters(resumed)):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    trainer = toy_trainer()
+
+    def interrupt(record):
+        if record.step == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(GRID, 60, 64, log_every=10, on_log=interrupt, checkpoint_path=path, config={"note": "x"})
+    state = load_checkpoint(path)
+    assert state["step"] == 30 and state["config"] == {"note": "x"}
+    resumed = toy_trainer()
+    resumed.resume(path)
+    resumed.train(GRID, 60, 64, log_every=10)
+    straight = toy_trainer()
+    straight.train(GRID, 60, 64, log_every=10)
+    for a, b in zip(parameters(straight), parameters(resumed)):
+        assert torch.equal(a, b)
+
+
+class PoisonedAfter:
+    """grid25 samples, NaN from the given call on."""
+
+    def __init__(self, calls):
+        self.calls, self.count = calls, 0
+
+    def sample(self, n, device=None, generator=None):
+        self.count += 1
+        x = GRID.sample(n, device=device, generator=generator)
+        return x * math.nan if self.count > self.calls else x
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    trainer = toy_trainer()
+    with pytest.raises(TrainingDiverged, match="at step 23"):
+        trainer.train(PoisonedAfter(22), 60, 32, log_every=10, checkpoint_path=path, checkpoint_every=10)
+    good = load_checkpoint(path)
+    assert good["step"] == 20
+    assert all(torch.isfinite(v).all() for v in good["generator"].values())
+
+
+def test_checkpoints_are_atomic_and_cannot_run_code(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, {"step": 3, "w": torch.ones(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+    assert load_checkpoint(path)["step"] == 3
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"payload": Exploit()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown generator loss 'nope'"):
+        toy_trainer(g_loss="nope")
+    with pytest.raises(TypeError, match="needs alpha"):
+        toy_trainer(g_loss="renyi")
+    with pytest.raises(ValueError, match="precision"):
+        toy_trainer(precision="fp16")
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        toy_trainer(cuda_graphs=True)
+    with pytest.raises(ValueError, match="lr_g"):
+        toy_trainer(lr_g=-1.0)
+    with pytest.raises(ValueError, match="d_steps"):
+        toy_trainer(d_steps=0)
+    trainer = toy_trainer()
+    with pytest.raises(ValueError, match="batch_size"):
+        trainer.train(GRID, 10, 0)
+    with pytest.raises(TypeError, match="sample"):
+        trainer.train([1, 2], 10, 8)
+
+
+def test_bf16_and_d_steps_and_renyi_run():
+    trainer = toy_trainer(precision="bf16", d_steps=2, g_loss="renyi", g_loss_params={"alpha": 0.5}, ema_decay=None)
+    records = trainer.train(GRID, 20, 64, log_every=10)
+    assert math.isfinite(records[-1].g_loss) and trainer.ema is None
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_dcgan_models_shapes_and_fused_blocks(image_size):
+    from fastgan.nn import BatchNormLeakyReLU2d
+
+    generator = models.DCGANGenerator(16, 3, image_size, width=8)
+    discriminator = models.DCGANDiscriminator(3, image_size, width=8)
+    images = generator(torch.randn(4, 16))
+    assert images.shape == (4, 3, image_size, image_size) and images.abs().max() <= 1
+    assert discriminator(images).shape == (4,)
+    assert any(isinstance(m, BatchNormLeakyReLU2d) for m in generator.modules())
+    assert {m.negative_slope for m in discriminator.modules() if isinstance(m, BatchNormLeakyReLU2d)} == {0.2}
+    with pytest.raises(ValueError, match="image_size must be 32 or 64"):
+        models.DCGANGenerator(16, 3, 48)
+
+
+def test_trainer_on_the_shapes_images():
+    torch.manual_seed(0)
+    trainer = Trainer(models.DCGANGenerator(16, 3, 32, width=8), models.DCGANDiscriminator(3, 32, width=8),
+                      total_steps=3)
+    records = trainer.train(data.ShapesDataset(32), 3, 8, log_every=3)
+    assert records[-1].step == 3 and math.isfinite(records[-1].d_loss)
+    assert trainer.sample(5).shape == (5, 3, 32, 32)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graphs_match_eager_after_20_steps():
+    noise = torch.randn(128, 8, device="cuda")
+    results = []
+    for graphs in (False, True):
+        trainer = toy_trainer(device="cuda", cuda_graphs=graphs, total_steps=20)
+        trainer.data_generator.manual_seed(7)
+        trainer.train(GRID, 20, 128, log_every=10, noise=noise)
+        assert (trainer._graphs is not None) == graphs, trainer.messages
+        results.append(parameters(trainer))
+    for eager, graphed in zip(*results):
+        torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_sigint_stops_between_steps_and_saves(tmp_path):
+    import os
+    import signal
+
+    path = str(tmp_path / "ckpt.pt")
+    trainer = toy_trainer()
+
+    def send_sigint(record):
+        if record.step == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(GRID, 60, 32, log_every=5, on_log=send_sigint, checkpoint_path=path)
+    assert load_checkpoint(path)["step"] == 10  # stopped before step 11 began
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
