@@ -106,12 +106,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 
 TOY_DEFAULTS = dict(
-    model="mlp", latent_dim=8, hidden=128, layers=3, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    model="mlp", latent_dim=8, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=12000, batch_size=256, lr_g=5e-3, lr_d=5e-3, lr_decay=0.005, d_steps=1, ema_decay=0.999,
     log_every=500,
 )
 IMAGE_DEFAULTS = dict(
-    model="dcgan", latent_dim=100, hidden=64, layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    model="dcgan", latent_dim=100, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, ema_decay=0.999, log_every=100,
 )
 SAMPLES = 2500  # the PacGAN/VEEGAN protocol
@@ -163,7 +163,7 @@ def _cuda_available() -> bool:
 def _validate(config: dict) -> None:
     from fastgan import losses
 
-    for key in ("steps", "batch_size", "latent_dim", "hidden", "d_steps", "log_every"):
+    for key in ("steps", "batch_size", "latent_dim", "hidden", "layers", "d_hidden", "d_layers", "d_steps", "log_every"):
         value = config.get(key)
         if value is not None and (not isinstance(value, int) or value < (0 if key == "steps" else 1)):
             raise UsageError(f"--{key.replace('_', '-')} must be a {'non-negative' if key == 'steps' else 'positive'} integer, got {value}")
@@ -208,7 +208,8 @@ def _build(config: dict):
         data = data_module.toy_mixture(config["data"])
         extent = float(data.centres.abs().max()) + 3 * data.std
         generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent)
-        discriminator = models.MLPDiscriminator(2, config["hidden"], config["layers"], scale=extent)
+        discriminator = models.MLPDiscriminator(2, config.get("d_hidden") or config["hidden"],
+                                                config.get("d_layers") or config["layers"], scale=extent)
         return data, generator, discriminator
     if kind == "shapes":
         data = data_module.ShapesDataset(size=config["image_size"])
@@ -220,7 +221,7 @@ def _build(config: dict):
             raise UsageError(str(error)) from None
         channels = data.shape[0]
     generator = models.DCGANGenerator(config["latent_dim"], channels, config["image_size"], config["hidden"])
-    discriminator = models.DCGANDiscriminator(channels, config["image_size"], config["hidden"])
+    discriminator = models.DCGANDiscriminator(channels, config["image_size"], config.get("d_hidden") or config["hidden"])
     return data, generator, discriminator
 
 
@@ -339,8 +340,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if os.path.exists(checkpoint):
             raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
     os.makedirs(out, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # The toy MLPs are too small to gain from intra-op threads: one thread is faster.
+    threads = args.threads or (1 if config["data_kind"] == "toy" and config["device"] == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     data, generator, discriminator = _build(config)
     trainer = _make_trainer(config, generator, discriminator)
     if args.resume:
@@ -459,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--latent-dim", type=int, help="latent dimension of z")
     train.add_argument("--hidden", type=int, help="MLP hidden width, or DCGAN base width")
     train.add_argument("--layers", type=int, help="MLP hidden layers")
+    train.add_argument("--d-hidden", type=int, help="the discriminator's width, when it differs from --hidden")
+    train.add_argument("--d-layers", type=int, help="the discriminator's MLP hidden layers, when they differ from --layers")
     train.add_argument("--d-loss", help="discriminator loss (see fastgan.losses.available())")
     train.add_argument("--g-loss", help="generator loss, e.g. nonsaturating, reverse_kl, forward_kl, renyi")
     train.add_argument("--alpha", type=float, help="Rényi alpha (with --g-loss renyi), a real >= 0")
@@ -479,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--log-every", type=int, help="steps between log records (the only host synchronisations)")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: at the end and on Ctrl-C)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for the toy MLPs, else torch's default)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_cmd_train)
 

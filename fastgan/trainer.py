@@ -21,6 +21,7 @@ next read, leaving the last good checkpoint in place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -42,6 +43,7 @@ from fastgan.fusion import fuse as fuse_models
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
 
 PRECISIONS = ("fp32", "bf16")
+_WARMUP_STEPS = 3  # eager steps (counted as training) before the CUDA graphs are captured
 _TELEMETRY = ("d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction")
 
 
@@ -190,7 +192,8 @@ class Trainer:
         self.d_steps = d_steps
         self.total_steps = total_steps
         self.lr_g, self.lr_d, self.lr_decay = float(lr_g), float(lr_d), float(lr_decay)
-        capturable = self.device.type == "cuda"
+        self._cuda_graphs = cuda_graphs
+        capturable = self._use_graphs()
         # The learning rate is a device tensor when capturing, so replays see its updates.
         lr = (lambda v: torch.tensor(v, device=self.device)) if capturable else float
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr(lr_g), betas=betas, capturable=capturable,
@@ -205,9 +208,11 @@ class Trainer:
         self._accumulated_steps = 0
         self._first_bad_step = torch.full((), -1, device=self.device, dtype=torch.int64)
         self._step_tensor = torch.zeros((), device=self.device, dtype=torch.int64)
-        self._cuda_graphs = cuda_graphs
-        self._graphs = None
-        self._graph_batch = None
+        self._graphs = None  # {"d": CUDAGraph, "g": CUDAGraph} once captured
+        self._graph_key = None  # what the graphs were captured for: (data, batch, noise)
+        self._warmup_left = _WARMUP_STEPS
+        self._in_step = False
+        self._capturing = False
         self.messages: list[str] = []
 
     # ----------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class Trainer:
             fake = self.generator(self._noise(batch, noise))
         with self._autocast():
             out = self.d_loss(self.discriminator(real), self.discriminator(fake))
-        self.opt_d.zero_grad(set_to_none=self._graphs is None)
+        self.opt_d.zero_grad(set_to_none=not self._capturing)
         out.loss.float().backward()
         self.opt_d.step()
         return out
@@ -238,7 +243,7 @@ class Trainer:
         try:
             with self._autocast():
                 out = self.g_loss(self.discriminator(self.generator(self._noise(batch, noise))))
-            self.opt_g.zero_grad(set_to_none=self._graphs is None)
+            self.opt_g.zero_grad(set_to_none=not self._capturing)
             out.loss.float().backward()
             self.opt_g.step()
         finally:
@@ -288,26 +293,38 @@ class Trainer:
     def _use_graphs(self) -> bool:
         return self._cuda_graphs in ("auto", True) and self.device.type == "cuda"
 
-    def _capture(self, data, batch: int, noise=None) -> None:
-        """Warm up on a side stream, then capture one D step and one G step."""
+    def _warmup_step(self, data, batch: int, noise=None) -> None:
+        """A real training step run eagerly on a side stream, as CUDA-graph capture requires
+        before capturing (kernel autotuning, allocator, optimizer state)."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up: autotuning, allocator, optimizer state
-                self._eager_step(data, batch, noise)
+            self._eager_step(data, batch, noise)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._graphs = {}
+        self._warmup_left -= 1
+
+    def _capture(self, data, batch: int, noise=None) -> None:
+        """Capture one D step and one G step (nothing runs until they are replayed)."""
         d_graph, g_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # The trainer's own generators must be registered, or capture refuses to draw from them;
+        # each replay then advances them exactly as the eager step does.
+        for graph, generators in ((d_graph, (self.noise_generator, self.data_generator)), (g_graph, (self.noise_generator,))):
+            for generator in generators:
+                graph.register_generator_state(generator)
         # Gradients must live in static memory: zero them rather than setting them to None.
         self.opt_d.zero_grad(set_to_none=False)
         self.opt_g.zero_grad(set_to_none=False)
-        with torch.cuda.graph(d_graph):
-            self._graph_d_out = self._discriminator_step(data, batch, noise)
-        with torch.cuda.graph(g_graph):
-            self._graph_g_out = self._generator_step(batch, noise)
-            self._record(self._graph_d_out, self._graph_g_out)
+        self._capturing = True
+        try:
+            with torch.cuda.graph(d_graph):
+                d_out = self._discriminator_step(data, batch, noise)
+            with torch.cuda.graph(g_graph, pool=d_graph.pool()):
+                g_out = self._generator_step(batch, noise)
+                self._record(d_out, g_out)
+        finally:
+            self._capturing = False
+        self._graph_outputs = (d_out, g_out)  # keep the static outputs alive
         self._graphs = {"d": d_graph, "g": g_graph}
-        self._graph_batch = batch
 
     def _graph_step(self) -> None:
         for _ in range(self.d_steps):
@@ -360,54 +377,84 @@ class Trainer:
             raise TypeError("data must have a sample(n, device=..., generator=...) method")
         records: list[LogRecord] = []
         self.generator.train(), self.discriminator.train()
+        self._accumulated.zero_()
+        key = (id(data), batch_size, None if noise is None else noise.data_ptr())
+        if key != self._graph_key:  # graphs captured for other inputs are stale
+            self._graphs, self._graph_key, self._warmup_left = None, key, _WARMUP_STEPS
         last_time, last_step = time.perf_counter(), self.step
         stop = _StopOnInterrupt()
+        device_scope = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         try:
-            while self.step < steps:
-                stop.check()
-                self._set_learning_rates()
-                if self._graphs is None and self._use_graphs() and self._graph_batch is None:
-                    try:
-                        self._capture(data, batch_size, noise)
-                        self._say("CUDA graphs: the D and G steps are captured and replayed")
-                    except Exception as error:  # anything that prevents capture: run eager, say why once
-                        self._graphs, self._graph_batch = None, batch_size
-                        self._cuda_graphs = False
-                        self._say(f"CUDA graphs off, running eager: capture failed ({type(error).__name__}: {error})")
-                        torch.cuda.synchronize(self.device)
-                if self._graphs is not None:
-                    self._graph_step()
-                else:
-                    self._eager_step(data, batch_size, noise)
-                self.step += 1
-                if self.step % log_every == 0 or self.step == steps:
-                    now = time.perf_counter()
-                    record = self._read_log(now - last_time, self.step - last_step)
-                    last_time, last_step = now, self.step
-                    records.append(record)
-                    if on_log is not None:
-                        on_log(record)
-                if checkpoint_path and checkpoint_every and self.step % checkpoint_every == 0 and self.step < steps:
-                    self.save(checkpoint_path, config)
+            with device_scope:
+                while self.step < steps:
+                    stop.check()
+                    self._set_learning_rates()
+                    self._in_step = True
+                    self._one_step(data, batch_size, noise)
+                    self._in_step = False
+                    self.step += 1
+                    if self.step % log_every == 0 or self.step == steps:
+                        now = time.perf_counter()
+                        record = self._read_log(now - last_time, self.step - last_step)
+                        last_time, last_step = now, self.step
+                        records.append(record)
+                        if on_log is not None:
+                            on_log(record)
+                    if checkpoint_path and checkpoint_every and self.step % checkpoint_every == 0 and self.step < steps:
+                        self._raise_if_diverged()
+                        self.save(checkpoint_path, config)
         except KeyboardInterrupt:
-            if checkpoint_path:
-                self._check_finite()
+            if self._in_step:  # a second Ctrl-C inside a step: its state is half-updated, do not save it
+                self._say(f"interrupted inside step {self.step + 1}; the previous checkpoint is kept")
+            elif checkpoint_path:
+                self._raise_if_diverged()
                 self.save(checkpoint_path, config)
             raise
         finally:
+            self._in_step = False
             stop.restore()
         if checkpoint_path:
+            self._raise_if_diverged()
             self.save(checkpoint_path, config)
         return records
 
-    def _read_log(self, seconds: float, steps: int) -> LogRecord:
-        """The one host synchronisation: means of the accumulators since the last read."""
+    def _one_step(self, data, batch_size: int, noise) -> None:
+        """One training step: eager, a warm-up step before capture, or a graph replay."""
+        if self._graphs is not None:
+            self._graph_step()
+            return
+        if not self._use_graphs():
+            self._eager_step(data, batch_size, noise)
+            return
+        if self._warmup_left > 0:
+            self._warmup_step(data, batch_size, noise)
+            return
+        try:
+            self._capture(data, batch_size, noise)
+        except Exception as error:  # anything that prevents capture: eager from now on, said once
+            self._graphs = None
+            torch.cuda.synchronize(self.device)
+            if self._cuda_graphs is True:
+                raise RuntimeError(f"cuda_graphs=True but capture failed: {type(error).__name__}: {error}") from error
+            self._cuda_graphs = False
+            self._say(f"CUDA graphs off, running eager: capture failed ({type(error).__name__}: {error})")
+            self._eager_step(data, batch_size, noise)
+            return
+        self._say("CUDA graphs: the D and G steps are captured and replayed")
+        self._graph_step()
+
+    def _raise_if_diverged(self) -> None:
+        """Host-synchronising check for NaN/Inf losses (with their first step) and parameters."""
         first_bad = int(self._first_bad_step.item())
         if first_bad >= 0:
             raise TrainingDiverged(
                 f"a loss became NaN/Inf at step {first_bad}; training stopped (the last good checkpoint is kept)"
             )
         self._check_finite()
+
+    def _read_log(self, seconds: float, steps: int) -> LogRecord:
+        """The one host synchronisation: means of the accumulators since the last read."""
+        self._raise_if_diverged()
         totals = (self._accumulated / max(steps, 1)).tolist()
         self._accumulated.zero_()
         lrs = [group["lr"] for group in (self.opt_g.param_groups[0], self.opt_d.param_groups[0])]
@@ -417,8 +464,8 @@ class Trainer:
 
     def _check_finite(self) -> None:
         for name, model in (("generator", self.generator), ("discriminator", self.discriminator)):
-            norms = torch._foreach_norm([p.detach() for p in model.parameters()])
-            if not torch.isfinite(torch.stack(norms)).all():
+            tensors = [p.detach() for p in model.parameters()]
+            if tensors and not torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all():
                 raise TrainingDiverged(
                     f"the {name}'s parameters became NaN/Inf by step {self.step}; training stopped "
                     "(the last good checkpoint is kept)"
@@ -460,17 +507,31 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (possibly saved on another device type: the models and
+        optimizers then load, the random generators restart from the seed)."""
         self.step = int(state["step"])
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.noise_generator.set_state(state["noise_rng"])
-        self.data_generator.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        self._graphs, self._graph_batch = None, None
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])
+        for optimizer, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            saved = copy.copy(state[key])
+            # Keep this trainer's own capturable flag and lr object (a device tensor when capturing).
+            saved["param_groups"] = [
+                dict(group, capturable=own["capturable"], lr=own["lr"])
+                for group, own in zip(saved["param_groups"], optimizer.param_groups)
+            ]
+            optimizer.load_state_dict(saved)
+        try:
+            self.noise_generator.set_state(state["noise_rng"].cpu())
+            self.data_generator.set_state(state["data_rng"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
+        except (RuntimeError, TypeError):
+            self._say("the checkpoint's random states are from another device type; noise restarts from the seed")
+        self._graphs, self._graph_key, self._warmup_left = None, None, _WARMUP_STEPS
+        self._step_tensor.fill_(self.step)
+        self._first_bad_step.fill_(-1)
+        self._accumulated.zero_()
 
     def save(self, path: str, config: Optional[dict] = None) -> None:
         """Atomic checkpoint of everything a resume needs (and ``config``)."""

@@ -163,19 +163,44 @@ def test_trainer_on_the_shapes_images():
     assert trainer.sample(5).shape == (5, 3, 32, 32)
 
 
+class FixedBatch:
+    """The same real batch every step (a static buffer for the graph-vs-eager comparison)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def sample(self, n, device=None, generator=None):
+        return self.batch[:n]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_graphs_match_eager_after_20_steps():
     noise = torch.randn(128, 8, device="cuda")
+    real = FixedBatch(GRID.sample(128, device="cuda", generator=torch.Generator("cuda").manual_seed(3)))
     results = []
     for graphs in (False, True):
         trainer = toy_trainer(device="cuda", cuda_graphs=graphs, total_steps=20)
-        trainer.data_generator.manual_seed(7)
-        trainer.train(GRID, 20, 128, log_every=10, noise=noise)
+        trainer.train(real, 20, 128, log_every=10, noise=noise)
+        assert trainer.step == 20
         assert (trainer._graphs is not None) == graphs, trainer.messages
-        results.append(parameters(trainer))
+        results.append(parameters(trainer) + [p.detach().clone() for p in trainer.ema.parameters()])
     for eager, graphed in zip(*results):
         torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graphs_with_on_device_noise_and_data_resume(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    trainer = toy_trainer(device="cuda", total_steps=40)
+    trainer.train(GRID, 20, 128, log_every=10, checkpoint_path=path)
+    assert trainer._graphs is not None, trainer.messages
+    resumed = toy_trainer(device="cuda", total_steps=40)
+    resumed.resume(path)
+    resumed.train(GRID, 40, 64, log_every=10)  # another batch size: captured again
+    assert resumed.step == 40 and resumed._graphs is not None
+    assert all(torch.isfinite(p).all() for p in parameters(resumed))
 
 
 def test_sigint_stops_between_steps_and_saves(tmp_path):
