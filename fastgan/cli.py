@@ -107,12 +107,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 TOY_DEFAULTS = dict(
     model="mlp", latent_dim=8, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
-    steps=12000, batch_size=256, lr_g=5e-3, lr_d=5e-3, lr_decay=0.005, d_steps=1, ema_decay=0.999,
-    log_every=500,
+    steps=16000, batch_size=128, lr_g=1e-3, lr_d=1e-3, lr_decay=0.05, d_steps=1, r1_gamma=0.05, r1_every=4,
+    ema_decay=0.999, log_every=500,
 )
 IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
-    steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, ema_decay=0.999, log_every=100,
+    steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, r1_gamma=0.0, r1_every=4,
+    ema_decay=0.999, log_every=100,
 )
 SAMPLES = 2500  # the PacGAN/VEEGAN protocol
 
@@ -163,13 +164,16 @@ def _cuda_available() -> bool:
 def _validate(config: dict) -> None:
     from fastgan import losses
 
-    for key in ("steps", "batch_size", "latent_dim", "hidden", "layers", "d_hidden", "d_layers", "d_steps", "log_every"):
+    for key in ("steps", "batch_size", "latent_dim", "hidden", "layers", "d_hidden", "d_layers", "d_steps", "r1_every",
+                "log_every"):
         value = config.get(key)
         if value is not None and (not isinstance(value, int) or value < (0 if key == "steps" else 1)):
             raise UsageError(f"--{key.replace('_', '-')} must be a {'non-negative' if key == 'steps' else 'positive'} integer, got {value}")
     for key in ("lr_g", "lr_d"):
         if not config[key] > 0:
             raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {config[key]}")
+    if not config["r1_gamma"] >= 0:
+        raise UsageError(f"--r1-gamma must be >= 0, got {config['r1_gamma']}")
     if not 0 < config["lr_decay"] <= 1:
         raise UsageError(f"--lr-decay must be in (0, 1], got {config['lr_decay']}")
     if config["ema_decay"] is not None and not 0 <= config["ema_decay"] < 1:
@@ -233,7 +237,7 @@ def _make_trainer(config: dict, generator, discriminator):
         generator, discriminator, d_loss=config["d_loss"], g_loss=config["g_loss"],
         g_loss_params={"alpha": config["alpha"]} if config["g_loss"] == "renyi" else None,
         lr_g=config["lr_g"], lr_d=config["lr_d"], lr_decay=config["lr_decay"], total_steps=max(config["steps"], 1),
-        d_steps=config["d_steps"], ema_decay=config["ema_decay"], precision=config["precision"],
+        d_steps=config["d_steps"], r1_gamma=config["r1_gamma"], r1_every=config["r1_every"], ema_decay=config["ema_decay"], precision=config["precision"],
         device=config["device"], seed=config["seed"], fuse=config["fuse"], cuda_graphs=graphs,
         backend=config["backend"],
     )
@@ -474,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-decay", type=float, help="final learning rate as a fraction of the initial one (exponential decay)")
     train.add_argument("--d-steps", type=int, help="discriminator steps per generator step")
     train.add_argument("--ema-decay", type=float, help="EMA decay of the generator's weights")
+    train.add_argument("--r1-gamma", type=float, help="R1 gradient penalty weight γ (0: off)")
+    train.add_argument("--r1-every", type=int, help="apply R1 lazily every this many D steps")
     train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (default fp32)")
     train.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto", help="capture the steps in CUDA graphs (default auto: on CUDA)")
     train.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), help="fastgan op backend (default auto)")

@@ -124,6 +124,9 @@ class Trainer:
         lr_decay: the learning rates decay exponentially to ``lr_decay`` × their start value
             at ``total_steps`` (1.0: constant).
         d_steps: discriminator updates per generator update.
+        r1_gamma, r1_every: the R1 gradient penalty γ/2·E_data[‖∇_x D(x)‖²] (Mescheder et
+            al., 2018), applied lazily every ``r1_every`` D steps with weight γ·r1_every
+            (StyleGAN2's lazy regularisation); 0 turns it off.
         ema_decay: keep an exponential moving average of G with this decay (None: no EMA).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
         device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
@@ -146,6 +149,8 @@ class Trainer:
         lr_decay: float = 1.0,
         total_steps: int = 1,
         d_steps: int = 1,
+        r1_gamma: float = 0.0,
+        r1_every: int = 4,
         ema_decay: Optional[float] = 0.999,
         precision: str = "fp32",
         device="cpu",
@@ -165,6 +170,9 @@ class Trainer:
         _check_number(lr_decay, "lr_decay", 0.0, 1.0, low_open=True)
         if ema_decay is not None:
             _check_number(ema_decay, "ema_decay", 0.0, 1.0)
+        _check_number(r1_gamma, "r1_gamma", 0.0)
+        if isinstance(r1_every, bool) or not isinstance(r1_every, int) or r1_every < 1:
+            raise ValueError(f"r1_every must be a positive integer, got {r1_every!r}")
         if isinstance(d_steps, bool) or not isinstance(d_steps, int) or d_steps < 1:
             raise ValueError(f"d_steps must be a positive integer, got {d_steps!r}")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -190,6 +198,7 @@ class Trainer:
         self.ema_decay = ema_decay
         self.precision = precision
         self.d_steps = d_steps
+        self.r1_gamma, self.r1_every = float(r1_gamma), r1_every
         self.total_steps = total_steps
         self.lr_g, self.lr_d, self.lr_decay = float(lr_g), float(lr_d), float(lr_decay)
         self._cuda_graphs = cuda_graphs
@@ -204,8 +213,10 @@ class Trainer:
         self.noise_generator = torch.Generator(self.device).manual_seed(self.seed)
         self.data_generator = torch.Generator(self.device).manual_seed(self.seed + 1)
         self.step = 0
-        self._accumulated = torch.zeros(len(_TELEMETRY), device=self.device, dtype=torch.float64)
-        self._accumulated_steps = 0
+        # Sums since the last log read: per D update (d_loss, divergence, D(real), D(fake)) and
+        # per step (g_loss, saturated fraction).
+        self._d_accumulated = torch.zeros(4, device=self.device, dtype=torch.float64)
+        self._g_accumulated = torch.zeros(2, device=self.device, dtype=torch.float64)
         self._first_bad_step = torch.full((), -1, device=self.device, dtype=torch.int64)
         self._step_tensor = torch.zeros((), device=self.device, dtype=torch.int64)
         self._graphs = None  # {"d": CUDAGraph, "g": CUDAGraph} once captured
@@ -227,16 +238,28 @@ class Trainer:
             return noise
         return torch.randn(batch, self.latent_dim, device=self.device, generator=self.noise_generator)
 
-    def _discriminator_step(self, data, batch: int, noise: Optional[Tensor] = None):
+    def _discriminator_step(self, data, batch: int, noise: Optional[Tensor] = None, r1: bool = False):
         real = data.sample(batch, device=self.device, generator=self.data_generator)
+        if r1:
+            real = real.detach().requires_grad_(True)
         with torch.no_grad(), self._autocast():
             fake = self.generator(self._noise(batch, noise))
         with self._autocast():
-            out = self.d_loss(self.discriminator(real), self.discriminator(fake))
+            real_logits = self.discriminator(real)
+            out = self.d_loss(real_logits, self.discriminator(fake))
+        loss = out.loss.float()
+        if r1:
+            (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+            penalty = grad.float().square().flatten(1).sum(1).mean()
+            loss = loss + (0.5 * self.r1_gamma * self.r1_every) * penalty
         self.opt_d.zero_grad(set_to_none=not self._capturing)
-        out.loss.float().backward()
+        loss.backward()
         self.opt_d.step()
         return out
+
+    def _r1_due(self, d_index: int) -> bool:
+        """Whether the ``d_index``-th D update of this step carries the lazy R1 penalty."""
+        return self.r1_gamma > 0 and (self.step * self.d_steps + d_index) % self.r1_every == 0
 
     def _generator_step(self, batch: int, noise: Optional[Tensor] = None):
         self.discriminator.requires_grad_(False)
@@ -256,26 +279,33 @@ class Trainer:
                     ema_buffer.copy_(buffer)
         return out
 
-    def _record(self, d_out, g_out) -> None:
-        """Add this step's losses and telemetry to the device accumulators (no sync)."""
+
+    def _flag_if_bad(self, values: Tensor, step: Tensor) -> None:
+        bad = ~torch.isfinite(values).all()
+        self._first_bad_step.copy_(torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step))
+
+    def _record_d(self, d_out) -> None:
+        """Add one D update's loss and telemetry to the device accumulators (no sync)."""
         with torch.no_grad():
-            g_tel, d_tel = g_out.telemetry, d_out.telemetry
-            divergence = d_tel.divergence if d_tel.divergence is not None else d_loss_nan(d_out.loss)
-            values = torch.stack([
-                d_out.loss.detach().double(), g_out.loss.detach().double(), divergence.double(),
-                d_tel.d_real.double(), d_tel.d_fake.double(), g_tel.saturated_fraction.double(),
-            ])
-            self._accumulated.add_(values)
+            tel = d_out.telemetry
+            divergence = tel.divergence if tel.divergence is not None else d_loss_nan(d_out.loss)
+            values = torch.stack([d_out.loss.detach().double(), divergence.double(), tel.d_real.double(),
+                                  tel.d_fake.double()])
+            self._d_accumulated.add_(values)
+            self._flag_if_bad(values[:1], self._step_tensor + 1)
+
+    def _record_g(self, g_out) -> None:
+        """Add the G update's loss and telemetry, and count the step (no sync)."""
+        with torch.no_grad():
+            values = torch.stack([g_out.loss.detach().double(), g_out.telemetry.saturated_fraction.double()])
+            self._g_accumulated.add_(values)
             self._step_tensor.add_(1)
-            bad = ~torch.isfinite(values[:2]).all()
-            self._first_bad_step.copy_(torch.where(bad & (self._first_bad_step < 0), self._step_tensor,
-                                                   self._first_bad_step))
+            self._flag_if_bad(values[:1], self._step_tensor)
 
     def _eager_step(self, data, batch: int, noise=None) -> None:
-        for _ in range(self.d_steps):
-            d_out = self._discriminator_step(data, batch, noise)
-        g_out = self._generator_step(batch, noise)
-        self._record(d_out, g_out)
+        for index in range(self.d_steps):
+            self._record_d(self._discriminator_step(data, batch, noise, self._r1_due(index)))
+        self._record_g(self._generator_step(batch, noise))
 
     def _set_learning_rates(self) -> None:
         fraction = self.lr_decay ** (self.step / self.total_steps)
@@ -305,30 +335,36 @@ class Trainer:
 
     def _capture(self, data, batch: int, noise=None) -> None:
         """Capture one D step and one G step (nothing runs until they are replayed)."""
-        d_graph, g_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        graphs = {"d": torch.cuda.CUDAGraph(), "g": torch.cuda.CUDAGraph()}
+        if self.r1_gamma > 0:
+            graphs["d_r1"] = torch.cuda.CUDAGraph()  # the D step with the lazy R1 penalty
         # The trainer's own generators must be registered, or capture refuses to draw from them;
         # each replay then advances them exactly as the eager step does.
-        for graph, generators in ((d_graph, (self.noise_generator, self.data_generator)), (g_graph, (self.noise_generator,))):
-            for generator in generators:
+        for name, graph in graphs.items():
+            for generator in (self.noise_generator, self.data_generator) if name != "g" else (self.noise_generator,):
                 graph.register_generator_state(generator)
         # Gradients must live in static memory: zero them rather than setting them to None.
         self.opt_d.zero_grad(set_to_none=False)
         self.opt_g.zero_grad(set_to_none=False)
         self._capturing = True
         try:
-            with torch.cuda.graph(d_graph):
-                d_out = self._discriminator_step(data, batch, noise)
-            with torch.cuda.graph(g_graph, pool=d_graph.pool()):
-                g_out = self._generator_step(batch, noise)
-                self._record(d_out, g_out)
+            pool, outputs = None, []
+            for name in [n for n in ("d", "d_r1") if n in graphs]:
+                with torch.cuda.graph(graphs[name], pool=pool):
+                    outputs.append(self._discriminator_step(data, batch, noise, r1=name == "d_r1"))
+                    self._record_d(outputs[-1])
+                pool = graphs[name].pool()
+            with torch.cuda.graph(graphs["g"], pool=pool):
+                outputs.append(self._generator_step(batch, noise))
+                self._record_g(outputs[-1])
         finally:
             self._capturing = False
-        self._graph_outputs = (d_out, g_out)  # keep the static outputs alive
-        self._graphs = {"d": d_graph, "g": g_graph}
+        self._graph_outputs = outputs  # keep the static outputs alive
+        self._graphs = graphs
 
     def _graph_step(self) -> None:
-        for _ in range(self.d_steps):
-            self._graphs["d"].replay()
+        for index in range(self.d_steps):
+            self._graphs["d_r1" if self._r1_due(index) else "d"].replay()
         self._graphs["g"].replay()
 
     def _say(self, message: str) -> None:
@@ -377,7 +413,8 @@ class Trainer:
             raise TypeError("data must have a sample(n, device=..., generator=...) method")
         records: list[LogRecord] = []
         self.generator.train(), self.discriminator.train()
-        self._accumulated.zero_()
+        self._d_accumulated.zero_()
+        self._g_accumulated.zero_()
         key = (id(data), batch_size, None if noise is None else noise.data_ptr())
         if key != self._graph_key:  # graphs captured for other inputs are stale
             self._graphs, self._graph_key, self._warmup_left = None, key, _WARMUP_STEPS
@@ -455,8 +492,11 @@ class Trainer:
     def _read_log(self, seconds: float, steps: int) -> LogRecord:
         """The one host synchronisation: means of the accumulators since the last read."""
         self._raise_if_diverged()
-        totals = (self._accumulated / max(steps, 1)).tolist()
-        self._accumulated.zero_()
+        d_loss, divergence, d_real, d_fake = (self._d_accumulated / max(steps * self.d_steps, 1)).tolist()
+        g_loss, saturated = (self._g_accumulated / max(steps, 1)).tolist()
+        self._d_accumulated.zero_()
+        self._g_accumulated.zero_()
+        totals = [d_loss, g_loss, divergence, d_real, d_fake, saturated]
         lrs = [group["lr"] for group in (self.opt_g.param_groups[0], self.opt_d.param_groups[0])]
         lrs = [float(lr) for lr in lrs]
         return LogRecord(self.step, *totals, it_per_s=steps / seconds if seconds > 0 else float("inf"),
@@ -531,7 +571,8 @@ class Trainer:
         self._graphs, self._graph_key, self._warmup_left = None, None, _WARMUP_STEPS
         self._step_tensor.fill_(self.step)
         self._first_bad_step.fill_(-1)
-        self._accumulated.zero_()
+        self._d_accumulated.zero_()
+        self._g_accumulated.zero_()
 
     def save(self, path: str, config: Optional[dict] = None) -> None:
         """Atomic checkpoint of everything a resume needs (and ``config``)."""

@@ -218,3 +218,27 @@ def test_sigint_stops_between_steps_and_saves(tmp_path):
         trainer.train(GRID, 60, 32, log_every=5, on_log=send_sigint, checkpoint_path=path)
     assert load_checkpoint(path)["step"] == 10  # stopped before step 11 began
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_r1_penalty_gradient_and_lazy_schedule():
+    trainer = toy_trainer(r1_gamma=0.7, r1_every=3)
+    batch = FixedBatch(GRID.sample(16, generator=torch.Generator().manual_seed(5)))
+    noise = torch.randn(16, 8)
+    trainer.opt_d.step = lambda: None  # keep the parameters: compare gradients only
+    trainer._discriminator_step(batch, 16, noise, r1=True)
+    got = [p.grad.clone() for p in trainer.discriminator.parameters()]
+    real = batch.batch.clone().requires_grad_()
+    real_logits = trainer.discriminator(real)
+    fake_logits = trainer.discriminator(trainer.generator(noise).detach())
+    loss = trainer.d_loss(real_logits, fake_logits).loss
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    loss = loss + 0.5 * 0.7 * 3 * grad.square().sum(1).mean()
+    want = torch.autograd.grad(loss, list(trainer.discriminator.parameters()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    trainer.d_steps = 2
+    due = []
+    for step in range(4):
+        trainer.step = step
+        due += [trainer._r1_due(i) for i in range(2)]
+    assert due == [True, False, False, True, False, False, True, False]
