@@ -92,3 +92,16 @@ class Rotating:
         item = self.items[self.index]
         self.index = (self.index + 1) % len(self.items)
         return item
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_driver_version() -> str | None:
+    """The NVIDIA driver version (nvidia-smi), or None when it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None

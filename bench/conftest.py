@@ -20,7 +20,15 @@ from fastgan import _backend
 
 sys.path.insert(0, os.path.dirname(__file__))  # the benchmark files import benchutil
 
-from benchutil import DEVICE, GPU, _host_us, _kernel_launches, _peak_memory, copy_bandwidth_gb_per_s  # noqa: E402
+from benchutil import (  # noqa: E402
+    DEVICE,
+    GPU,
+    _host_us,
+    _kernel_launches,
+    _peak_memory,
+    copy_bandwidth_gb_per_s,
+    gpu_driver_version,
+)
 
 
 def _provider_params():
@@ -67,6 +75,8 @@ def measure(benchmark):
         info.update(extra)
         info["device"] = torch.cuda.get_device_name() if GPU else f"cpu ({platform.processor() or platform.machine()})"
         info["versions"] = {"torch": torch.__version__, "fastgan": fastgan.__version__}
+        if GPU:
+            info["versions"].update(cuda=torch.version.cuda, driver=gpu_driver_version())
         issue = unsynchronised or fn
         info["launches"] = _kernel_launches(issue)
         info["host_us"] = _host_us(issue)

@@ -192,6 +192,8 @@ def versions(data: dict, cases: list[dict]) -> dict:
     found = {}
     for module in ("torch", "triton", "fastgan"):
         found[module] = recorded.get(module) or _installed_version(module)
+    for key in ("cuda", "driver"):  # recorded by bench/conftest.py on a GPU
+        found[key] = recorded.get(key)
     machine = data.get("machine_info") if isinstance(data.get("machine_info"), dict) else {}
     found["python"] = machine.get("python_version") or ".".join(map(str, sys.version_info[:3]))
     return found
@@ -407,7 +409,8 @@ def markdown(meta: dict, grouped, chart_name: str, source: str) -> str:
         f"- **Device:** {meta['device']}",
         f"- **Date (UTC):** {meta['date']}",
         f"- **Versions:** fastgan {v.get('fastgan') or '?'}, torch {v.get('torch') or '?'}, "
-        f"triton {v.get('triton') or 'not installed'}, Python {v.get('python') or '?'}",
+        f"triton {v.get('triton') or 'not installed'}, Python {v.get('python') or '?'}"
+        + (f", CUDA {v['cuda']}, driver {v.get('driver') or '?'}" if v.get("cuda") else ""),
         f"- **Commit:** {meta['commit'] or 'unknown'}",
         f"- **Source:** `{source}` (regenerate with `python bench/report.py OUT.json`)",
         "",
@@ -560,6 +563,8 @@ def main(argv=None) -> int:
         "fastgan": meta["versions"].get("fastgan"),
         "commit": meta["commit"],
         "python": meta["versions"].get("python"),
+        "cuda": meta["versions"].get("cuda"),
+        "driver": meta["versions"].get("driver"),
         "cases": cases,
     }
     json_path = results / f"{name}.json"
