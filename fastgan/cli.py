@@ -447,8 +447,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nonnegative_float(text: str) -> float:
-    return float(text)
+def _preset_text(preset: dict) -> str:
+    return ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in preset.items() if value is not None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a GAN into a run directory",
-        description="Train a GAN. With no arguments: the tuned MLP GAN on the embedded grid25 mixture (CPU, about a minute).",
+        description="Train a GAN. With no arguments: the tuned MLP GAN on the embedded grid25 mixture (CPU, about a minute). "
+        "Unset flags take the preset of the data kind. Toy mixtures: "
+        + _preset_text(TOY_DEFAULTS) + ". Images (DCGAN): " + _preset_text(IMAGE_DEFAULTS) + ".",
     )
     train.add_argument("--data", default="grid25",
                        help="grid25 | ring8 | grid100 | shapes (embedded) | a folder of PNG/JPEG | a .npy/.npz array (default grid25)")
