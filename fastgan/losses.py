@@ -89,6 +89,7 @@ logits, D is the raw output and the saturation test applies to it.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from typing import Callable, NamedTuple, Optional
@@ -187,7 +188,7 @@ def _saturated(values: Tensor) -> Tensor:
     return (values.abs() > SATURATION_THRESHOLD).sum()
 
 
-class _Loss:
+class _Loss(abc.ABC):
     """What every loss has: a registry name, a role, the divergence it targets."""
 
     name: str = ""
@@ -265,12 +266,13 @@ class DiscriminatorLoss(_Loss):
             divergence = self._estimate(loss.detach().float())
         return LossOutput(loss, Telemetry(divergence, d_real, d_fake, saturated))
 
+    @abc.abstractmethod
     def _loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The loss of the flattened logits."""
 
+    @abc.abstractmethod
     def _estimate(self, loss: Tensor) -> Tensor:
         """The divergence lower bound from the loss value."""
-        raise NotImplementedError
 
 
 class BCEDiscriminatorLoss(DiscriminatorLoss):
@@ -307,7 +309,8 @@ class HingeDiscriminatorLoss(_CriticLoss, DiscriminatorLoss):
     def _loss(self, real, fake):
         return _hinge_discriminator(real, fake)
 
-    def _estimate(self, loss):
+    @staticmethod
+    def _estimate(loss):
         return 1.0 - 0.5 * loss
 
 
@@ -321,7 +324,8 @@ class LSGANDiscriminatorLoss(_CriticLoss, DiscriminatorLoss):
     def _loss(self, real, fake):
         return _lsgan_discriminator(real, fake)
 
-    def _estimate(self, loss):
+    @staticmethod
+    def _estimate(loss):
         return 2.0 - 8.0 * loss
 
 
@@ -482,11 +486,13 @@ class GeneratorLoss(_Loss):
             divergence = self._estimate(loss.detach().float(), fake.detach().float(), real)
         return LossOutput(loss, Telemetry(divergence, d_real, d_fake, saturated))
 
+    @abc.abstractmethod
     def _loss(self, fake: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The loss of the flattened fake logits."""
 
+    @abc.abstractmethod
     def _estimate(self, loss: Tensor, fake32: Tensor, real: Optional[Tensor]) -> Optional[Tensor]:
-        raise NotImplementedError
+        """The divergence estimate (None when it needs real logits that were not passed)."""
 
 
 class MinimaxGeneratorLoss(GeneratorLoss):
@@ -586,7 +592,7 @@ class HingeGeneratorLoss(_CriticLoss, GeneratorLoss):
     def _estimate(self, loss, fake32, real):
         if real is None:
             return None
-        return 1.0 - 0.5 * _hinge_discriminator(real.detach().float(), fake32)
+        return HingeDiscriminatorLoss._estimate(_hinge_discriminator(real.detach().float(), fake32))
 
 
 class WGANGeneratorLoss(_CriticLoss, GeneratorLoss):
@@ -620,7 +626,7 @@ class LSGANGeneratorLoss(_CriticLoss, GeneratorLoss):
     def _estimate(self, loss, fake32, real):
         if real is None:
             return None
-        return 2.0 - 8.0 * _lsgan_discriminator(real.detach().float(), fake32)
+        return LSGANDiscriminatorLoss._estimate(_lsgan_discriminator(real.detach().float(), fake32))
 
 
 class FGANGeneratorLoss(_FGANMixin, GeneratorLoss):

@@ -48,6 +48,7 @@ from fastgan.data import NUM_SHAPE_MODES, ToyMixture, classify_shapes, toy_mixtu
 
 __all__ = [
     "DEFAULT_MIN_COUNT",
+    "ModeCoverage",
     "ShapesMetrics",
     "ToyMetrics",
     "assign_toy_modes",
@@ -60,8 +61,9 @@ DEFAULT_MIN_COUNT = 20
 _BLOCK = 1 << 22  # distances computed at once
 
 
-class ToyMetrics(NamedTuple):
-    """:func:`toy_metrics`'s answer (see the module docstring for each field)."""
+class ModeCoverage(NamedTuple):
+    """The answer of :func:`toy_metrics` and :func:`shapes_metrics` (see the module
+    docstring for each field)."""
 
     modes: int
     modes_strict: int
@@ -73,17 +75,7 @@ class ToyMetrics(NamedTuple):
         return dict(self._asdict())
 
 
-class ShapesMetrics(NamedTuple):
-    """:func:`shapes_metrics`'s answer (same fields and meanings as :class:`ToyMetrics`)."""
-
-    modes: int
-    modes_strict: int
-    high_quality: float
-    reverse_kl: float
-    num_modes: int
-
-    def as_dict(self) -> dict:
-        return dict(self._asdict())
+ToyMetrics = ShapesMetrics = ModeCoverage  # the names each metric's callers know it by
 
 
 def _check_min_count(min_count) -> int:

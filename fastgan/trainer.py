@@ -44,7 +44,6 @@ __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_
 
 PRECISIONS = ("fp32", "bf16")
 _WARMUP_STEPS = 3  # eager steps (counted as training) before the CUDA graphs are captured
-_TELEMETRY = ("d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction")
 
 
 class TrainingDiverged(RuntimeError):
@@ -288,8 +287,7 @@ class Trainer:
         """Add one D update's loss and telemetry to the device accumulators (no sync)."""
         with torch.no_grad():
             tel = d_out.telemetry
-            divergence = tel.divergence if tel.divergence is not None else d_loss_nan(d_out.loss)
-            values = torch.stack([d_out.loss.detach().double(), divergence.double(), tel.d_real.double(),
+            values = torch.stack([d_out.loss.detach().double(), tel.divergence.double(), tel.d_real.double(),
                                   tel.d_fake.double()])
             self._d_accumulated.add_(values)
             self._flag_if_bad(values[:1], self._step_tensor + 1)
@@ -611,7 +609,3 @@ class _StopOnInterrupt:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
-
-
-def d_loss_nan(loss: Tensor) -> Tensor:
-    return torch.full_like(loss.detach(), math.nan, dtype=torch.float32)

@@ -65,3 +65,23 @@ def _fresh_seed(request):
     seed = (zlib.crc32(request.node.nodeid.encode()) + int(os.environ.get("FASTGAN_TEST_SEED", "0"))) % (2**31)
     torch.manual_seed(seed)
     return seed
+
+
+def _capture_cuda_graph(step, warmup: int = 3):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
+
+
+@pytest.fixture
+def capture_cuda_graph():
+    """``capture_cuda_graph(step)``: capture ``step`` in a CUDA graph the documented way
+    (warm-up on a side stream, then capture); returns ``(graph, static outputs)``."""
+    return _capture_cuda_graph

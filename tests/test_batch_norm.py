@@ -345,22 +345,14 @@ def test_torch_compile_fullgraph(kernel_backend, device):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
-def test_cuda_graph_capture(kernel_backend):
+def test_cuda_graph_capture(kernel_backend, capture_cuda_graph):
     module = BatchNormLeakyReLU2d(8, momentum=None, negative_slope=0.2, backend=kernel_backend).cuda()
     x = torch.randn(16, 8, 6, 6, device="cuda", requires_grad=True)
 
     def step():
         return torch.autograd.grad(module(x).square().sum(), x)[0]
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_grad = step()
+    graph, static_grad = capture_cuda_graph(step)
     x.data.copy_(torch.randn_like(x) * 3 + 1)
     before = module.num_batches_tracked.clone()
     graph.replay()

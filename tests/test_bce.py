@@ -543,7 +543,7 @@ def test_torch_compile_fullgraph(kernel_backend, device):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
-def test_cuda_graph_capture(kernel_backend):
+def test_cuda_graph_capture(kernel_backend, capture_cuda_graph):
     x = torch.randn(1000, device="cuda", requires_grad=True)
     y = torch.rand(1000, device="cuda")
     real = torch.randn(64, device="cuda", requires_grad=True)
@@ -554,15 +554,7 @@ def test_cuda_graph_capture(kernel_backend):
         d_loss, g_loss = gan_bce_losses(real, fake, backend=kernel_backend)
         return torch.autograd.grad(loss + d_loss + g_loss, (x, real, fake))
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_grads = step()
+    graph, static_grads = capture_cuda_graph(step)
     for _ in range(2):
         x.data.copy_(torch.randn_like(x))
         fake.data.copy_(torch.randn_like(fake))

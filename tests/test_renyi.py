@@ -201,21 +201,13 @@ def test_renyi_torch_compile_fullgraph(kernel_backend, device):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
-def test_renyi_cuda_graph_capture(kernel_backend):
+def test_renyi_cuda_graph_capture(kernel_backend, capture_cuda_graph):
     r = torch.randn(300, 2, device="cuda", requires_grad=True)
 
     def step():
         return torch.autograd.grad(renyi_divergence(r, 0.5, backend=kernel_backend).sum(), r)[0]
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_grad = step()
+    graph, static_grad = capture_cuda_graph(step)
     r.data.copy_(torch.randn_like(r))
     graph.replay()
     torch.cuda.synchronize()
