@@ -9,6 +9,10 @@ Subcommands:
           and each backend's availability with the reason when it is not available.
 
 Bad arguments are one line on stderr and exit status 2 (set FASTGAN_DEBUG=1 for tracebacks).
+
+Several processes: ``torchrun --nproc_per_node=K -m fastgan train ...`` trains data-parallel
+(one GPU per process, NCCL; gloo with ``--device cpu``). ``--batch-size`` stays the global
+batch; only rank 0 prints, writes the run directory and evaluates.
 """
 
 from __future__ import annotations
@@ -229,7 +233,7 @@ def _build(config: dict):
     return data, generator, discriminator
 
 
-def _make_trainer(config: dict, generator, discriminator):
+def _make_trainer(config: dict, generator, discriminator, device=None):
     from fastgan import Trainer
 
     graphs = {"auto": "auto", "on": True, "off": False}[config["cuda_graphs"]]
@@ -238,7 +242,7 @@ def _make_trainer(config: dict, generator, discriminator):
         g_loss_params={"alpha": config["alpha"]} if config["g_loss"] == "renyi" else None,
         lr_g=config["lr_g"], lr_d=config["lr_d"], lr_decay=config["lr_decay"], total_steps=max(config["steps"], 1),
         d_steps=config["d_steps"], r1_gamma=config["r1_gamma"], r1_every=config["r1_every"], ema_decay=config["ema_decay"], precision=config["precision"],
-        device=config["device"], seed=config["seed"], fuse=config["fuse"], cuda_graphs=graphs,
+        device=device or config["device"], seed=config["seed"], fuse=config["fuse"], cuda_graphs=graphs,
         backend=config["backend"],
     )
 
@@ -317,12 +321,38 @@ def _format_metrics(config: dict, result: dict) -> str:
     return line
 
 
+def _join_process_group(args: argparse.Namespace):
+    """Under torchrun: join the group; (ProcessInfo, this process's device). Else (info, None)."""
+    from fastgan import distributed
+
+    if not distributed.launched_by_torchrun():
+        return distributed.process_info(), None
+    if args.device and args.device.startswith("cuda:"):
+        raise UsageError(f"--device {args.device}: under torchrun each process takes GPU LOCAL_RANK; pass --device cuda")
+    try:
+        return distributed.init_from_environment(args.device)
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    started = time.perf_counter()
+    info, device = _join_process_group(args)
+    try:
+        return _train(args, started, info, device)
+    finally:
+        if info.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, started: float, info, device) -> int:
     import torch
+    import torch.distributed as dist
 
     from fastgan import TrainingDiverged
 
-    started = time.perf_counter()
     out = args.out
     checkpoint = os.path.join(out, "checkpoint.pt") if out else None
     if args.resume:
@@ -340,31 +370,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = _resolve_config(args)
         if not out:
             out = os.path.join("runs", f"{os.path.basename(os.path.normpath(config['data']))}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if info.world_size > 1:  # the processes started at slightly different times: take rank 0's name
+                names = [out]
+                dist.broadcast_object_list(names, src=0)
+                out = names[0]
             checkpoint = os.path.join(out, "checkpoint.pt")
         if os.path.exists(checkpoint):
             raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
-    os.makedirs(out, exist_ok=True)
+    if device is not None:
+        config["device"] = device.type  # each process's own GPU index comes from LOCAL_RANK
+    config["world_size"] = info.world_size
+    if config["batch_size"] % info.world_size:
+        raise UsageError(f"--batch-size {config['batch_size']} must be divisible by the number of processes "
+                         f"({info.world_size})")
+    main_process = info.is_main
+    if main_process:
+        os.makedirs(out, exist_ok=True)
     # The toy MLPs are too small to gain from intra-op threads: one thread is faster.
     threads = args.threads or (1 if config["data_kind"] == "toy" and config["device"] == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     data, generator, discriminator = _build(config)
-    trainer = _make_trainer(config, generator, discriminator)
+    trainer = _make_trainer(config, generator, discriminator, device)
     if args.resume:
         trainer.resume(checkpoint)
-    _write_json(os.path.join(out, "config.json"), config)
-    quiet = args.quiet
+    if main_process:
+        _write_json(os.path.join(out, "config.json"), config)
+    quiet = args.quiet or not main_process
     if not quiet:
         print(f"fastgan train: {config['data']} · {config['model']} · D {config['d_loss']} · G {config['g_loss']}"
               + (f" (alpha {config['alpha']})" if config.get("alpha") is not None else "")
               + f" · {config['steps']} steps × batch {config['batch_size']} · {config['device']}"
+              + (f" × {info.world_size} processes" if info.world_size > 1 else "")
               + (f" · resuming at step {trainer.step}" if args.resume else "") + f" → {out}", file=sys.stderr)
     progress = Progress(config["steps"], trainer.step, enabled=not quiet)
     log_path = os.path.join(out, "log.jsonl")
 
     def on_log(record) -> None:
-        with open(log_path, "a") as file:
-            file.write(json.dumps(record.as_dict()) + "\n")
+        if main_process:
+            with open(log_path, "a") as file:
+                file.write(json.dumps(record.as_dict()) + "\n")
         progress.update(record)
 
     try:
@@ -372,14 +417,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every, config=config)
     except KeyboardInterrupt:
         progress.close()
-        print(f"fastgan train: interrupted at step {trainer.step}; checkpoint saved. Continue with: "
-              f"fastgan train --out {out} --resume", file=sys.stderr)
+        if main_process:
+            again = "the same torchrun command with " if info.world_size > 1 else ""
+            print(f"fastgan train: interrupted at step {trainer.step}; checkpoint saved. Continue with: "
+                  f"{again}fastgan train --out {out} --resume", file=sys.stderr)
         return 130
     except TrainingDiverged as error:
         progress.close()
-        print(f"fastgan train: {error}", file=sys.stderr)
+        if main_process:
+            print(f"fastgan train: {error}", file=sys.stderr)
         return 1
     progress.close()
+    if not main_process:  # rank 0 evaluates and writes; the models are the same everywhere
+        return 0
     samples = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2))
     result = _evaluate(config, samples)
     _save_samples(out, config, samples)
@@ -536,13 +586,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UsageError as error:
-        print(f"fastgan {args.command}: error: {error}", file=sys.stderr)
+        _print_once(f"fastgan {args.command}: error: {error}")
         return 2
     except (ValueError, TypeError, FileNotFoundError) as error:
         if os.environ.get("FASTGAN_DEBUG"):
             raise
-        print(f"fastgan {args.command}: error: {error}", file=sys.stderr)
+        _print_once(f"fastgan {args.command}: error: {error}")
         return 2
+
+
+def _print_once(message: str) -> None:
+    """stderr, from rank 0 only when several processes run the same command (they all fail alike)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -564,6 +564,19 @@ class ImageDataset:
         self.images = self.images.to(device)
         return self
 
+    def shard(self, rank: int, world_size: int) -> "ImageDataset":
+        """The images ``rank, rank + world_size, ...`` (every ``world_size``-th, a view): one
+        process's disjoint share under data-parallel training. Every rank keeps at least one
+        image, so ``world_size`` may not exceed ``len(self)``."""
+        for value, name in ((world_size, "world_size"), (rank, "rank")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, world_size={world_size}")
+        if world_size > len(self):
+            raise ValueError(f"cannot shard {len(self)} images over world_size={world_size} processes")
+        return ImageDataset(self.images[rank::world_size])
+
     def sample(self, n: int, device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n`` images (n, C, H, W) drawn uniformly with replacement. A ``device`` (or a
         generator's device) other than the dataset's moves the dataset there first, once."""

@@ -35,9 +35,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from fastgan import losses as loss_library
+from fastgan.distributed import process_info, stream_seed
 from fastgan.fusion import fuse as fuse_models
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
@@ -130,8 +132,29 @@ class Trainer:
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
         device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
         fuse: run :func:`fastgan.fuse` on both models first.
-        cuda_graphs: ``"auto"`` (on CUDA devices), True (CUDA only; an error elsewhere) or False.
+        cuda_graphs: ``"auto"`` (on CUDA devices, single-process), True (CUDA only; an error
+            elsewhere) or False.
         backend: pin the fastgan op backend for the losses and fused blocks.
+        distributed, process_group: data-parallel training over a ``torch.distributed``
+            process group (see below). ``"auto"``: when a group is initialised and has more than
+            one process; True: always (an error without an initialised group); False: never.
+
+    Data-parallel training (``torchrun``, one process per GPU, see :mod:`fastgan.distributed`):
+    G and D are wrapped in ``DistributedDataParallel``, so every update averages the
+    gradients of all processes. ``batch_size`` stays the *global* batch: each of the K
+    processes draws ``batch_size / K`` real samples (from its shard of an image set, via the
+    data's ``shard(rank, K)``) and noise from its own streams, so K processes train exactly
+    like one process on the concatenated batch. The D step runs D through its wrapper and G
+    bare under ``no_grad``; the G step runs G through its wrapper and D bare with its
+    parameters frozen: each wrapper sees one backward per forward-use, every parameter gets
+    a gradient, and ``find_unused_parameters`` is not needed. BatchNorm layers are made
+    synchronous (:func:`fastgan.fuse` with ``sync=True`` when fusing, else
+    ``nn.SyncBatchNorm``, which needs GPUs). Logging, telemetry and the NaN check all-reduce
+    the device accumulators every ``log_every`` steps (the only collectives outside DDP's);
+    Ctrl-C is agreed on at those points too, so every process stops after the same step.
+    Call :meth:`save` / :meth:`state_dict` on every process: they gather each process's
+    random states; only rank 0 writes. With ``cuda_graphs="auto"`` a distributed run is
+    eager (capture of DDP's NCCL all-reduces is not verified); True tries it.
     """
 
     def __init__(
@@ -158,12 +181,26 @@ class Trainer:
         cuda_graphs="auto",
         backend: Optional[str] = None,
         latent_dim: Optional[int] = None,
+        distributed="auto",
+        process_group=None,
     ) -> None:
         for model, name in ((generator, "generator"), (discriminator, "discriminator")):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
         _check_choice(precision, "precision", PRECISIONS)
         _check_choice(cuda_graphs, "cuda_graphs", ("auto", True, False))
+        _check_choice(distributed, "distributed", ("auto", True, False))
+        group_ready = dist.is_available() and dist.is_initialized()
+        if distributed is True and not group_ready:
+            raise ValueError("distributed=True needs an initialised torch.distributed process group (launch with "
+                             "torchrun and call torch.distributed.init_process_group or "
+                             "fastgan.distributed.init_from_environment first)")
+        if process_group is not None and not group_ready:
+            raise ValueError("process_group was given but torch.distributed is not initialised")
+        info = process_info(process_group)
+        self.distributed = group_ready and (distributed is True or (distributed == "auto" and info.world_size > 1))
+        self.rank, self.world_size = (info.rank, info.world_size) if self.distributed else (0, 1)
+        self.process_group = process_group
         for value, name in ((lr_g, "lr_g"), (lr_d, "lr_d")):
             _check_number(value, name, 0.0, low_open=True)
         _check_number(lr_decay, "lr_decay", 0.0, 1.0, low_open=True)
@@ -188,9 +225,19 @@ class Trainer:
             raise ValueError("latent_dim: pass it, or give the generator a positive int `latent_dim` attribute")
         self.fuse_report = None
         if fuse:
-            self.fuse_report = (fuse_models(generator, backend=backend), fuse_models(discriminator, backend=backend))
+            sync = {"sync": True, "process_group": process_group} if self.distributed else {}
+            self.fuse_report = tuple(fuse_models(model, backend=backend, **sync) for model in (generator, discriminator))
+        if self.distributed:  # BatchNorm layers the fused blocks did not replace
+            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator, process_group)
+            discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator, process_group)
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
+        # The modules the steps differentiate through: DDP wrappers when distributed (their
+        # construction broadcasts rank 0's parameters and buffers, before the EMA copy).
+        self._generator_train, self._discriminator_train = self.generator, self.discriminator
+        if self.distributed:
+            self._generator_train = _data_parallel(self.generator, self.device, process_group)
+            self._discriminator_train = _data_parallel(self.discriminator, self.device, process_group)
         self.ema = None
         if ema_decay is not None:
             self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
@@ -209,8 +256,8 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr(lr_d), betas=betas, capturable=capturable,
                                       foreach=True)
         self.seed = int(seed)
-        self.noise_generator = torch.Generator(self.device).manual_seed(self.seed)
-        self.data_generator = torch.Generator(self.device).manual_seed(self.seed + 1)
+        self.noise_generator = torch.Generator(self.device).manual_seed(stream_seed(self.seed, self.rank, 0))
+        self.data_generator = torch.Generator(self.device).manual_seed(stream_seed(self.seed, self.rank, 1))
         self.step = 0
         # Sums since the last log read: per D update (d_loss, divergence, D(real), D(fake)) and
         # per step (g_loss, saturated fraction).
@@ -224,6 +271,8 @@ class Trainer:
         self._in_step = False
         self._capturing = False
         self.messages: list[str] = []
+        if self.distributed and self.device.type == "cuda" and cuda_graphs == "auto":
+            self._say("CUDA graphs are off under DistributedDataParallel (pass cuda_graphs=True to try capture)")
 
     # ----------------------------------------------------------------------------------
     # The step
@@ -244,8 +293,8 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fake = self.generator(self._noise(batch, noise))
         with self._autocast():
-            real_logits = self.discriminator(real)
-            out = self.d_loss(real_logits, self.discriminator(fake))
+            real_logits = self._discriminator_train(real)
+            out = self.d_loss(real_logits, self._discriminator_train(fake))
         loss = out.loss.float()
         if r1:
             (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
@@ -264,7 +313,7 @@ class Trainer:
         self.discriminator.requires_grad_(False)
         try:
             with self._autocast():
-                out = self.g_loss(self.discriminator(self.generator(self._noise(batch, noise))))
+                out = self.g_loss(self.discriminator(self._generator_train(self._noise(batch, noise))))
             self.opt_g.zero_grad(set_to_none=not self._capturing)
             out.loss.float().backward()
             self.opt_g.step()
@@ -319,6 +368,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------
 
     def _use_graphs(self) -> bool:
+        if self.distributed and self._cuda_graphs == "auto":
+            return False
         return self._cuda_graphs in ("auto", True) and self.device.type == "cuda"
 
     def _warmup_step(self, data, batch: int, noise=None) -> None:
@@ -367,7 +418,8 @@ class Trainer:
 
     def _say(self, message: str) -> None:
         self.messages.append(message)
-        print(f"fastgan: {message}", file=sys.stderr)
+        if self.rank == 0:
+            print(f"fastgan: {message}", file=sys.stderr)
 
     # ----------------------------------------------------------------------------------
     # Training loop
@@ -392,13 +444,15 @@ class Trainer:
             data: has ``sample(n, device=..., generator=...) -> Tensor`` (the toy mixtures and
                 image sets of :mod:`fastgan.data`).
             steps: the total step count (a resumed trainer continues to it).
-            batch_size: samples per D and G step.
+            batch_size: samples per D and G step (the global batch: distributed, each of the K
+                processes takes ``batch_size / K``, which must be whole).
             log_every: read the device accumulators and call ``on_log`` this often.
             checkpoint_path, checkpoint_every: save there (atomically) this often and at the end,
                 and on Ctrl-C before re-raising ``KeyboardInterrupt``.
             config: stored in the checkpoint (plain data).
             noise: a fixed (batch_size, latent_dim) noise buffer used for every step instead of
-                fresh draws (for testing graph and eager equivalence).
+                fresh draws (for testing graph and eager equivalence; distributed, process k
+                uses its rows ``k·batch_size/K`` up to ``(k+1)·batch_size/K``).
         Returns:
             The log records.
         Raises:
@@ -409,11 +463,21 @@ class Trainer:
                 raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} integer, got {value!r}")
         if not hasattr(data, "sample"):
             raise TypeError("data must have a sample(n, device=..., generator=...) method")
+        if batch_size % self.world_size:
+            raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of processes ({self.world_size})")
+        if noise is not None and (noise.dim() != 2 or noise.shape[0] != batch_size):
+            raise ValueError(f"noise must have shape (batch_size={batch_size}, latent_dim), got {tuple(noise.shape)}")
+        global_batch, batch_size = batch_size, batch_size // self.world_size
+        if self.distributed:
+            if noise is not None:
+                noise = noise[self.rank * batch_size:(self.rank + 1) * batch_size]
+            if hasattr(data, "shard"):
+                data = self._shard(data)
         records: list[LogRecord] = []
         self.generator.train(), self.discriminator.train()
         self._d_accumulated.zero_()
         self._g_accumulated.zero_()
-        key = (id(data), batch_size, None if noise is None else noise.data_ptr())
+        key = (id(data), global_batch, None if noise is None else noise.data_ptr())
         if key != self._graph_key:  # graphs captured for other inputs are stale
             self._graphs, self._graph_key, self._warmup_left = None, key, _WARMUP_STEPS
         last_time, last_step = time.perf_counter(), self.step
@@ -422,7 +486,8 @@ class Trainer:
         try:
             with device_scope:
                 while self.step < steps:
-                    stop.check()
+                    if not self.distributed:  # distributed: agreed on at the log reads below
+                        stop.check()
                     self._set_learning_rates()
                     self._in_step = True
                     self._one_step(data, batch_size, noise)
@@ -430,11 +495,14 @@ class Trainer:
                     self.step += 1
                     if self.step % log_every == 0 or self.step == steps:
                         now = time.perf_counter()
-                        record = self._read_log(now - last_time, self.step - last_step)
+                        record, stop_everywhere = self._read_log(now - last_time, self.step - last_step,
+                                                                 stop.requested)
                         last_time, last_step = now, self.step
                         records.append(record)
                         if on_log is not None:
                             on_log(record)
+                        if stop_everywhere:
+                            raise KeyboardInterrupt
                     if checkpoint_path and checkpoint_every and self.step % checkpoint_every == 0 and self.step < steps:
                         self._raise_if_diverged()
                         self.save(checkpoint_path, config)
@@ -478,27 +546,46 @@ class Trainer:
         self._say("CUDA graphs: the D and G steps are captured and replayed")
         self._graph_step()
 
+    def _shard(self, data):
+        """This process's share of ``data``, cached so repeated ``train`` calls reuse one object."""
+        cached = getattr(self, "_sharded", None)
+        if cached is None or cached[0] is not data:
+            self._sharded = (data, data.shard(self.rank, self.world_size))
+        return self._sharded[1]
+
+    def _all_reduce(self, tensor: Tensor, op=None) -> Tensor:
+        if self.distributed:
+            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=self.process_group)
+        return tensor
+
     def _raise_if_diverged(self) -> None:
-        """Host-synchronising check for NaN/Inf losses (with their first step) and parameters."""
-        first_bad = int(self._first_bad_step.item())
+        """Host-synchronising check for NaN/Inf losses (with their first step) and parameters
+        (distributed: the same verdict on every process)."""
+        first_bad = int(self._all_reduce(self._first_bad_step.clone(), dist.ReduceOp.MAX).item())
         if first_bad >= 0:
             raise TrainingDiverged(
                 f"a loss became NaN/Inf at step {first_bad}; training stopped (the last good checkpoint is kept)"
             )
         self._check_finite()
 
-    def _read_log(self, seconds: float, steps: int) -> LogRecord:
-        """The one host synchronisation: means of the accumulators since the last read."""
+    def _read_log(self, seconds: float, steps: int, stop_requested: bool = False) -> tuple[LogRecord, bool]:
+        """The one host synchronisation: means of the accumulators since the last read (over
+        all processes), and whether any process asked to stop (Ctrl-C)."""
         self._raise_if_diverged()
-        d_loss, divergence, d_real, d_fake = (self._d_accumulated / max(steps * self.d_steps, 1)).tolist()
-        g_loss, saturated = (self._g_accumulated / max(steps, 1)).tolist()
+        sums = torch.cat([self._d_accumulated, self._g_accumulated,
+                          torch.tensor([float(stop_requested)], dtype=torch.float64, device=self.device)])
+        sums = (self._all_reduce(sums) / self.world_size).tolist()
+        d_loss, divergence, d_real, d_fake = (value / max(steps * self.d_steps, 1) for value in sums[:4])
+        g_loss, saturated = (value / max(steps, 1) for value in sums[4:6])
+        stop_everywhere = sums[6] > 0
         self._d_accumulated.zero_()
         self._g_accumulated.zero_()
         totals = [d_loss, g_loss, divergence, d_real, d_fake, saturated]
         lrs = [group["lr"] for group in (self.opt_g.param_groups[0], self.opt_d.param_groups[0])]
         lrs = [float(lr) for lr in lrs]
-        return LogRecord(self.step, *totals, it_per_s=steps / seconds if seconds > 0 else float("inf"),
-                         lr_g=lrs[0], lr_d=lrs[1])
+        record = LogRecord(self.step, *totals, it_per_s=steps / seconds if seconds > 0 else float("inf"),
+                           lr_g=lrs[0], lr_d=lrs[1])
+        return record, stop_everywhere
 
     def _check_finite(self) -> None:
         for name, model in (("generator", self.generator), ("discriminator", self.discriminator)):
@@ -531,7 +618,19 @@ class Trainer:
         finally:
             model.train(was_training)
 
+    def _random_states(self) -> dict:
+        return {"noise": self.noise_generator.get_state(), "data": self.data_generator.get_state(),
+                "torch": torch.get_rng_state()}
+
     def state_dict(self) -> dict:
+        """Everything a resume needs. The models and optimisers are the same on every process;
+        the random states are per process: distributed, they are gathered from all (a
+        collective: call it on every process) into ``rank_rng``, indexed by rank."""
+        own = self._random_states()
+        ranks = [own]
+        if self.distributed:
+            ranks = [None] * self.world_size
+            dist.all_gather_object(ranks, own, group=self.process_group)
         return {
             "step": self.step,
             "generator": self.generator.state_dict(),
@@ -539,14 +638,40 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "noise_rng": self.noise_generator.get_state(),
-            "data_rng": self.data_generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "world_size": self.world_size,
+            "noise_rng": ranks[0]["noise"],
+            "data_rng": ranks[0]["data"],
+            "torch_rng": ranks[0]["torch"],
+            "rank_rng": ranks,
         }
 
+    def _restore_random_states(self, state: dict) -> None:
+        """This process's random streams from ``state``: exactly its own when the checkpoint
+        was written by as many processes; otherwise re-derived from (seed, rank, step), said once."""
+        saved_world = int(state.get("world_size", 1))
+        ranks = state.get("rank_rng") or [{"noise": state["noise_rng"], "data": state["data_rng"],
+                                            "torch": state["torch_rng"]}]
+        if saved_world == self.world_size and len(ranks) == self.world_size:
+            own = ranks[self.rank]
+            try:
+                self.noise_generator.set_state(own["noise"].cpu())
+                self.data_generator.set_state(own["data"].cpu())
+                torch.set_rng_state(own["torch"].cpu())
+                return
+            except (RuntimeError, TypeError):
+                self._say("the checkpoint's random states are from another device type; noise restarts from the seed")
+                return
+        offset = (self.step + 1) * 2**40  # new streams, distinct from the ones the run started with
+        self.noise_generator.manual_seed((stream_seed(self.seed, self.rank, 0) + offset) % 2**63)
+        self.data_generator.manual_seed((stream_seed(self.seed, self.rank, 1) + offset) % 2**63)
+        self._say(f"the checkpoint was written by {saved_world} process(es), this run has {self.world_size}: "
+                  f"models, optimisers and step {self.step} are restored exactly; the noise and data streams "
+                  "are re-derived from (seed, rank, step), so the random draws differ from an uninterrupted run")
+
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (possibly saved on another device type: the models and
-        optimizers then load, the random generators restart from the seed)."""
+        """Restore a :meth:`state_dict`, possibly saved on another device type (the models and
+        optimisers load, the random generators restart from the seed) or by another number of
+        processes (the random streams are re-derived: see :meth:`_restore_random_states`)."""
         self.step = int(state["step"])
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
@@ -560,12 +685,7 @@ class Trainer:
                 for group, own in zip(saved["param_groups"], optimizer.param_groups)
             ]
             optimizer.load_state_dict(saved)
-        try:
-            self.noise_generator.set_state(state["noise_rng"].cpu())
-            self.data_generator.set_state(state["data_rng"].cpu())
-            torch.set_rng_state(state["torch_rng"].cpu())
-        except (RuntimeError, TypeError):
-            self._say("the checkpoint's random states are from another device type; noise restarts from the seed")
+        self._restore_random_states(state)
         self._graphs, self._graph_key, self._warmup_left = None, None, _WARMUP_STEPS
         self._step_tensor.fill_(self.step)
         self._first_bad_step.fill_(-1)
@@ -573,16 +693,38 @@ class Trainer:
         self._g_accumulated.zero_()
 
     def save(self, path: str, config: Optional[dict] = None) -> None:
-        """Atomic checkpoint of everything a resume needs (and ``config``)."""
+        """Atomic checkpoint of everything a resume needs (and ``config``). Distributed: call on
+        every process; rank 0 writes, and all return once the file is in place."""
         state = self.state_dict()
         state["config"] = config or {}
-        save_checkpoint(path, state)
+        if self.rank == 0:
+            save_checkpoint(path, state)
+        if self.distributed:
+            dist.barrier(group=self.process_group)
 
     def resume(self, path: str) -> dict:
         """Load a checkpoint written by :meth:`save`; returns its config."""
         state = load_checkpoint(path, map_location=self.device)
         self.load_state_dict(state)
         return state.get("config", {})
+
+
+def _data_parallel(module: nn.Module, device: torch.device, process_group) -> nn.Module:
+    """``DistributedDataParallel(module)`` without per-forward buffer broadcasts (BatchNorm is
+    synchronised instead; other buffers never change), on ``device``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    options: dict = {"process_group": process_group}
+    if device.type == "cuda":
+        options["device_ids"] = [device.index if device.index is not None else torch.cuda.current_device()]
+    # torch >= 2.13 renames broadcast_buffers (deprecated) to forward_sync_buffers.
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        options["forward_sync_buffers"] = False
+    else:
+        options["broadcast_buffers"] = False
+    return DistributedDataParallel(module, **options)
 
 
 class _StopOnInterrupt:

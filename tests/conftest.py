@@ -5,6 +5,7 @@ switched on before ``triton`` is first imported, so it is set here, at collectio
 """
 
 import os
+import sys
 import zlib
 
 import torch
@@ -13,6 +14,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+# Test helpers (distributed_harness) import by name here and in the processes it spawns.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fastgan import _backend  # noqa: E402
 

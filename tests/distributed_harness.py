@@ -5,12 +5,15 @@
 backend and a file rendezvous in a temporary directory, calls ``fn(rank, world_size, *args)``
 in each, and returns the per-rank return values as a list ordered by rank. A worker that
 raises fails the test with its traceback; the whole run is bounded by ``timeout`` seconds
-(a hung collective is killed, not waited for). ``fn`` must be importable at module level
-(a top-level function in a test module), and its arguments and result picklable.
+(a hung collective is killed, not waited for). ``fn`` must be a top-level function of a
+test module (the worker loads that file by path: pytest's importlib mode gives test modules
+names no other process can import), and its arguments and result picklable.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import os
 import pickle
 import tempfile
@@ -24,7 +27,14 @@ import torch.multiprocessing as mp
 DEFAULT_TIMEOUT_S = 120.0
 
 
-def _worker(rank: int, world_size: int, rendezvous: str, results_dir: str, fn, args) -> None:
+def _load_function(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(f"_fastgan_distributed_worker_{os.getpid()}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def _worker(rank: int, world_size: int, rendezvous: str, results_dir: str, source: tuple, args) -> None:
     # One thread per process: K processes on a 2-core machine must not oversubscribe.
     torch.set_num_threads(1)
     if not torch.cuda.is_available():
@@ -33,7 +43,7 @@ def _worker(rank: int, world_size: int, rendezvous: str, results_dir: str, fn, a
     try:
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
         try:
-            outcome = ("ok", fn(rank, world_size, *args))
+            outcome = ("ok", _load_function(*source)(rank, world_size, *args))
         finally:
             dist.destroy_process_group()
     except BaseException:  # reported to the parent, which fails the test
@@ -63,7 +73,8 @@ def run_distributed(fn, world_size: int, *args, timeout: float = DEFAULT_TIMEOUT
     with tempfile.TemporaryDirectory(prefix="fastgan-dist-") as directory:
         rendezvous = os.path.join(directory, "rendezvous")
         context = mp.start_processes(
-            _worker, args=(world_size, rendezvous, directory, fn, args), nprocs=world_size, join=False,
+            _worker, args=(world_size, rendezvous, directory, (inspect.getfile(fn), fn.__name__), args),
+            nprocs=world_size, join=False,
             start_method="spawn",
         )
         deadline = time.monotonic() + timeout
