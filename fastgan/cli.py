@@ -112,12 +112,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 TOY_DEFAULTS = dict(
     model="mlp", latent_dim=8, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=12000, batch_size=128, lr_g=3e-3, lr_d=9e-3, lr_decay=0.02, d_steps=1, r1_gamma=0.86, r1_every=1,
-    ema_decay=0.999, log_every=500,
+    ema_decay=0.999, log_every=500, sample_keep=0.9,
 )
 IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, r1_gamma=0.0, r1_every=4,
-    ema_decay=0.999, log_every=100,
+    ema_decay=0.999, log_every=100, sample_keep=1.0,
 )
 SAMPLES = 2500  # the PacGAN/VEEGAN protocol
 
@@ -178,6 +178,8 @@ def _validate(config: dict) -> None:
             raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {config[key]}")
     if not config["r1_gamma"] >= 0:
         raise UsageError(f"--r1-gamma must be >= 0, got {config['r1_gamma']}")
+    if not 0 < config.get("sample_keep", 1.0) <= 1:
+        raise UsageError(f"--sample-keep must be in (0, 1], got {config['sample_keep']}")
     if not 0 < config["lr_decay"] <= 1:
         raise UsageError(f"--lr-decay must be in (0, 1], got {config['lr_decay']}")
     if config["ema_decay"] is not None and not 0 <= config["ema_decay"] < 1:
@@ -314,10 +316,21 @@ def _format_metrics(config: dict, result: dict) -> str:
         f"modes {result['modes']}/{result['num_modes']} (>= 20 samples: {result['modes_strict']}), "
         f"high-quality {100 * result['high_quality']:.1f} %, reverse KL {result['reverse_kl']:.4f}"
     )
+    raw = result.get("raw_generator")
+    keep = config.get("sample_keep", 1.0)
+    if raw:
+        line += (f"\n  (Jacobian-truncated sampler keeping {100 * keep:.0f} % of latents; the raw generator: "
+                 f"modes {raw['modes']} (>= 20: {raw['modes_strict']}), high-quality {100 * raw['high_quality']:.1f} %, "
+                 f"reverse KL {raw['reverse_kl']:.4f})")
     if config["data"] == "grid25":
-        rows = [f"  {'this run':<24} {result['modes']:>5} {100 * result['high_quality']:>7.1f} {result['reverse_kl']:>8.3f}"]
-        rows += [f"  {name:<24} {m:>5} {hq:>7} {kl:>8}" for name, m, hq, kl in GRID25_REFERENCES]
-        line += "\n" + f"  {'grid25':<24} {'modes':>5} {'HQ %':>7} {'rev KL':>8}\n" + "\n".join(rows)
+        def row(name, scores):
+            return f"  {name:<32} {scores['modes']:>5} {100 * scores['high_quality']:>7.1f} {scores['reverse_kl']:>8.3f}"
+
+        rows = [row(f"this run, sampler keep {keep:g}" if raw else "this run", result)]
+        if raw:
+            rows.append(row("this run, raw generator", raw))
+        rows += [f"  {name:<32} {m:>5} {hq:>7} {kl:>8}" for name, m, hq, kl in GRID25_REFERENCES]
+        line += "\n" + f"  {'grid25':<32} {'modes':>5} {'HQ %':>7} {'rev KL':>8}\n" + "\n".join(rows)
     return line
 
 
@@ -430,8 +443,12 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     progress.close()
     if not main_process:  # rank 0 evaluates and writes; the models are the same everywhere
         return 0
-    samples = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2))
+    keep = config.get("sample_keep", 1.0)
+    samples = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2), keep=keep)
     result = _evaluate(config, samples)
+    if result and keep < 1:  # what the generator alone gives, for comparison
+        raw = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2))
+        result["raw_generator"] = _evaluate(config, raw)
     _save_samples(out, config, samples)
     seconds = time.perf_counter() - started
     _write_json(os.path.join(out, "metrics.json"), {**result, "steps": trainer.step, "wall_seconds": round(seconds, 2)})
@@ -465,7 +482,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     _, generator, discriminator = _build(config)
     trainer = _make_trainer(dict(config, cuda_graphs="off"), generator, discriminator)
     trainer.load_state_dict(state)
-    samples = trainer.sample(args.n, generator=torch.Generator(trainer.device).manual_seed(args.seed))
+    keep = args.keep if args.keep is not None else config.get("sample_keep", 1.0)
+    if not 0 < keep <= 1:
+        raise UsageError(f"--keep must be in (0, 1], got {keep}")
+    samples = trainer.sample(args.n, generator=torch.Generator(trainer.device).manual_seed(args.seed), keep=keep)
     out = args.out or os.path.join(args.run, "samples-extra.npy")
     np.save(out, samples.cpu().numpy())
     print(f"fastgan sample: {args.n} samples of shape {tuple(samples.shape[1:])} → {out}")
@@ -540,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--out", help="run directory (default runs/<data>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--sample-keep", type=float,
+                       help="Jacobian-truncation sampler for the final samples: keep this fraction of latents, "
+                            "dropping those where G stretches space most (1: raw generator; see fastgan.sampling)")
     train.add_argument("--log-every", type=int, help="steps between log records (the only host synchronisations)")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: at the end and on Ctrl-C)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for the toy MLPs, else torch's default)")
@@ -552,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", help="output .npy (default RUN/samples-extra.npy)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
     sample.add_argument("--device", help="device to sample on (default cpu)")
+    sample.add_argument("--keep", type=float, help="Jacobian-truncation fraction (default: the run's --sample-keep)")
     sample.set_defaults(handler=_cmd_sample)
 
     evaluate = commands.add_parser("eval", help="mode-coverage metrics of a run's samples or a .npy file")

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from fastgan import losses as loss_library
 from fastgan.distributed import process_info, stream_seed
 from fastgan.fusion import fuse as fuse_models
+from fastgan.sampling import truncated_latents
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
 
@@ -602,18 +603,21 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, n: int, *, use_ema: bool = True, generator: Optional[torch.Generator] = None,
-               batch: int = 4096) -> Tensor:
-        """n samples from the generator (its EMA when kept), on the trainer's device."""
+               batch: int = 4096, keep: float = 1.0) -> Tensor:
+        """n samples (n, ...) from the generator (its EMA when kept), on the trainer's device.
+
+        ``keep`` < 1 is Jacobian truncation (:mod:`fastgan.sampling`): n / keep latents are
+        drawn and the fraction 1 − keep where G stretches space most (between modes) dropped.
+        """
         model = self.ema if (use_ema and self.ema is not None) else self.generator
         was_training = model.training
         model.eval()
         try:
+            z = truncated_latents(model, n, self.latent_dim, keep, device=self.device, rng=generator, batch=batch)
             chunks = []
-            for start in range(0, n, batch):
-                count = min(batch, n - start)
-                z = torch.randn(count, self.latent_dim, device=self.device, generator=generator)
+            for chunk in z.split(batch):
                 with self._autocast():
-                    chunks.append(model(z).float())
+                    chunks.append(model(chunk).float())
             return torch.cat(chunks) if chunks else torch.empty(0, device=self.device)
         finally:
             model.train(was_training)

@@ -31,6 +31,10 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert {"d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction", "it_per_s"} <= set(log[0])
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert {"modes", "modes_strict", "high_quality", "reverse_kl", "wall_seconds"} <= set(metrics)
+    # The toy preset samples with Jacobian truncation and reports the raw generator beside it.
+    assert config["sample_keep"] == 0.9
+    assert set(metrics["raw_generator"]) >= {"modes", "modes_strict", "high_quality", "reverse_kl"}
+    assert "raw generator" in stdout and "sampler keep 0.9" in stdout
     assert np.load(os.path.join(out, "samples.npy")).shape == (2500, 2)
     assert open(os.path.join(out, "samples.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "PacGAN paper" in stdout and "true mixture" in stdout and "run directory" in stdout
@@ -75,6 +79,9 @@ def test_sample_and_eval(tmp_path, capsys):
     assert run(["train", "--steps", "10", "--out", out, *SMALL], capsys)[0] == 0
     code, stdout, _ = run(["sample", out, "-n", "100", "--out", str(tmp_path / "s.npy")], capsys)
     assert code == 0 and np.load(tmp_path / "s.npy").shape == (100, 2)
+    code, stdout, _ = run(["sample", out, "-n", "100", "--keep", "1", "--out", str(tmp_path / "raw.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "raw.npy").shape == (100, 2)
+    assert not np.array_equal(np.load(tmp_path / "raw.npy"), np.load(tmp_path / "s.npy"))
     code, stdout, _ = run(["eval", out, "--json"], capsys)
     assert code == 0 and json.loads(stdout)["num_modes"] == 25
     true = torch.load  # noqa: F841 (keep torch imported for the fixture below)
@@ -95,6 +102,7 @@ def test_sample_and_eval(tmp_path, capsys):
         (["train", "--g-loss", "renyi", "--alpha", "-1"], "--alpha must be a finite real >= 0"),
         (["train", "--g-loss", "renyi"], "needs --alpha"),
         (["train", "--lr-g", "0"], "--lr-g must be > 0"),
+        (["train", "--sample-keep", "0"], "--sample-keep must be in (0, 1]"),
         (["train", "--precision", "fp8"], "invalid choice"),
         (["train", "--resume"], "--resume needs --out"),
         (["eval", "/no/such.npy", "--data", "grid25"], "no such samples file"),
