@@ -29,6 +29,13 @@
 // (1) per-split Σdz, Σdz·x̂ into fp32 [splits, 2, C]; (2) per channel: grad_weight = Σdz·x̂,
 // grad_bias = Σdz, and in training the coefficients (Σdz/P, Σdz·x̂/P); (3) elementwise
 // dx = w·invstd·(dz − Σdz/P − x̂·Σdz·x̂/P) in training, w·invstd·dz in eval.
+//
+// Synchronised (multi-device) training runs these as separately launched stages so that the
+// caller can combine devices in between: forward (1) then a merge of the splits into one
+// (count, mean, M2) row [3, C] per device, all-gathered by the caller into [devices, 3, C],
+// which (2) merges like splits (Chan's merge is associative) before (3); backward (1) and (2)
+// with the raw sums (scale 1 instead of 1/P), summed over the devices and divided by the
+// global P by the caller, then (3) from those coefficients.
 #include "batch_norm.h"
 
 #include "device_utils.cuh"
@@ -187,13 +194,12 @@ __global__ void __launch_bounds__(T::kThreads)
   }
 }
 
-__global__ void __launch_bounds__(kFinalizeThreads) bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args) {
-  const int64_t C = args.shape.channels;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
-  if (c >= C) return;
+// Chan's merge of the `rows` (count, mean, M2) rows of fp32 [rows, 3, C] for channel c, in
+// order (deterministic); rows with count 0 (an empty split or device) change nothing.
+__device__ __forceinline__ Welford merge_rows(const float* rows, int64_t count_rows, int64_t C, int64_t c) {
   float count = 0.0f, mean = 0.0f, m2 = 0.0f;
-  for (int64_t split = 0; split < args.shape.splits; ++split) {  // in order: deterministic
-    const float* row = args.partials + split * 3 * C + c;
+  for (int64_t index = 0; index < count_rows; ++index) {
+    const float* row = rows + index * 3 * C + c;
     const float n_b = row[0];
     const float mean_b = row[C];
     const float m2_b = row[2 * C];
@@ -204,6 +210,28 @@ __global__ void __launch_bounds__(kFinalizeThreads) bn_finalize_statistics_kerne
     m2 += m2_b + delta * delta * count * ratio;
     count = total;
   }
+  return {count, mean, m2};
+}
+
+// One device's splits merged into its (count, mean, M2) row [3, C] (synchronised training).
+__global__ void __launch_bounds__(kFinalizeThreads)
+    bn_merge_partials_kernel(const float* partials, int64_t splits, int64_t C, float* merged) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
+  if (c >= C) return;
+  const Welford total = merge_rows(partials, splits, C, c);
+  merged[c] = total.count;
+  merged[C + c] = total.mean;
+  merged[2 * C + c] = total.m2;
+}
+
+// statistics: fp32 [rows, 3, C], the splits (args.partials) or every device's merged row.
+__global__ void __launch_bounds__(kFinalizeThreads)
+    bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args, const float* statistics, int64_t rows) {
+  const int64_t C = args.shape.channels;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
+  if (c >= C) return;
+  const Welford total = merge_rows(statistics, rows, C, c);
+  const float count = total.count, mean = total.mean, m2 = total.m2;
   const float invstd = 1.0f / sqrtf(m2 / count + args.eps);
   args.mean[c] = mean;
   args.invstd[c] = invstd;
@@ -304,7 +332,9 @@ __global__ void __launch_bounds__(T::kThreads) bn_backward_reduce_kernel(BatchNo
   }
 }
 
-__global__ void __launch_bounds__(kFinalizeThreads) bn_backward_finalize_kernel(BatchNormBackwardArgs args) {
+// inv_p scales the coefficients: 1/P, or 1 for the raw sums of a synchronised backward.
+__global__ void __launch_bounds__(kFinalizeThreads)
+    bn_backward_finalize_kernel(BatchNormBackwardArgs args, float inv_p) {
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
@@ -317,7 +347,6 @@ __global__ void __launch_bounds__(kFinalizeThreads) bn_backward_finalize_kernel(
   if (args.grad_weight.ptr != nullptr) store_from_float(args.grad_weight.ptr, args.grad_weight.dtype, c, sum_dz_xhat);
   if (args.grad_bias.ptr != nullptr) store_from_float(args.grad_bias.ptr, args.grad_bias.dtype, c, sum_dz);
   if (args.training) {
-    const float inv_p = 1.0f / static_cast<float>(args.shape.positions);
     args.coefficients[c] = sum_dz * inv_p;
     args.coefficients[C + c] = sum_dz_xhat * inv_p;
   }
@@ -442,6 +471,62 @@ void launch_forward_elementwise(const BnTensor& x, const BnTensor& y, const BnCh
   });
 }
 
+void check_running(const BatchNormForwardTrainArgs& args) {
+  const bool has_running = args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr;
+  if (has_running && args.cumulative && args.num_batches_tracked == nullptr) {
+    throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: cumulative running statistics need num_batches_tracked");
+  }
+}
+
+void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream_t stream, const char* op) {
+  with_tile(args.x, args.shape, [&](auto tile) {
+    using T = decltype(tile);
+    bn_partial_statistics_kernel<T><<<reduction_grid<T>(args.shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(
+        args.x, args.partials, args.shape);
+    check_launch(op);
+  });
+}
+
+// Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
+void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
+                            cudaStream_t stream, const char* op) {
+  bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows);
+  check_launch(op);
+  BnChannelArgs channel{};
+  channel.mean = {args.mean, kFloat32};
+  channel.stat = {args.invstd, kFloat32};
+  channel.weight = args.weight;
+  channel.bias = args.bias;
+  channel.stat_is_invstd = true;
+  channel.eps = args.eps;
+  launch_forward_elementwise(args.x, args.y, channel, args.shape, args.slope, stream, op);
+}
+
+void launch_backward_sums(const BatchNormBackwardArgs& args, float inv_p, cudaStream_t stream, const char* op) {
+  with_tile(args.x, args.shape, [&](auto tile) {
+    using T = decltype(tile);
+    bn_backward_reduce_kernel<T><<<reduction_grid<T>(args.shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(args);
+    check_launch(op);
+  });
+  bn_backward_finalize_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, inv_p);
+  check_launch(op);
+}
+
+void launch_backward_input(const BatchNormBackwardArgs& args, cudaStream_t stream, const char* op) {
+  if (args.grad_x.ptr == nullptr || args.shape.positions == 0) return;
+  with_tile(args.x, args.shape, [&](auto tile) {
+    using T = decltype(tile);
+    const dim3 grid = elementwise_grid<T>(args.shape, op);
+    const dim3 block(T::kChannels, T::kLanes);
+    if (args.training) {
+      bn_backward_input_kernel<T, true><<<grid, block, 0, stream>>>(args);
+    } else {
+      bn_backward_input_kernel<T, false><<<grid, block, 0, stream>>>(args);
+    }
+    check_launch(op);
+  });
+}
+
 }  // namespace
 
 void batch_norm_forward_train(const BatchNormForwardTrainArgs& args, cudaStream_t stream) {
@@ -452,26 +537,30 @@ void batch_norm_forward_train(const BatchNormForwardTrainArgs& args, cudaStream_
   if (shape.positions < 2) {  // the Python layer raises first; never divide by P - 1 = 0
     throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: training needs more than 1 value per channel");
   }
-  const bool has_running = args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr;
-  if (has_running && args.cumulative && args.num_batches_tracked == nullptr) {
-    throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: cumulative running statistics need num_batches_tracked");
-  }
-  with_tile(args.x, shape, [&](auto tile) {
-    using T = decltype(tile);
-    bn_partial_statistics_kernel<T>
-        <<<reduction_grid<T>(shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(args.x, args.partials, shape);
-    check_launch(op);
-  });
-  bn_finalize_statistics_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args);
+  check_running(args);
+  launch_partial_statistics(args, stream, op);
+  finalize_and_normalise(args, args.partials, shape.splits, stream, op);
+}
+
+void batch_norm_statistics(const BatchNormForwardTrainArgs& args, float* merged, cudaStream_t stream) {
+  const char* op = "ops.batch_norm_leaky_relu (synchronised statistics)";
+  const BnShape& shape = args.shape;
+  check_shape(shape, true, op);
+  if (shape.channels == 0) return;
+  launch_partial_statistics(args, stream, op);  // an empty x: every split row is zero
+  bn_merge_partials_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args.partials, shape.splits,
+                                                                                     shape.channels, merged);
   check_launch(op);
-  BnChannelArgs channel{};
-  channel.mean = {args.mean, kFloat32};
-  channel.stat = {args.invstd, kFloat32};
-  channel.weight = args.weight;
-  channel.bias = args.bias;
-  channel.stat_is_invstd = true;
-  channel.eps = args.eps;
-  launch_forward_elementwise(args.x, args.y, channel, shape, args.slope, stream, op);
+}
+
+void batch_norm_forward_from_statistics(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
+                                        cudaStream_t stream) {
+  const char* op = "ops.batch_norm_leaky_relu (synchronised)";
+  check_shape(args.shape, false, op);
+  if (rows < 1) throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: no statistics rows to merge");
+  if (args.shape.channels == 0) return;
+  check_running(args);
+  finalize_and_normalise(args, statistics, rows, stream, op);
 }
 
 void batch_norm_forward_eval(const BatchNormForwardEvalArgs& args, cudaStream_t stream) {
@@ -499,28 +588,30 @@ void batch_norm_backward(const BatchNormBackwardArgs& args, cudaStream_t stream)
     throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu (backward): training needs the coefficients buffer");
   }
   if (shape.channels == 0) return;
-  if (need_sums) {
-    with_tile(args.x, shape, [&](auto tile) {
-      using T = decltype(tile);
-      bn_backward_reduce_kernel<T><<<reduction_grid<T>(shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(args);
-      check_launch(op);
-    });
-    bn_backward_finalize_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args);
-    check_launch(op);
+  if (need_sums) launch_backward_sums(args, 1.0f / static_cast<float>(shape.positions), stream, op);
+  launch_backward_input(args, stream, op);
+}
+
+void batch_norm_backward_sums(const BatchNormBackwardArgs& args, cudaStream_t stream) {
+  const char* op = "ops.batch_norm_leaky_relu (synchronised backward sums)";
+  check_shape(args.shape, true, op);
+  if (!args.training || !args.channel.stat_is_invstd || args.coefficients == nullptr) {
+    throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu (synchronised backward): needs training, the saved "
+                             "invstd and the sums buffer");
   }
-  if (args.grad_x.ptr != nullptr && shape.positions > 0) {
-    with_tile(args.x, shape, [&](auto tile) {
-      using T = decltype(tile);
-      const dim3 grid = elementwise_grid<T>(shape, op);
-      const dim3 block(T::kChannels, T::kLanes);
-      if (args.training) {
-        bn_backward_input_kernel<T, true><<<grid, block, 0, stream>>>(args);
-      } else {
-        bn_backward_input_kernel<T, false><<<grid, block, 0, stream>>>(args);
-      }
-      check_launch(op);
-    });
+  if (args.shape.channels == 0) return;
+  launch_backward_sums(args, 1.0f, stream, op);  // an empty x: the sums are zero
+}
+
+void batch_norm_backward_input(const BatchNormBackwardArgs& args, cudaStream_t stream) {
+  const char* op = "ops.batch_norm_leaky_relu (synchronised backward input)";
+  check_shape(args.shape, false, op);
+  if (!args.training || !args.channel.stat_is_invstd || args.coefficients == nullptr) {
+    throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu (synchronised backward): needs training, the saved "
+                             "invstd and the coefficients");
   }
+  if (args.shape.channels == 0) return;
+  launch_backward_input(args, stream, op);
 }
 
 }  // namespace fastgan

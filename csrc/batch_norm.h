@@ -78,7 +78,7 @@ struct BatchNormBackwardArgs {
   BnVector grad_weight;  // optional: Σ dz·x̂, in its dtype
   BnVector grad_bias;    // optional: Σ dz
   float* partials;       // fp32 [splits, 2, C]: per split Σdz and Σdz·x̂
-  float* coefficients;   // fp32 [2, C]: Σdz/P and Σdz·x̂/P (training only)
+  float* coefficients;   // fp32 [2, C]: Σdz/P and Σdz·x̂/P (training only; raw sums in batch_norm_backward_sums)
   bool training;
   float slope;
 };
@@ -86,5 +86,20 @@ struct BatchNormBackwardArgs {
 void batch_norm_forward_train(const BatchNormForwardTrainArgs& args, cudaStream_t stream);
 void batch_norm_forward_eval(const BatchNormForwardEvalArgs& args, cudaStream_t stream);
 void batch_norm_backward(const BatchNormBackwardArgs& args, cudaStream_t stream);
+
+// The stages of a synchronised (multi-device) training step; the caller runs the collectives
+// between them (fastgan/ops/batch_norm.py). Forward: batch_norm_statistics writes the split
+// partials and merges them into `merged` (fp32 [3, C], this device's (count, mean, M2));
+// batch_norm_forward_from_statistics merges the `rows` rows of `statistics` (fp32 [rows, 3, C],
+// every device's `merged`), updates the running statistics and writes mean, invstd and y
+// (args.partials unused; args.shape.positions may be 0 or 1 on one device). Backward:
+// batch_norm_backward_sums writes grad_weight, grad_bias (this device's) and the raw sums
+// (Σdz, Σdz·x̂) into args.coefficients; batch_norm_backward_input writes grad_x from
+// args.coefficients, which by then hold the global (Σdz/P, Σdz·x̂/P).
+void batch_norm_statistics(const BatchNormForwardTrainArgs& args, float* merged, cudaStream_t stream);
+void batch_norm_forward_from_statistics(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
+                                        cudaStream_t stream);
+void batch_norm_backward_sums(const BatchNormBackwardArgs& args, cudaStream_t stream);
+void batch_norm_backward_input(const BatchNormBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace fastgan

@@ -147,3 +147,61 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
         splits=plan.splits, positions_per_split=plan.positions_per_split, training=bool(training),
         eps=float(eps), slope=float(slope), stream=stream_handle(x),
     )
+
+
+def launch_batch_norm_statistics(x, partials, merged, *, plan):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_statistics``."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_statistics(
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(), n=n, c=c, s=s,
+        partials=address(partials), merged=address(merged),
+        splits=plan.splits, positions_per_split=plan.positions_per_split, stream=stream_handle(x),
+    )
+
+
+def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean,
+                                              invstd, statistics, *, plan, momentum, cumulative, eps, slope):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_from_statistics``."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_forward_from_statistics(
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(),
+        y=address(y), y_dtype=dtype_code(y), y_strides=y.stride(), n=n, c=c, s=s,
+        weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
+        running_mean=address(running_mean), running_mean_dtype=dtype_code(running_mean),
+        running_var=address(running_var), running_var_dtype=dtype_code(running_var),
+        num_batches_tracked=address(num_batches_tracked) if cumulative else 0,
+        mean=address(mean), invstd=address(invstd), statistics=address(statistics), rows=statistics.shape[0],
+        momentum=float(momentum) if momentum is not None else 0.0, cumulative=bool(cumulative),
+        eps=float(eps), slope=float(slope), stream=stream_handle(x),
+    )
+
+
+def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
+                                    plan, eps, slope):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_sums``."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_backward_sums(
+        grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(), n=n, c=c, s=s,
+        weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
+        mean=address(mean), invstd=address(invstd),
+        grad_weight=address(grad_weight), grad_weight_dtype=dtype_code(grad_weight),
+        grad_bias=address(grad_bias), grad_bias_dtype=dtype_code(grad_bias),
+        partials=address(partials), sums=address(sums),
+        splits=plan.splits, positions_per_split=plan.positions_per_split,
+        eps=float(eps), slope=float(slope), stream=stream_handle(x),
+    )
+
+
+def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
+                                     slope):
+    """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_input``."""
+    n, c, s = x.shape
+    _backend.extension().batch_norm_backward_input(
+        grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
+        x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(),
+        grad_x=address(grad_x), grad_x_dtype=dtype_code(grad_x), grad_x_strides=grad_x.stride(), n=n, c=c, s=s,
+        weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
+        mean=address(mean), invstd=address(invstd), coefficients=address(coefficients),
+        eps=float(eps), slope=float(slope), stream=stream_handle(x),
+    )

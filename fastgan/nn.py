@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from fastgan.ops.batch_norm import batch_norm_leaky_relu
@@ -67,6 +68,10 @@ class _BatchNormLeakyReLU(torch.nn.modules.batchnorm._BatchNorm):
         self.negative_slope = float(negative_slope)
         self.backend = backend
 
+    def _synchronising_group(self):
+        """The process group to combine batch statistics over; None: this process's batch."""
+        return None
+
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         # The same decisions as nn.BatchNorm's forward: batch statistics in training, or
@@ -85,6 +90,7 @@ class _BatchNormLeakyReLU(torch.nn.modules.batchnorm._BatchNorm):
             self.eps,
             self.negative_slope,
             num_batches_tracked=self.num_batches_tracked if tracking else None,
+            process_group=self._synchronising_group(),
             backend=self.backend,
         )
 
@@ -107,3 +113,80 @@ class BatchNormLeakyReLU2d(_BatchNormLeakyReLU):
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+
+class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
+    """Fused ``nn.SyncBatchNorm`` → ``nn.LeakyReLU(negative_slope)``: in training, batch
+    statistics over the batch concatenated across ``process_group`` (default: the whole world),
+    with one collective per forward and one per backward
+    (:func:`fastgan.ops.batch_norm_leaky_relu` with ``process_group``). Same constructor
+    arguments, parameters, buffers and state_dict keys as ``nn.SyncBatchNorm`` (so checkpoints
+    load either way, and from ``nn.BatchNorm*d``), and like it: any (N, C, *) input of 2 or
+    more dimensions (contiguous, channels_last or channels_last_3d), per-process batch sizes
+    may differ, ``weight``/``bias`` gradients are this process's share (data parallelism
+    averages them), and nothing is communicated in eval mode. Without an initialised
+    ``torch.distributed``, or with a group of one process, it is exactly the unsynchronised
+    fused block."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        *,
+        negative_slope: float = 0.01,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         negative_slope=negative_slope, backend=backend)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNormLeakyReLU number of input channels should be non-zero")
+
+    def _synchronising_group(self):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return None
+        return self.process_group if self.process_group is not None else dist.group.WORLD
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None) -> torch.nn.Module:
+        """Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, and safe for fused blocks: every
+        :class:`BatchNormLeakyReLU1d`/``2d`` in ``module`` becomes a
+        :class:`SyncBatchNormLeakyReLU` and every plain ``nn.BatchNorm*d`` an ``nn.SyncBatchNorm``
+        (``nn.SyncBatchNorm.convert_sync_batchnorm`` would turn the fused blocks, which are
+        BatchNorm modules, into plain ``nn.SyncBatchNorm`` and drop their activation). The new
+        modules take over the very parameter and buffer tensors (optimizers keep working) and
+        the train/eval state. Returns ``module``, or its replacement when it is itself one.
+
+        Pair a plain BatchNorm with its following (Leaky)ReLU as well with
+        ``fastgan.fuse(module, sync=True)``.
+        """
+        converted = module
+        if type(module) in (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d):
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                            process_group, negative_slope=module.negative_slope, backend=module.backend)
+            _adopt_state(module, converted)
+        elif type(module) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d):
+            converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+        for name, child in module.named_children():
+            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return converted
+
+
+def _adopt_state(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Gives ``target`` (a fresh fused block) the BatchNorm-like ``source``'s very parameter and
+    buffer tensors, so parameter identity (optimizer state) survives, and its train/eval state."""
+    for name in ("weight", "bias"):
+        setattr(target, name, getattr(source, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        target._buffers[name] = source._buffers.get(name)
+    target.train(source.training)

@@ -12,13 +12,17 @@ Forward (training), three launches:
      statistics: tile mean, then tile M2 = Σ(x − tile mean)² (never E[x²] − E[x]²);
      merging (n_a, μ_a, M2_a) with (n_b, μ_b, M2_b): δ = μ_b − μ_a, n = n_a + n_b,
      μ = μ_a + δ·n_b/n, M2 = M2_a + M2_b + δ²·n_a·n_b/n.
-     These partials are the multi-GPU seam: an all-gather of them merges the same way.
   2. finalize: merge the splits, var = M2/P (biased, for normalising), invstd =
      1/sqrt(var + eps); update the running statistics in place with the unbiased
      M2/(P − 1) and factor = momentum, or 1/num_batches_tracked (cumulative average) read
      on the device, so no host synchronisation.
   3. elementwise: y = leaky_relu(x·a + b) with a = w·invstd, b = bias − mean·a.
 Eval is launch 3 alone with a, b from the running statistics.
+
+Synchronised (multi-device) training splits this between the devices' launches: each
+device merges its splits into one (count, mean, M2) row [3, C] (bn_merge_partials_kernel),
+the caller all-gathers the rows into [devices, 3, C], and the finalize merges those rows
+exactly as it merges splits (Chan's formula is associative), with P the global count.
 
 Backward. With x̂ = (x − μ)·invstd, z = w·x̂ + bias, y = z if z > 0 else slope·z:
     dz = dy if z > 0 else slope·dy
@@ -27,6 +31,10 @@ Backward. With x̂ = (x − μ)·invstd, z = w·x̂ + bias, y = z if z > 0 else 
     eval:     dx = w·invstd·dz
 Two data passes: a reduction (per-split partial Σdz, Σdz·x̂), a tiny finalize over C (dw,
 dbias, and the two coefficients), and the elementwise dx pass. Only x is saved.
+Synchronised: the finalize writes the device's raw sums (scale 1 instead of 1/P), the caller
+sums them over the devices and divides by the global P, and the dx pass reads the result;
+dw and dbias stay the device's own sums, as in nn.SyncBatchNorm (data parallelism reduces
+parameter gradients itself).
 """
 
 import triton
@@ -106,26 +114,14 @@ def bn_partial_statistics_kernel(
 
 
 @triton.jit
-def bn_finalize_statistics_kernel(
-    partials_ptr,          # fp32 [splits, 3, C] from bn_partial_statistics_kernel
-    mean_ptr,              # fp32 [C] out: batch mean, saved for the backward
-    invstd_ptr,            # fp32 [C] out: 1/sqrt(biased var + eps), saved for the backward
-    running_mean_ptr,      # [C] running mean, updated in place (any float dtype) when HAS_RUNNING
-    running_var_ptr,       # [C] running variance (unbiased estimate), updated in place
-    num_batches_tracked_ptr,  # int64 [1], already incremented; read when CUMULATIVE
-    splits, C,
-    momentum,              # running-statistics factor (unused when CUMULATIVE)
-    eps,
-    HAS_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,  # CUMULATIVE: momentum=None, factor 1/num_batches_tracked
-    BLOCK_C: tl.constexpr,
-):
-    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = channels < C
+def _merge_rows(partials_ptr, rows, C, channels, c_mask, BLOCK_C: tl.constexpr):
+    """Chan's merge of ``rows`` (count, mean, M2) rows of fp32 [rows, 3, C], in order
+    (deterministic); rows with count 0 (an empty split or device) change nothing."""
     count = tl.zeros([BLOCK_C], tl.float32)
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
-    for split in range(0, splits):
-        row = partials_ptr + split * 3 * C + channels
+    for index in range(0, rows):
+        row = partials_ptr + index * 3 * C + channels
         n_b = tl.load(row, mask=c_mask, other=0.0)
         mean_b = tl.load(row + C, mask=c_mask, other=0.0)
         m2_b = tl.load(row + 2 * C, mask=c_mask, other=0.0)
@@ -135,6 +131,41 @@ def bn_finalize_statistics_kernel(
         mean += delta * ratio
         m2 += m2_b + delta * delta * count * ratio
         count = total
+    return count, mean, m2
+
+
+@triton.jit
+def bn_merge_partials_kernel(
+    partials_ptr,          # fp32 [splits, 3, C] from bn_partial_statistics_kernel
+    merged_ptr,            # fp32 [3, C] out: (count, mean, M2) of all the splits, one row of the same form
+    splits, C,
+    BLOCK_C: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = channels < C
+    count, mean, m2 = _merge_rows(partials_ptr, splits, C, channels, c_mask, BLOCK_C)
+    tl.store(merged_ptr + channels, count, mask=c_mask)
+    tl.store(merged_ptr + C + channels, mean, mask=c_mask)
+    tl.store(merged_ptr + 2 * C + channels, m2, mask=c_mask)
+
+
+@triton.jit
+def bn_finalize_statistics_kernel(
+    partials_ptr,          # fp32 [splits, 3, C] (count, mean, M2) rows: the splits, or every device's merged row
+    mean_ptr,              # fp32 [C] out: batch mean, saved for the backward
+    invstd_ptr,            # fp32 [C] out: 1/sqrt(biased var + eps), saved for the backward
+    running_mean_ptr,      # [C] running mean, updated in place (any float dtype) when HAS_RUNNING
+    running_var_ptr,       # [C] running variance (unbiased estimate), updated in place
+    num_batches_tracked_ptr,  # int64 [1], already incremented; read when CUMULATIVE
+    splits, C,             # splits: the number of rows in partials
+    momentum,              # running-statistics factor (unused when CUMULATIVE)
+    eps,
+    HAS_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,  # CUMULATIVE: momentum=None, factor 1/num_batches_tracked
+    BLOCK_C: tl.constexpr,
+):
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = channels < C
+    count, mean, m2 = _merge_rows(partials_ptr, splits, C, channels, c_mask, BLOCK_C)
     invstd = 1.0 / tl.sqrt(m2 / count + eps)
     tl.store(mean_ptr + channels, mean, mask=c_mask)
     tl.store(invstd_ptr + channels, invstd, mask=c_mask)
@@ -231,7 +262,7 @@ def bn_leaky_relu_backward_finalize_kernel(
     grad_weight_ptr,       # [C] out: Σdz·x̂ (when HAS_GRAD_WEIGHT), the weight's dtype
     grad_bias_ptr,         # [C] out: Σdz (when HAS_GRAD_BIAS)
     coefficients_ptr,      # fp32 [2, C] out: Σdz/P and Σdz·x̂/P (training only)
-    splits, C, inv_p,      # inv_p = 1/P
+    splits, C, inv_p,      # inv_p = 1/P (1: the raw sums, for a caller that adds devices' sums first)
     TRAINING: tl.constexpr, HAS_GRAD_WEIGHT: tl.constexpr, HAS_GRAD_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -299,20 +330,35 @@ def _finalize_block(channels: int) -> int:
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
                                     partials, *, plan, momentum, cumulative, eps, slope):
     """Statistics, finalize (running statistics updated in place) and the elementwise pass."""
-    n, c, s = x.shape
-    p = n * s
-    channel_blocks = triton.cdiv(c, plan.block_c)
-    bn_partial_statistics_kernel[(channel_blocks, plan.splits)](
-        x, partials, c, s, p, *x.stride(), plan.positions_per_split,
-        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+    _launch_partial_statistics(x, partials, plan)
+    launch_batch_norm_forward_from_statistics(
+        x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
+        plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope,
     )
+
+
+def launch_batch_norm_statistics(x, partials, merged, *, plan):
+    """The first stage of a synchronised training forward: the per-split statistics of ``x``
+    into ``partials`` (fp32 [splits, 3, C]), merged into ``merged`` (fp32 [3, C], one
+    (count, mean, M2) row; zeros for an empty ``x``)."""
+    c = x.shape[1]
+    _launch_partial_statistics(x, partials, plan)
+    block = _finalize_block(c)
+    bn_merge_partials_kernel[(triton.cdiv(c, block),)](partials, merged, plan.splits, c, BLOCK_C=block)
+
+
+def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean,
+                                              invstd, statistics, *, plan, momentum, cumulative, eps, slope):
+    """Finalize over the rows of ``statistics`` (fp32 [rows, 3, C]: the splits of ``x``, or
+    every device's merged row), updating the running statistics, then the elementwise pass."""
+    c = x.shape[1]
     has_running = running_mean is not None
     block = _finalize_block(c)
     bn_finalize_statistics_kernel[(triton.cdiv(c, block),)](
-        partials, mean, invstd,
+        statistics, mean, invstd,
         running_mean if has_running else mean, running_var if has_running else invstd,
         num_batches_tracked if cumulative else mean,
-        plan.splits, c, momentum, eps,
+        statistics.shape[0], c, momentum, eps,
         HAS_RUNNING=has_running, CUMULATIVE=cumulative, BLOCK_C=block,
     )
     _launch_elementwise(x, y, mean, invstd, weight, bias, plan=plan, eps=eps, slope=slope, stat_is_invstd=True)
@@ -324,9 +370,19 @@ def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var
                         stat_is_invstd=False)
 
 
+def _launch_partial_statistics(x, partials, plan):
+    n, c, s = x.shape
+    bn_partial_statistics_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
+        x, partials, c, s, n * s, *x.stride(), plan.positions_per_split,
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+    )
+
+
 def _launch_elementwise(x, y, mean, stat, weight, bias, *, plan, eps, slope, stat_is_invstd):
     n, c, s = x.shape
     p = n * s
+    if p == 0:  # an empty grid (a device with no samples in a synchronised batch)
+        return
     grid = (triton.cdiv(c, plan.block_c), triton.cdiv(p, plan.block_p))
     bn_leaky_relu_forward_kernel[grid](
         x, y, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
@@ -341,32 +397,66 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
     """Reduction, finalize (dw, dbias) and, when ``grad_x`` is given, the elementwise dx pass."""
     n, c, s = x.shape
     p = n * s
-    channel_blocks = triton.cdiv(c, plan.block_c)
-    common = dict(STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                  INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p)
-    weight_arg = weight if weight is not None else mean
-    bias_arg = bias if bias is not None else mean
-    need_sums = training or grad_weight is not None or grad_bias is not None
-    if need_sums:
-        bn_leaky_relu_backward_reduce_kernel[(channel_blocks, plan.splits)](
-            grad_out, x, mean, stat, weight_arg, bias_arg, partials, c, s, p,
-            *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope, **common,
-        )
-        block = _finalize_block(c)
-        bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
-            partials,
-            grad_weight if grad_weight is not None else partials,
-            grad_bias if grad_bias is not None else partials,
-            coefficients if coefficients is not None else partials,
-            plan.splits, c, 1.0 / p,
-            TRAINING=training, HAS_GRAD_WEIGHT=grad_weight is not None, HAS_GRAD_BIAS=grad_bias is not None,
-            BLOCK_C=block,
-        )
+    if training or grad_weight is not None or grad_bias is not None:
+        _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients,
+                              plan=plan, training=training, stat_is_invstd=stat_is_invstd, inv_p=1.0 / p, eps=eps,
+                              slope=slope)
     if grad_x is not None:
-        grid = (channel_blocks, triton.cdiv(p, plan.block_p))
-        bn_leaky_relu_backward_input_kernel[grid](
-            grad_out, x, grad_x, mean, stat, weight_arg, bias_arg,
-            coefficients if coefficients is not None else mean,
-            c, s, p, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps, slope,
-            TRAINING=training, **common,
-        )
+        _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coefficients, plan=plan,
+                               training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope)
+
+
+def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
+                                    plan, eps, slope):
+    """The first stage of a synchronised training backward: this device's dw, dbias (when
+    given) and raw sums (Σdz, Σdz·x̂) into ``sums`` (fp32 [2, C]; zeros for an empty ``x``)."""
+    _launch_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan,
+                          training=True, stat_is_invstd=True, inv_p=1.0, eps=eps, slope=slope)
+
+
+def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
+                                     slope):
+    """The last stage of a synchronised training backward: dx from the global coefficients
+    (fp32 [2, C]: Σdz/P and Σdz·x̂/P summed over every device, P the global count)."""
+    _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, plan=plan, training=True,
+                           stat_is_invstd=True, eps=eps, slope=slope)
+
+
+def _backward_constants(weight, bias, plan, stat_is_invstd):
+    return dict(STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+                INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p)
+
+
+def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients, *,
+                          plan, training, stat_is_invstd, inv_p, eps, slope):
+    n, c, s = x.shape
+    bn_leaky_relu_backward_reduce_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
+        grad_out, x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean, partials,
+        c, s, n * s, *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope,
+        **_backward_constants(weight, bias, plan, stat_is_invstd),
+    )
+    block = _finalize_block(c)
+    bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
+        partials,
+        grad_weight if grad_weight is not None else partials,
+        grad_bias if grad_bias is not None else partials,
+        coefficients if coefficients is not None else partials,
+        plan.splits, c, inv_p,
+        TRAINING=training, HAS_GRAD_WEIGHT=grad_weight is not None, HAS_GRAD_BIAS=grad_bias is not None,
+        BLOCK_C=block,
+    )
+
+
+def _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coefficients, *, plan, training,
+                           stat_is_invstd, eps, slope):
+    n, c, s = x.shape
+    p = n * s
+    if p == 0:
+        return
+    grid = (triton.cdiv(c, plan.block_c), triton.cdiv(p, plan.block_p))
+    bn_leaky_relu_backward_input_kernel[grid](
+        grad_out, x, grad_x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
+        coefficients if coefficients is not None else mean,
+        c, s, p, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps, slope,
+        TRAINING=training, **_backward_constants(weight, bias, plan, stat_is_invstd),
+    )

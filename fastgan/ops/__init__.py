@@ -3,7 +3,7 @@
 
 One module per op family: :mod:`fastgan.ops.bce` (BCE-with-logits and the fused GAN form),
 :mod:`fastgan.ops.renyi` (the Rényi-α divergence logsumexp reduction),
-:mod:`fastgan.ops.batch_norm` (fused BatchNorm + LeakyReLU).
+:mod:`fastgan.ops.batch_norm` (fused BatchNorm + LeakyReLU, optionally synchronised across processes).
 """
 
 from fastgan.ops.batch_norm import batch_norm_leaky_relu, batch_norm_leaky_relu_reference

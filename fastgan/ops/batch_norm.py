@@ -21,13 +21,40 @@ double backward impossible because x would no longer be in the graph. Saving x k
 second-order gradients (R1 penalties through the discriminator) exact: under
 ``create_graph=True`` the backward is recomputed in differentiable PyTorch from x.
 
-Multi-GPU seam: training statistics are computed as per-split (count, mean, M2) partials
-(``[splits, 3, C]``) and merged by Chan's formula in a separate finalize kernel; a
-distributed version all-gathers the partials and runs the same finalize.
+Synchronised (``process_group=``, as ``nn.SyncBatchNorm``): the statistics are those of the
+batch concatenated over the K processes of the group, whose per-process batch sizes may
+differ (P_k positions on process k, P = Σ P_k). The kernels already reduce x as per-split
+(count, mean, M2) partials ``[splits, 3, C]`` merged by Chan's formula: for two parts a, b
+with δ = μ_b − μ_a, n = n_a + n_b,
+
+    μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n     (associative; M2 never E[x²]−E[x]²)
+
+so each process merges its splits into one row (P_k, μ_k, M2_k) ``[3, C]``, ONE all-gather
+fills a preallocated ``[K, 3, C]``, and every process runs the same finalize over those K rows:
+μ, σ² = M2/P and the running statistics with the unbiased M2/(P − 1) of the global P, as
+``nn.SyncBatchNorm`` updates them. Backward: with dz and x̂ as in the kernels,
+
+    dx = w·invstd·(dz − Σdz/P − x̂·Σ(dz·x̂)/P)
+
+where the two sums run over the GLOBAL batch, because every process's loss depends on x
+through μ and σ: each process computes its own (Σdz, Σdz·x̂) ``[2, C]``, ONE all-reduce (sum)
+makes them global, and they are divided by the global P (kept on the device: the counts
+never leave it). dw = Σdz·x̂ and dbias = Σdz stay the process's own sums, as in
+``nn.SyncBatchNorm``: data parallelism reduces parameter gradients itself. So one collective
+per layer per pass, into preallocated buffers, with no host synchronisation: capturable in a
+CUDA graph with NCCL. In eval mode (running statistics), or when the group has one process,
+nothing is communicated. The torch backend gets the same statistics by differentiating
+through the gather (its adjoint is a sum all-reduce), which makes its double backward exact;
+the kernel path's double backward recomputes through that reference (two collectives instead
+of one, only under ``create_graph=True``). Every process of the group must make the same
+calls in the same order (as with ``nn.SyncBatchNorm``), with the same backend.
 
 Registration: ``fastgan::batch_norm_leaky_relu`` (mutating the running statistics) and
 ``fastgan::batch_norm_leaky_relu_backward`` are ``torch.library`` custom ops with fake
-implementations; eager calls enter the same code through an ``autograd.Function``.
+implementations; eager calls enter the same code through an ``autograd.Function``. Their
+synchronised twins ``fastgan::sync_batch_norm_leaky_relu(_backward)`` name the process group
+by its registered ``group_name`` (custom ops take no group objects), so the synchronised block
+also compiles with ``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
@@ -37,6 +64,7 @@ import numbers
 from typing import NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -84,7 +112,9 @@ def _batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     return x.mean(dims), x.var(dims, unbiased=False)
 
 
-def _update_running(running_mean, running_var, mean, var, positions: int, factor) -> None:
+def _update_running(running_mean, running_var, mean, var, positions, factor) -> None:
+    """Running statistics from the batch's; ``positions`` (an int, or a device tensor when
+    synchronised) turns the biased variance into the unbiased one."""
     with torch.no_grad():
         unbiased = var * (positions / (positions - 1))
         running_mean.copy_(running_mean + factor * (mean.to(running_mean.dtype) - running_mean))
@@ -94,6 +124,68 @@ def _update_running(running_mean, running_var, mean, var, positions: int, factor
 def _running_factor(momentum: Optional[float], num_batches_tracked: Optional[Tensor]):
     """The running-statistics factor: momentum, or 1/num_batches_tracked as a device tensor."""
     return momentum if momentum is not None else 1.0 / num_batches_tracked
+
+
+def _all_gather_rows(gathered: Tensor, local: Tensor, group) -> None:
+    """``gathered`` [K, *] ← every process's ``local`` [1, *] in rank order: one collective into a
+    preallocated buffer (``all_gather_single``, formerly ``all_gather_into_tensor``: CUDA-graph
+    capturable with NCCL, and gloo takes it in this concatenation form)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(gathered, local, group=group)
+
+
+def _all_reduce_sum(tensor: Tensor, group) -> None:
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Σ over the processes of ``group``, differentiable: every process's output is the sum of
+    every input, so the gradient of the summed losses is again the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group):
+        ctx.group = group
+        total = tensor.contiguous().clone()
+        _all_reduce_sum(total, group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """[1, *] per process → [K, *] on every process, differentiable: the gradient for this
+    process's row is the sum over the processes of their gradients for it (one all-reduce)."""
+
+    @staticmethod
+    def forward(ctx, local: Tensor, group):
+        ctx.group = group
+        gathered = local.new_empty((dist.get_world_size(group),) + tuple(local.shape[1:]))
+        _all_gather_rows(gathered, local.contiguous(), group)
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rank = dist.get_rank(ctx.group)
+        return _AllReduceSum.apply(grad, ctx.group)[rank:rank + 1], None
+
+
+def _global_batch_statistics(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, biased variance, count) per channel over the batch concatenated across ``group``,
+    differentiable in this process's ``x``: each process's (count, mean, M2) row is gathered and
+    the K rows merged by Chan's formula in closed form, μ = Σ n_k·μ_k / P and
+    M2 = Σ M2_k + Σ n_k·(μ_k − μ)², with P = Σ n_k. An empty ``x`` contributes a zero row."""
+    dims = [0] + list(range(2, x.dim()))
+    positions = x.numel() // x.shape[1]
+    local_mean = x.sum(dims) / max(positions, 1)
+    local_m2 = (x - _channel_view(local_mean, x.dim())).square().sum(dims)
+    local = torch.stack([torch.full_like(local_mean, positions), local_mean, local_m2]).unsqueeze(0)
+    counts, means, m2s = _AllGatherRows.apply(local, group).unbind(1)
+    count = counts.sum(0)
+    mean = (counts * means).sum(0) / count
+    m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
+    return mean, m2 / count, count
 
 
 def batch_norm_leaky_relu_reference(
@@ -108,14 +200,22 @@ def batch_norm_leaky_relu_reference(
     negative_slope: float = 0.01,
     *,
     num_batches_tracked: Optional[Tensor] = None,
+    process_group=None,
 ) -> Tensor:
-    """:func:`batch_norm_leaky_relu` in plain differentiable PyTorch (half precision in float32)."""
+    """:func:`batch_norm_leaky_relu` in plain differentiable PyTorch (half precision in float32).
+    Synchronised, the gather of the statistics is differentiable too (its adjoint is one sum
+    all-reduce), so gradients of any order are those of the concatenated batch."""
+    group = _synchronising_group(process_group, training)
     positions = _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
-                            num_batches_tracked)
+                            num_batches_tracked, synchronised=group is not None)
     x32 = x.to(_compute_dtype(x.dtype))
     if training:
         _advance(num_batches_tracked, running_mean)
-        mean, var = _batch_statistics(x32)
+        if group is None:
+            mean, var = _batch_statistics(x32)
+        else:
+            mean, var, positions = _global_batch_statistics(x32, group)
+            positions = positions.detach()
         if running_mean is not None:
             _update_running(running_mean, running_var, mean.detach(), var.detach(), positions,
                             _running_factor(momentum, num_batches_tracked))
@@ -143,8 +243,10 @@ def _check_vector(value, name: str, channels: int, x: Tensor) -> None:
 
 
 def _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
-                num_batches_tracked) -> int:
-    """Validates the arguments; returns P, the number of values per channel."""
+                num_batches_tracked, synchronised: bool = False) -> int:
+    """Validates the arguments; returns P, the number of values per channel (of this process).
+    ``synchronised``: the statistics are over a process group, so one value per channel here
+    (or none) is fine, as in ``nn.SyncBatchNorm``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -175,10 +277,32 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
             raise RuntimeError(f"num_batches_tracked is on {num_batches_tracked.device} but x is on {x.device}")
     if training and running_mean is not None and momentum is None and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    if synchronised and channels == 0:
+        raise ValueError(f"x has no channels (shape {tuple(x.shape)}): there are no statistics to synchronise")
     positions = x.numel() // channels if channels else 0
-    if training and positions == 1:
+    if training and positions == 1 and not synchronised:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     return positions
+
+
+def _synchronising_group(process_group, training: bool):
+    """The process group whose batch statistics are combined, or None for this process's own:
+    ``process_group`` validated; None also in eval (running statistics) and for a group of one."""
+    if process_group is None:
+        return None
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "process_group was given but torch.distributed is not initialised: call "
+            "torch.distributed.init_process_group() first, or pass process_group=None for per-process statistics"
+        )
+    if process_group is dist.GroupMember.NON_GROUP_MEMBER:  # what new_group gives the processes outside it
+        raise ValueError(f"process_group does not contain this process (global rank {dist.get_rank()})")
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError("process_group must be a torch.distributed.ProcessGroup (e.g. torch.distributed.group.WORLD) "
+                        f"or None, got {type(process_group).__name__}")
+    if not training or dist.get_world_size(process_group) == 1:
+        return None
+    return process_group
 
 
 def _advance(num_batches_tracked: Optional[Tensor], running_mean: Optional[Tensor]) -> None:
@@ -362,14 +486,17 @@ def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
     return grads + (None,) * 9
 
 
-def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_var, eps, slope, wanted):
+def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_var, eps, slope, wanted, group=None):
     """Gradients of the forward recomputed in differentiable PyTorch (batch statistics when
-    ``running_mean`` is None), with ``create_graph`` so they can be differentiated again."""
+    ``running_mean`` is None, over ``group`` when given), with ``create_graph`` so they can be
+    differentiated again."""
     with torch.enable_grad():
         inputs = [t if t is None or t.requires_grad else t.detach().requires_grad_(w)
                   for t, w in zip((x3, weight, bias), wanted)]
         x32 = inputs[0].to(_compute_dtype(x3.dtype))
-        if running_mean is None:
+        if running_mean is None and group is not None:
+            mean, var, _ = _global_batch_statistics(x32, group)
+        elif running_mean is None:
             mean, var = _batch_statistics(x32)
         else:
             mean, var = running_mean.to(x32.dtype), running_var.to(x32.dtype)
@@ -377,6 +504,157 @@ def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_
         targets = [t for t, w in zip(inputs, wanted) if w and t is not None]
         found = iter(torch.autograd.grad(y, targets, grad_out3.to(y.dtype), create_graph=True))
     return tuple(next(found).to(t.dtype) if w and t is not None else None for t, w in zip(inputs, wanted))
+
+
+# --------------------------------------------------------------------------------------
+# Synchronised kernel path: the kernels' stages with one collective between them
+# --------------------------------------------------------------------------------------
+
+
+def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum: float,
+                       cumulative: bool, eps: float, slope: float, backend: str, group):
+    """Training forward over the batch concatenated across ``group``; returns y3, the global
+    mean and invstd (fp32 [C]) and the global count P per channel (fp32 [C], on the device)."""
+    channels = x3.shape[1]
+    y3 = _launch.output_like(x3)
+    plan = _plan(x3, y3)
+    partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
+    local = x3.new_empty((1, 3, channels), dtype=torch.float32)
+    _launcher(backend, "batch_norm_statistics")(x3, partials, local[0], plan=plan)
+    gathered = x3.new_empty((dist.get_world_size(group), 3, channels), dtype=torch.float32)
+    _all_gather_rows(gathered, local, group)
+    mean = _launch.output(x3, (channels,), torch.float32)
+    invstd = _launch.output(x3, (channels,), torch.float32)
+    _launcher(backend, "batch_norm_forward_from_statistics")(
+        x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, gathered,
+        plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope,
+    )
+    return y3, mean, invstd, gathered[:, 0].sum(0)
+
+
+def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: float, slope: float, need_x: bool,
+                        need_weight: bool, need_bias: bool, backend: str, group):
+    """(grad_x or None, this process's grad_weight, grad_bias) with the (Σdz, Σdz·x̂) sums
+    all-reduced over ``group``; the all-reduce runs even when grad_x is not wanted here, since
+    the other processes' input gradients need this process's sums."""
+    channels = x3.shape[1]
+    grad_x = _launch.output_like(x3) if need_x else None
+    grad_weight = _launch.output(weight, (channels,)) if need_weight else None
+    grad_bias = _launch.output(bias, (channels,)) if need_bias else None
+    plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
+    partials = x3.new_empty((plan.splits, 2, channels), dtype=torch.float32)
+    sums = x3.new_empty((2, channels), dtype=torch.float32)
+    _launcher(backend, "batch_norm_backward_sums")(
+        grad_out3, x3, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan, eps=eps,
+        slope=slope,
+    )
+    _all_reduce_sum(sums, group)
+    if grad_x is not None:
+        coefficients = sums / count  # Σdz/P and Σdz·x̂/P over the global batch
+        _launcher(backend, "batch_norm_backward_input")(
+            grad_out3, x3, grad_x, weight, bias, mean, invstd, coefficients, plan=plan, eps=eps, slope=slope,
+        )
+    return grad_x, grad_weight, grad_bias
+
+
+def _resolve_group(group_name: str):
+    return dist.distributed_c10d._resolve_process_group(group_name)
+
+
+# Custom ops take no process-group objects: the group travels by its registered name.
+@torch.library.custom_op("fastgan::sync_batch_norm_leaky_relu", mutates_args=("running_mean", "running_var"))
+def _sync_batch_norm_leaky_relu_op(
+    x3: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    momentum: float,
+    cumulative: bool,
+    eps: float,
+    slope: float,
+    backend: str,
+    group_name: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum, cumulative,
+                              eps, slope, backend, _resolve_group(group_name))
+
+
+@_sync_batch_norm_leaky_relu_op.register_fake
+def _sync_batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
+                                     cumulative, eps, slope, backend, group_name):
+    stats = (x3.shape[1],)
+    return (torch.empty_like(x3), *(x3.new_empty(stats, dtype=torch.float32) for _ in range(3)))
+
+
+@torch.library.custom_op("fastgan::sync_batch_norm_leaky_relu_backward", mutates_args=())
+def _sync_batch_norm_leaky_relu_backward_op(
+    grad_out3: Tensor,
+    x3: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    mean: Tensor,
+    invstd: Tensor,
+    count: Tensor,
+    eps: float,
+    slope: float,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+    group_name: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps, slope, need_x, need_weight,
+                                need_bias, backend, _resolve_group(group_name))
+    return tuple(g if g is not None else x3.new_empty((0,)) for g in grads)
+
+
+@_sync_batch_norm_leaky_relu_backward_op.register_fake
+def _sync_batch_norm_leaky_relu_backward_fake(grad_out3, x3, weight, bias, mean, invstd, count, eps, slope, need_x,
+                                              need_weight, need_bias, backend, group_name):
+    return _batch_norm_leaky_relu_backward_fake(grad_out3, x3, weight, bias, mean, invstd, True, True, eps, slope,
+                                                need_x, need_weight, need_bias, backend)
+
+
+class _SyncBatchNormLeakyReLUFunction(torch.autograd.Function):
+    """Autograd for the synchronised kernel path (training only): one all-gather in the
+    forward, one all-reduce in the backward; under ``create_graph`` the backward is recomputed
+    through the differentiable reference, so second-order gradients stay exact. As in
+    :class:`_BatchNormLeakyReLUFunction`, torch.compile traces the registered custom ops."""
+
+    @staticmethod
+    def forward(ctx, x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum, cumulative, eps, slope,
+                backend, group_name):
+        inputs = (x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum, cumulative, eps, slope,
+                  backend)
+        if torch.compiler.is_compiling():
+            y3, mean, invstd, count = _sync_batch_norm_leaky_relu_op(*inputs, group_name)
+        else:
+            y3, mean, invstd, count = _sync_forward_impl(*inputs, _resolve_group(group_name))
+        ctx.mark_non_differentiable(mean, invstd, count)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x3, weight, bias, mean, invstd, count)
+        ctx.eps, ctx.slope, ctx.backend, ctx.group_name = eps, slope, backend, group_name
+        return y3, mean, invstd, count
+
+    @staticmethod
+    def backward(ctx, grad_out3, _grad_mean, _grad_invstd, _grad_count):
+        x3, weight, bias, mean, invstd, count = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need_weight, need_bias = need_weight and weight is not None, need_bias and bias is not None
+        if grad_out3 is None:  # every process must still join the all-reduce
+            grad_out3 = torch.zeros_like(x3)
+        if torch.is_grad_enabled():
+            grads = _differentiable_backward(grad_out3, x3, weight, bias, None, None, ctx.eps, ctx.slope,
+                                             (need_x, need_weight, need_bias), group=_resolve_group(ctx.group_name))
+        else:
+            outputs = _sync_batch_norm_leaky_relu_backward_op(
+                grad_out3, x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
+                ctx.backend, ctx.group_name,
+            )
+            grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
+        return grads + (None,) * 9
 
 
 class _BatchNormLeakyReLUFunction(torch.autograd.Function):
@@ -409,6 +687,7 @@ def batch_norm_leaky_relu(
     negative_slope: float = 0.01,
     *,
     num_batches_tracked: Optional[Tensor] = None,
+    process_group=None,
     backend: Optional[str] = None,
 ) -> Tensor:
     """``F.leaky_relu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps),
@@ -427,22 +706,31 @@ def batch_norm_leaky_relu(
         eps: added to the variance. negative_slope: LeakyReLU slope (0 is ReLU).
         num_batches_tracked: the module's 1-element counter; incremented on the device in
             training (as ``nn.BatchNorm`` does), read by the kernels when ``momentum`` is None.
+        process_group: a ``torch.distributed.ProcessGroup`` (e.g. ``torch.distributed.group.WORLD``)
+            to normalise with the statistics of the batch concatenated over its processes, as
+            ``nn.SyncBatchNorm`` does (per-process batch sizes may differ, down to 0); one
+            all-gather in the forward and one all-reduce in the backward, only in training and
+            only for a group of more than one process. None: this process's batch alone.
+            ``weight``/``bias`` gradients are this process's share, as in ``nn.SyncBatchNorm``.
         backend: ``"cuda"``, ``"triton"``, ``"torch"`` or ``"auto"``.
 
     Returns:
         y, shaped like ``x`` in its memory format and dtype.
     """
+    group = _synchronising_group(process_group, training)
     _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
-                num_batches_tracked)
+                num_batches_tracked, synchronised=group is not None)
     # The kernels take float32/float16/bfloat16 tensors and parameters; anything else (float64
     # buffers, say) selects like a float64 input does: the torch backend.
     dtypes = [t.dtype for t in (x, weight, bias, running_mean, running_var) if t is not None]
     unsupported = [d for d in dtypes if d not in _backend.KERNEL_DTYPES]
     name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, unsupported[0] if unsupported else x.dtype)
-    if name == "torch" or x.numel() == 0:
+    # An empty synchronised batch still runs the kernel path: its collectives must match the
+    # other processes' (the reference's differ in shape).
+    if name == "torch" or (x.numel() == 0 and group is None):
         return batch_norm_leaky_relu_reference(
             x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
-            num_batches_tracked=num_batches_tracked,
+            num_batches_tracked=num_batches_tracked, process_group=process_group,
         )
     # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
     # copy stays in the autograd graph); running statistics are updated in place, so refuse.
@@ -462,9 +750,10 @@ def batch_norm_leaky_relu(
     if training:
         _advance(num_batches_tracked, running_mean)
     cumulative = training and running_mean is not None and momentum is None
-    args = (
-        x3, weight, bias, running_mean, running_var, num_batches_tracked if cumulative else None, training,
-        float(momentum) if momentum is not None else 0.0, cumulative, float(eps), float(negative_slope), name,
-    )
-    y3 = _BatchNormLeakyReLUFunction.apply(*args)[0]
+    statistics = (running_mean, running_var, num_batches_tracked if cumulative else None)
+    constants = (float(momentum) if momentum is not None else 0.0, cumulative, float(eps), float(negative_slope), name)
+    if group is not None:
+        y3 = _SyncBatchNormLeakyReLUFunction.apply(x3, weight, bias, *statistics, *constants, group.group_name)[0]
+    else:
+        y3 = _BatchNormLeakyReLUFunction.apply(x3, weight, bias, *statistics, training, *constants)[0]
     return y3.view(x.shape) if y3.shape != x.shape else y3
