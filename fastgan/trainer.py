@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from fastgan import losses as loss_library
 from fastgan.distributed import process_info, stream_seed
 from fastgan.fusion import fuse as fuse_models
+from fastgan.nn import SyncBatchNormLeakyReLU
 from fastgan.sampling import truncated_latents
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
@@ -149,8 +150,9 @@ class Trainer:
     bare under ``no_grad``; the G step runs G through its wrapper and D bare with its
     parameters frozen: each wrapper sees one backward per forward-use, every parameter gets
     a gradient, and ``find_unused_parameters`` is not needed. BatchNorm layers are made
-    synchronous (:func:`fastgan.fuse` with ``sync=True`` when fusing, else
-    ``nn.SyncBatchNorm``, which needs GPUs). Logging, telemetry and the NaN check all-reduce
+    synchronous: fused blocks (and, with ``fuse``, BatchNorm → (Leaky)ReLU pairs) become
+    :class:`fastgan.nn.SyncBatchNormLeakyReLU`, other BatchNorms ``nn.SyncBatchNorm`` (which
+    PyTorch runs on GPUs only). Logging, telemetry and the NaN check all-reduce
     the device accumulators every ``log_every`` steps (the only collectives outside DDP's);
     Ctrl-C is agreed on at those points too, so every process stops after the same step.
     Call :meth:`save` / :meth:`state_dict` on every process: they gather each process's
@@ -228,9 +230,11 @@ class Trainer:
         if fuse:
             sync = {"sync": True, "process_group": process_group} if self.distributed else {}
             self.fuse_report = tuple(fuse_models(model, backend=backend, **sync) for model in (generator, discriminator))
-        if self.distributed:  # BatchNorm layers the fused blocks did not replace
-            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator, process_group)
-            discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator, process_group)
+        if self.distributed:
+            # Fused blocks become synchronised fused blocks, plain BatchNorms nn.SyncBatchNorm
+            # (torch's own converter would strip the fused blocks' activations).
+            generator = SyncBatchNormLeakyReLU.convert_sync_batchnorm(generator, process_group)
+            discriminator = SyncBatchNormLeakyReLU.convert_sync_batchnorm(discriminator, process_group)
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
         # The modules the steps differentiate through: DDP wrappers when distributed (their

@@ -44,12 +44,22 @@ def _worker(rank: int, world_size: int, rendezvous: str, results_dir: str, sourc
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
         try:
             outcome = ("ok", _load_function(*source)(rank, world_size, *args))
+            dist.barrier()  # nobody tears the group down while a peer still talks to it
         finally:
             dist.destroy_process_group()
     except BaseException:  # reported to the parent, which fails the test
         outcome = ("error", traceback.format_exc())
     with open(os.path.join(results_dir, f"rank{rank}.pkl"), "wb") as file:
         pickle.dump(outcome, file)
+
+
+def _joined(context) -> bool:
+    """``context.join`` for one second; a worker killed by a signal (no result file) counts as
+    finished, so its peers are stopped and the missing result is reported by rank."""
+    try:
+        return context.join(timeout=1.0)
+    except mp.ProcessExitedException:
+        return True
 
 
 def _failed_ranks(directory: str, world_size: int) -> list:
@@ -79,7 +89,7 @@ def run_distributed(fn, world_size: int, *args, timeout: float = DEFAULT_TIMEOUT
         )
         deadline = time.monotonic() + timeout
         try:
-            while not context.join(timeout=1.0):
+            while not _joined(context):
                 # A rank that failed leaves its peers blocked in a collective: stop waiting.
                 if time.monotonic() > deadline or _failed_ranks(directory, world_size):
                     break
@@ -94,8 +104,9 @@ def run_distributed(fn, world_size: int, *args, timeout: float = DEFAULT_TIMEOUT
         for rank in range(world_size):
             path = os.path.join(directory, f"rank{rank}.pkl")
             if not os.path.exists(path):
+                code = context.processes[rank].exitcode
                 raise RuntimeError(f"rank {rank} of {fn.__name__} gave no result within {timeout:.0f} s "
-                                   "(hung in a collective, or killed)")
+                                   f"(exit code {code}: negative is the signal that killed it; None: hung and killed)")
             with open(path, "rb") as file:
                 status, value = pickle.load(file)
             results.append(value)

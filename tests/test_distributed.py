@@ -7,6 +7,7 @@ exactly); the CLI must run under torchrun with rank-0-only output.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -92,6 +93,46 @@ def test_ddp_equals_one_process_on_the_concatenated_batch():
             assert mine[key] == pytest.approx(getattr(one, key), rel=1e-5, abs=1e-6), key
 
 
+def _dcgan_trainer():
+    torch.manual_seed(1)
+    generator = models.DCGANGenerator(latent_dim=LATENT, channels=3, image_size=32, width=2)
+    discriminator = models.DCGANDiscriminator(channels=3, image_size=32, width=2)
+    return Trainer(generator, discriminator, lr_g=2e-3, lr_d=2e-3, total_steps=3, seed=0, backend="torch")
+
+
+def _dcgan_inputs():
+    generator = torch.Generator().manual_seed(11)
+    return torch.rand(8, 3, 32, 32, generator=generator) * 2 - 1, torch.randn(8, LATENT, generator=generator)
+
+
+def _dcgan_state(trainer):
+    state = {f"g.{k}": v for k, v in trainer.generator.state_dict().items()}
+    state.update({f"d.{k}": v for k, v in trainer.discriminator.state_dict().items()})
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _train_dcgan(rank, world_size):
+    real, noise = _dcgan_inputs()
+    trainer = _dcgan_trainer()
+    blocks = [type(m).__name__ for m in trainer.generator.modules() if "BatchNorm" in type(m).__name__]
+    trainer.train(FixedBatch(real), 3, 8, log_every=3, noise=noise)
+    return _dcgan_state(trainer), blocks
+
+
+def test_ddp_with_synchronised_fused_batch_norm_equals_one_process():
+    real, noise = _dcgan_inputs()
+    single = _dcgan_trainer()
+    single.train(FixedBatch(real), 3, 8, log_every=3, noise=noise)
+    expected = _dcgan_state(single)
+    (rank0, blocks), (rank1, _) = run_distributed(_train_dcgan, 2)
+    # The DCGAN's fused blocks became synchronised ones, activations kept.
+    assert blocks and set(blocks) == {"SyncBatchNormLeakyReLU"}
+    for name, value in expected.items():
+        assert torch.equal(rank0[name], rank1[name]), name
+        # Batch statistics over the global batch: the same parameters and running stats.
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def _train_streams(rank, world_size, directory, steps, resume_from):
     trainer = _toy_trainer(total_steps=10)
     if resume_from:
@@ -164,7 +205,16 @@ def test_cli_under_torchrun_writes_once_from_rank_zero(tmp_path):
                "-m", "fastgan", "train", "--steps", "40", "--batch-size", "64", "--out", str(out),
                "--log-every", "20", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    # Its own session, so a hang kills torchrun's workers too, not only torchrun.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail("torchrun did not finish within 240 s:\n" + stderr[-4000:])
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["batch_size"] == 64
