@@ -96,7 +96,15 @@ def format_info(info: dict) -> str:
 
 
 class UsageError(Exception):
-    """A bad argument or input: reported as one line, exit status 2."""
+    """A bad argument or input: reported as one line, exit status 2.
+
+    ``every_rank``: the error may hold on some processes of a torchrun launch only (their GPU
+    count, their filesystem), so each process reports it itself, prefixed with its rank;
+    otherwise the processes all fail alike and rank 0 alone reports it."""
+
+    def __init__(self, message: str, *, every_rank: bool = False) -> None:
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -345,7 +353,7 @@ def _join_process_group(args: argparse.Namespace):
     try:
         return distributed.init_from_environment(args.device)
     except RuntimeError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(str(error), every_rank=True) from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -354,7 +362,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     info, device = _join_process_group(args)
     try:
-        return _train(args, started, info, device)
+        code = _train(args, started, info, device)
+        if info.world_size > 1:
+            # Rank 0 is still evaluating and writing while the others are done: nobody tears
+            # the group down under a peer (gloo aborts a process whose peer vanished).
+            dist.barrier()
+        return code
     finally:
         if info.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -373,7 +386,9 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
             raise UsageError("--resume needs --out DIR (the run to continue)")
         config_path = os.path.join(out, "config.json")
         if not os.path.isfile(checkpoint) or not os.path.isfile(config_path):
-            raise UsageError(f"--resume: {out} holds no checkpoint.pt and config.json to continue from")
+            raise UsageError(f"--resume: {out} holds no checkpoint.pt and config.json to continue from "
+                             "(under torchrun on several machines --out must be on a shared filesystem)",
+                             every_rank=True)
         with open(config_path) as file:
             config = json.load(file)
         if args.steps is not None:
@@ -610,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UsageError as error:
-        _print_once(f"fastgan {args.command}: error: {error}")
+        _print_once(f"fastgan {args.command}: error: {error}", every_rank=error.every_rank)
         return 2
     except (ValueError, TypeError, FileNotFoundError) as error:
         if os.environ.get("FASTGAN_DEBUG"):
@@ -619,9 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _print_once(message: str) -> None:
-    """stderr, from rank 0 only when several processes run the same command (they all fail alike)."""
-    if os.environ.get("RANK", "0") == "0":
+def _print_once(message: str, every_rank: bool = False) -> None:
+    """stderr: from rank 0 only when several processes run the same command and fail alike;
+    from every process, prefixed with its rank, when the failure may be theirs alone."""
+    rank = os.environ.get("RANK", "0")
+    if every_rank and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(f"[rank {rank}] {message}", file=sys.stderr)
+    elif rank == "0":
         print(message, file=sys.stderr)
 
 

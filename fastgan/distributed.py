@@ -17,7 +17,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["ProcessInfo", "init_from_environment", "launched_by_torchrun", "process_info", "stream_seed"]
+__all__ = ["ProcessInfo", "gather_batch", "init_from_environment", "launched_by_torchrun", "process_info",
+           "resumed_stream_seed", "stream_seed"]
 
 _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -80,10 +81,70 @@ def init_from_environment(device: Optional[str] = None, timeout_s: float = 600.0
     return process_info(), chosen
 
 
+_MASK64 = 2**64 - 1
+
+
+def _splitmix64(value: int) -> int:
+    """SplitMix64's finaliser: every input bit changes about half of the output bits."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def _mixed_seed(*values: int) -> int:
+    state = 0
+    for value in values:
+        state = _splitmix64(state ^ (int(value) & _MASK64))
+    return state % 2**63  # a valid seed for every torch.Generator
+
+
 def stream_seed(seed: int, rank: int, stream: int) -> int:
     """The seed of random stream ``stream`` (0: noise, 1: data) of process ``rank``.
 
     Rank 0 gets ``seed + stream``, exactly the single-process streams, so a 1-process run is
-    the plain run; the other ranks' streams are offset by multiples of 2^33, far from any
-    other seed a user would pick, so no two processes draw the same noise or data."""
-    return int(seed) + int(stream) + int(rank) * 2**33
+    the plain run; the other ranks' seeds are hashes of (seed, rank, stream) with all 64 bits
+    mixed (the CPU generator reads only the low 32 bits of a seed, so plain offsets such as
+    rank·2^33 would give every process the same draws)."""
+    if rank == 0:
+        return int(seed) + int(stream)
+    return _mixed_seed(seed, rank, stream)
+
+
+def resumed_stream_seed(seed: int, rank: int, stream: int, step: int) -> int:
+    """The seed a stream restarts from when a checkpoint's per-process random states do not
+    fit this run (another world size): a hash of (seed, rank, stream, step), distinct from
+    every :func:`stream_seed` in its low 32 bits as well."""
+    return _mixed_seed(seed, rank, stream, step, 0x5EED)
+
+
+class _GatherBatch(torch.autograd.Function):
+    """Every process's (n, *) tensor → the (K·n, *) concatenation in rank order, on every
+    process. Backward: each process's loss depends on every slice, so the gradient of the
+    summed losses for this process's slice is the sum over processes of their gradients for
+    it: one all-reduce, then this process's rows."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group):
+        ctx.group = group
+        world = dist.get_world_size(group)
+        gathered = tensor.new_empty((world * tensor.shape[0],) + tuple(tensor.shape[1:]))
+        dist.all_gather_into_tensor(gathered, tensor.contiguous(), group=group)
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        rows = grad.shape[0] // dist.get_world_size(ctx.group)
+        rank = dist.get_rank(ctx.group)
+        return grad[rank * rows:(rank + 1) * rows], None
+
+
+def gather_batch(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """(n, *) on each of K processes → (K·n, *) on all, differentiable (equal n everywhere).
+
+    For losses that couple the samples of a batch (a logsumexp over it: Rényi, forward KL):
+    computed on the gathered batch by every process, under DDP's gradient averaging they give
+    exactly the gradient of one process's loss on the concatenated batch."""
+    return _GatherBatch.apply(tensor, group)

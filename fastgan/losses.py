@@ -195,6 +195,10 @@ class _Loss(abc.ABC):
     role: str = ""
     divergence: str = ""
     summary: str = ""
+    #: Whether the loss couples the samples of a batch (a logsumexp over it), so that its
+    #: mean over shards differs from its value on the whole batch (data-parallel training
+    #: then gathers the logits first).
+    couples_batch: bool = False
 
     def __init__(self, *, backend: Optional[str] = None) -> None:
         self.backend = backend
@@ -541,6 +545,7 @@ class ForwardKLGeneratorLoss(GeneratorLoss):
     """KL(p_data ‖ p_g) = E_q[e^r·r], self-normalised (see the module docstring); mass-covering."""
 
     name = "forward_kl"
+    couples_batch = True
     divergence = "KL(p_data ‖ p_g)"
     summary = "e^r·r reweighted, self-normalised forward KL (mass-covering)"
 
@@ -561,6 +566,7 @@ class RenyiGeneratorLoss(GeneratorLoss):
     """D_α(p_g ‖ p_data) = 1/(α−1)·(logsumexp((1−α)·r) − log N), the fused Rényi op."""
 
     name = "renyi"
+    couples_batch = True
     divergence = "D_α(p_g ‖ p_data)"
     summary = "Rényi-α divergence (needs alpha ≥ 0; 1 = reverse KL)"
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from distributed_harness import run_distributed
 from fastgan import Trainer, data, models
-from fastgan.distributed import ProcessInfo, process_info, stream_seed
+from fastgan.distributed import ProcessInfo, process_info, resumed_stream_seed, stream_seed
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this PyTorch build has no torch.distributed")
 
@@ -65,21 +65,30 @@ def _state(trainer):
     return {k: v.detach().clone() for k, v in tensors.items()}
 
 
-def _train_fixed(rank, world_size):
+def _train_fixed(rank, world_size, loss):
     real, noise = _fixed_inputs()
-    trainer = _toy_trainer()
+    trainer = _toy_trainer(**loss)
     assert trainer.distributed and (trainer.rank, trainer.world_size) == (rank, world_size)
     records = trainer.train(FixedBatch(real), STEPS, GLOBAL_BATCH, log_every=3, noise=noise)
     return _state(trainer), [r.as_dict() for r in records]
 
 
-def test_ddp_equals_one_process_on_the_concatenated_batch():
+# Per-sample losses, and losses that couple the batch through a logsumexp (gathered first).
+LOSSES = [
+    pytest.param({"g_loss": "nonsaturating"}, id="nonsaturating"),
+    pytest.param({"g_loss": "renyi", "g_loss_params": {"alpha": 0.5}}, id="renyi-0.5"),
+    pytest.param({"g_loss": "forward_kl"}, id="forward_kl"),
+]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_ddp_equals_one_process_on_the_concatenated_batch(loss):
     real, noise = _fixed_inputs()
-    single = _toy_trainer()
+    single = _toy_trainer(**loss)
     assert not single.distributed
     single_records = single.train(FixedBatch(real), STEPS, GLOBAL_BATCH, log_every=3, noise=noise)
     expected = _state(single)
-    (rank0, records0), (rank1, records1) = run_distributed(_train_fixed, 2)
+    (rank0, records0), (rank1, records1) = run_distributed(_train_fixed, 2, loss)
     for name, value in expected.items():
         # Both processes hold identical models (DDP keeps them in step) ...
         assert torch.equal(rank0[name], rank1[name]), name
@@ -93,11 +102,11 @@ def test_ddp_equals_one_process_on_the_concatenated_batch():
             assert mine[key] == pytest.approx(getattr(one, key), rel=1e-5, abs=1e-6), key
 
 
-def _dcgan_trainer():
+def _dcgan_trainer(**kwargs):
     torch.manual_seed(1)
     generator = models.DCGANGenerator(latent_dim=LATENT, channels=3, image_size=32, width=2)
     discriminator = models.DCGANDiscriminator(channels=3, image_size=32, width=2)
-    return Trainer(generator, discriminator, lr_g=2e-3, lr_d=2e-3, total_steps=3, seed=0, backend="torch")
+    return Trainer(generator, discriminator, lr_g=2e-3, lr_d=2e-3, total_steps=3, seed=0, backend="torch", **kwargs)
 
 
 def _dcgan_inputs():
@@ -113,7 +122,7 @@ def _dcgan_state(trainer):
 
 def _train_dcgan(rank, world_size):
     real, noise = _dcgan_inputs()
-    trainer = _dcgan_trainer()
+    trainer = _dcgan_trainer(process_group=dist.group.WORLD)  # an explicit group (the EMA copy shares it)
     blocks = [type(m).__name__ for m in trainer.generator.modules() if "BatchNorm" in type(m).__name__]
     trainer.train(FixedBatch(real), 3, 8, log_every=3, noise=noise)
     return _dcgan_state(trainer), blocks
@@ -166,16 +175,28 @@ def test_two_process_checkpoint_resumes_exactly_on_two_and_loads_on_one(tmp_path
     assert single.step == 10 and all(torch.isfinite(v).all() for v in _state(single).values())
 
 
-def _bad_batch(rank, world_size):
+def _streams_and_bad_batch(rank, world_size):
     trainer = _toy_trainer()
     with pytest.raises(ValueError, match=r"batch_size \(7\) must be divisible by the number of processes \(2\)"):
         trainer.train(data.toy_mixture("grid25"), 1, 7)
-    return stream_seed(0, rank, 0), trainer.noise_generator.initial_seed()
+    return (trainer.noise_generator.initial_seed(), torch.randn(5, generator=trainer.noise_generator),
+            torch.randn(5, generator=trainer.data_generator))
 
 
-def test_per_process_streams_and_batch_divisibility():
-    (seed0, initial0), (seed1, initial1) = run_distributed(_bad_batch, 2)
-    assert (seed0, initial0) == (0, 0) and seed1 == initial1 and seed1 != seed0
+def test_per_process_streams_draw_differently_and_batch_must_divide():
+    (seed0, noise0, data0), (seed1, noise1, data1) = run_distributed(_streams_and_bad_batch, 2)
+    assert seed0 == 0  # rank 0 keeps the single-process stream
+    assert torch.equal(noise0, torch.randn(5, generator=torch.Generator().manual_seed(0)))
+    # The draws themselves differ (the CPU generator reads only a seed's low 32 bits).
+    assert not torch.equal(noise0, noise1) and not torch.equal(data0, data1) and not torch.equal(noise1, data1)
+
+
+def test_stream_seeds_differ_in_their_low_32_bits():
+    seeds = {stream_seed(seed, rank, stream) % 2**32 for seed in (0, 1, 7) for rank in range(8) for stream in (0, 1)}
+    resumed = {resumed_stream_seed(seed, rank, stream, step) % 2**32
+               for seed in (0, 1) for rank in range(4) for stream in (0, 1) for step in (0, 10)}
+    assert len(seeds) == 3 * 8 * 2 - 1  # only rank 0 collides: seed 0 stream 1 == seed 1 stream 0
+    assert len(resumed) == 2 * 4 * 2 * 2 and not resumed & seeds
 
 
 def test_single_process_defaults_are_unchanged():
