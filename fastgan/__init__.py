@@ -5,7 +5,7 @@ Importing fastgan touches no GPU and compiles nothing: backends are probed on fi
 
 __version__ = "0.1.0"
 
-from fastgan import data, losses, metrics, models, nn, ops
+from fastgan import data, distributed, losses, metrics, models, nn, ops, sampling
 from fastgan.fusion import FuseReport, fuse
 from fastgan.trainer import Trainer, TrainingDiverged
 from fastgan._backend import BackendStatus, BackendUnavailableError, backends, use_backend
@@ -18,12 +18,14 @@ __all__ = [
     "TrainingDiverged",
     "backends",
     "data",
+    "distributed",
     "fuse",
     "losses",
     "metrics",
     "models",
     "nn",
     "ops",
+    "sampling",
     "use_backend",
     "__version__",
 ]

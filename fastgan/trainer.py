@@ -636,7 +636,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         try:
-            z = truncated_latents(model, n, self.latent_dim, keep, device=self.device, rng=generator, batch=batch)
+            with self._autocast():  # the latents are ranked on the forward that makes the samples
+                z = truncated_latents(model, n, self.latent_dim, keep, device=self.device, rng=generator, batch=batch)
             chunks = []
             for chunk in z.split(batch):
                 with self._autocast():
