@@ -350,8 +350,15 @@ def _join_process_group(args: argparse.Namespace):
         return distributed.process_info(), None
     if args.device and args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device}: under torchrun each process takes GPU LOCAL_RANK; pass --device cuda")
+    device = args.device
+    if device is None and args.resume and args.out:  # a resumed run keeps its device type
+        try:
+            with open(os.path.join(args.out, "config.json")) as file:
+                device = json.load(file).get("device")
+        except (OSError, ValueError):
+            device = None  # the resume checks below report a missing or bad run directory
     try:
-        return distributed.init_from_environment(args.device)
+        return distributed.init_from_environment(device)
     except RuntimeError as error:
         raise UsageError(str(error), every_rank=True) from None
 
