@@ -114,25 +114,19 @@ def _dcgan_inputs():
     return torch.rand(8, 3, 32, 32, generator=generator) * 2 - 1, torch.randn(8, LATENT, generator=generator)
 
 
-def _dcgan_state(trainer):
-    state = {f"g.{k}": v for k, v in trainer.generator.state_dict().items()}
-    state.update({f"d.{k}": v for k, v in trainer.discriminator.state_dict().items()})
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
 def _train_dcgan(rank, world_size):
     real, noise = _dcgan_inputs()
     trainer = _dcgan_trainer(process_group=dist.group.WORLD)  # an explicit group (the EMA copy shares it)
     blocks = [type(m).__name__ for m in trainer.generator.modules() if "BatchNorm" in type(m).__name__]
     trainer.train(FixedBatch(real), 3, 8, log_every=3, noise=noise)
-    return _dcgan_state(trainer), blocks
+    return _state(trainer), blocks
 
 
 def test_ddp_with_synchronised_fused_batch_norm_equals_one_process():
     real, noise = _dcgan_inputs()
     single = _dcgan_trainer()
     single.train(FixedBatch(real), 3, 8, log_every=3, noise=noise)
-    expected = _dcgan_state(single)
+    expected = _state(single)
     (rank0, blocks), (rank1, _) = run_distributed(_train_dcgan, 2)
     # The DCGAN's fused blocks became synchronised ones, activations kept.
     assert blocks and set(blocks) == {"SyncBatchNormLeakyReLU"}

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastgan import _backend, _indexing
+from fastgan.distributed import all_gather_into, all_reduce_sum, gather_batch
 from fastgan.ops import _launch
 from fastgan.ops.bce import _compute_dtype
 
@@ -126,51 +127,6 @@ def _running_factor(momentum: Optional[float], num_batches_tracked: Optional[Ten
     return momentum if momentum is not None else 1.0 / num_batches_tracked
 
 
-def _all_gather_rows(gathered: Tensor, local: Tensor, group) -> None:
-    """``gathered`` [K, *] ← every process's ``local`` [1, *] in rank order: one collective into a
-    preallocated buffer (``all_gather_single``, formerly ``all_gather_into_tensor``: CUDA-graph
-    capturable with NCCL, and gloo takes it in this concatenation form)."""
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(gathered, local, group=group)
-
-
-def _all_reduce_sum(tensor: Tensor, group) -> None:
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Σ over the processes of ``group``, differentiable: every process's output is the sum of
-    every input, so the gradient of the summed losses is again the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, group):
-        ctx.group = group
-        total = tensor.contiguous().clone()
-        _all_reduce_sum(total, group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return _AllReduceSum.apply(grad, ctx.group), None
-
-
-class _AllGatherRows(torch.autograd.Function):
-    """[1, *] per process → [K, *] on every process, differentiable: the gradient for this
-    process's row is the sum over the processes of their gradients for it (one all-reduce)."""
-
-    @staticmethod
-    def forward(ctx, local: Tensor, group):
-        ctx.group = group
-        gathered = local.new_empty((dist.get_world_size(group),) + tuple(local.shape[1:]))
-        _all_gather_rows(gathered, local.contiguous(), group)
-        return gathered
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        rank = dist.get_rank(ctx.group)
-        return _AllReduceSum.apply(grad, ctx.group)[rank:rank + 1], None
-
-
 def _global_batch_statistics(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
     """(mean, biased variance, count) per channel over the batch concatenated across ``group``,
     differentiable in this process's ``x``: each process's (count, mean, M2) row is gathered and
@@ -181,7 +137,7 @@ def _global_batch_statistics(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
     local_mean = x.sum(dims) / max(positions, 1)
     local_m2 = (x - _channel_view(local_mean, x.dim())).square().sum(dims)
     local = torch.stack([torch.full_like(local_mean, positions), local_mean, local_m2]).unsqueeze(0)
-    counts, means, m2s = _AllGatherRows.apply(local, group).unbind(1)
+    counts, means, m2s = gather_batch(local, group).unbind(1)
     count = counts.sum(0)
     mean = (counts * means).sum(0) / count
     m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
@@ -522,7 +478,7 @@ def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_
     local = x3.new_empty((1, 3, channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_statistics")(x3, partials, local[0], plan=plan)
     gathered = x3.new_empty((dist.get_world_size(group), 3, channels), dtype=torch.float32)
-    _all_gather_rows(gathered, local, group)
+    all_gather_into(gathered, local, group)
     mean = _launch.output(x3, (channels,), torch.float32)
     invstd = _launch.output(x3, (channels,), torch.float32)
     _launcher(backend, "batch_norm_forward_from_statistics")(
@@ -548,7 +504,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
         grad_out3, x3, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan, eps=eps,
         slope=slope,
     )
-    _all_reduce_sum(sums, group)
+    all_reduce_sum(sums, group)
     if grad_x is not None:
         coefficients = sums / count  # Σdz/P and Σdz·x̂/P over the global batch
         _launcher(backend, "batch_norm_backward_input")(
