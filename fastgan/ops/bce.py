@@ -398,22 +398,44 @@ def _inverse_count(n: int) -> float:
     return 1.0 / n if n > 0 else float("nan")
 
 
+def _shared_grad_layout(real: Tensor, fake: Tensor) -> Optional[int]:
+    """Where d d_loss/d fake starts in the buffer it shares with d d_loss/d real (right after
+    it), or None when the two cannot share one (different dtypes). Sharing makes the backward
+    of d_loss one multiply instead of two; the fake part's vector stores stay 16-byte aligned
+    when the real count is a multiple of 4 (float32) or 8 (16-bit dtypes), as batch sizes are."""
+    return real.numel() if real.dtype == fake.dtype else None
+
+
 def _gan_kernel_forward(
     real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (d_loss, g_loss, grad_real, grad_fake_d, grad_fake_g); grads are empty unless
-    ``write_grad``, else shaped like their inputs and already divided by the counts."""
+    """Returns (d_loss, g_loss, grad_d, grad_fake_d, grad_fake_g); the gradients are empty
+    unless ``write_grad``, and already divided by the counts. ``grad_d`` holds d d_loss/d real
+    (and, when real and fake share a dtype, d d_loss/d fake at :func:`_shared_grad_layout`'s
+    offset, ``grad_fake_d`` then being empty); ``grad_fake_g`` = d g_loss/d fake, flat."""
     # reshape keeps a view where one stride suffices (a column d_out[:, 0] stays strided and
     # is read in place); only layouts no single stride describes are copied.
     real_flat = real.reshape(-1)
     fake_flat = fake.reshape(-1)
+    n_real, n_fake = real_flat.numel(), fake_flat.numel()
     d_loss = _launch.output(real, (), torch.promote_types(real.dtype, fake.dtype))
     g_loss = _launch.output(fake, ())
-    grad_real = _launch.output(real, real.shape if write_grad else (0,))
-    grad_fake_d = _launch.output(fake, fake.shape if write_grad else (0,))
-    grad_fake_g = _launch.output(fake, fake.shape if write_grad else (0,))
-    n_real, n_fake = real_flat.numel(), fake_flat.numel()
-    blocks = -(-n_real // _launch.BLOCK) + -(-n_fake // _launch.BLOCK)
+    fake_offset = _shared_grad_layout(real, fake)
+    if not write_grad:
+        grad_d = _launch.output(real, (0,))
+        grad_fake_d = _launch.output(fake, (0,))
+        grad_fake_g = _launch.output(fake, (0,))
+    elif fake_offset is None:
+        grad_d = _launch.output(real, (n_real,))
+        grad_fake_d = _launch.output(fake, (n_fake,))
+        grad_fake_g = _launch.output(fake, (n_fake,))
+    else:
+        grad_d = _launch.output(real, (fake_offset + n_fake,))
+        grad_fake_d = _launch.output(fake, (0,))
+        grad_fake_g = _launch.output(fake, (n_fake,))
+    # The latency regime counts the logits of both inputs together: up to
+    # SINGLE_PROGRAM_MAX_BLOCKS * BLOCK of them take one program, hence one launch.
+    blocks = -(-(n_real + n_fake) // _launch.BLOCK)
     num_programs = _launch.program_budget(real.device, max(blocks, 1))
     real_launch = _launch.reduction(n_real, num_programs)
     fake_launch = _launch.reduction(n_fake, num_programs)
@@ -421,14 +443,18 @@ def _gan_kernel_forward(
     if num_programs > 1:
         partials = torch.empty(3 * num_programs, dtype=torch.float32, device=real.device)
     largest_offset = max((n_real - 1) * real_flat.stride(0), (n_fake - 1) * fake_flat.stride(0), n_real, n_fake)
+    if write_grad:
+        fake_d_part = grad_fake_d if fake_offset is None else grad_d[fake_offset:]
+        grads = (grad_d[:n_real], fake_d_part, grad_fake_g)
+    else:
+        grads = (None, None, None)
     _launcher(backend, "gan_bce_forward")(
-        real_flat, fake_flat, d_loss, g_loss, partials,
-        *((grad_real.view(-1), grad_fake_d.view(-1), grad_fake_g.view(-1)) if write_grad else (None, None, None)),
+        real_flat, fake_flat, d_loss, g_loss, partials, *grads,
         real_target=real_target, fake_target=fake_target,
         inv_n_real=_inverse_count(n_real), inv_n_fake=_inverse_count(n_fake),
         real_launch=real_launch, fake_launch=fake_launch, needs_int64=_indexing.needs_int64(largest_offset),
     )
-    return d_loss, g_loss, grad_real, grad_fake_d, grad_fake_g
+    return d_loss, g_loss, grad_d, grad_fake_d, grad_fake_g
 
 
 @torch.library.custom_op("fastgan::gan_bce_losses", mutates_args=())
@@ -441,14 +467,15 @@ def _gan_bce_losses_op(
 @_gan_bce_losses_op.register_fake
 def _gan_bce_losses_fake(real, fake, real_target, fake_target, write_grad, backend):
     d_loss = real.new_empty((), dtype=torch.promote_types(real.dtype, fake.dtype))
-    fake_grad_shape = fake.shape if write_grad else (0,)
-    return (
-        d_loss,
-        fake.new_empty(()),
-        real.new_empty(real.shape if write_grad else (0,)),
-        fake.new_empty(fake_grad_shape),
-        fake.new_empty(fake_grad_shape),
-    )
+    fake_offset = _shared_grad_layout(real, fake)
+    if not write_grad:
+        sizes = (0, 0, 0)
+    elif fake_offset is None:
+        sizes = (real.numel(), fake.numel(), fake.numel())
+    else:
+        sizes = (fake_offset + fake.numel(), 0, fake.numel())
+    return d_loss, fake.new_empty(()), real.new_empty((sizes[0],)), fake.new_empty((sizes[1],)), \
+        fake.new_empty((sizes[2],))
 
 
 def _gan_setup_context(ctx, inputs, output):
@@ -462,10 +489,10 @@ def _gan_setup_context(ctx, inputs, output):
 
 
 def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
-    real, fake, grad_real, grad_fake_d, grad_fake_g = ctx.saved_tensors
+    real, fake, grad_d_saved, grad_fake_d, grad_fake_g = ctx.saved_tensors
     need_real, need_fake = ctx.needs_input_grad[:2]
     d_real = d_fake = None
-    if torch.is_grad_enabled() or grad_real is None:
+    if torch.is_grad_enabled() or grad_d_saved is None:
         # Second order, or no saved gradient: closed forms in differentiable PyTorch.
         if need_real and grad_d is not None:
             d_real = grad_d * (torch.sigmoid(real) - ctx.real_target) / real.numel()
@@ -476,17 +503,21 @@ def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
                 g_term = grad_g * -torch.sigmoid(-fake) / fake.numel()
                 d_fake = g_term if d_fake is None else d_fake + g_term
     else:
-        if need_real and grad_d is not None:
-            d_real = grad_d * grad_real
-        if need_fake:
-            if grad_d is not None:
-                d_fake = grad_d * grad_fake_d
-            if grad_g is not None:
-                d_fake = grad_g * grad_fake_g if d_fake is None else torch.addcmul(d_fake, grad_g, grad_fake_g)
+        fake_offset = _shared_grad_layout(real, fake)
+        if grad_d is not None and (need_real or need_fake):
+            if fake_offset is None:
+                d_real = grad_d * grad_d_saved if need_real else None
+                d_fake = grad_d * grad_fake_d if need_fake else None
+            else:
+                both = grad_d * grad_d_saved  # one launch for both inputs
+                d_real = both[: real.numel()] if need_real else None
+                d_fake = both[fake_offset:] if need_fake else None
+        if need_fake and grad_g is not None:
+            d_fake = grad_g * grad_fake_g if d_fake is None else torch.addcmul(d_fake, grad_g, grad_fake_g)
     if d_real is not None:
-        d_real = d_real.to(real.dtype)
+        d_real = d_real.view(real.shape).to(real.dtype)
     if d_fake is not None:
-        d_fake = d_fake.to(fake.dtype)
+        d_fake = d_fake.view(fake.shape).to(fake.dtype)
     return d_real, d_fake, None, None, None, None
 
 
