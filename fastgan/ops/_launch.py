@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.utils._pytree
 import torch.utils._python_dispatch
 
 BLOCK = 1024  # elements per program iteration
@@ -98,13 +99,15 @@ class LaunchCount:
 
     ``triton``: launches of Triton kernels (``kernel[grid](...)``, interpreted or compiled);
     ``torch``: ATen operators that run a kernel (views and allocations excluded), e.g. the
-    multiply of an autograd backward; ``names``: every launch in order, ``"triton:<kernel>"``
+    multiply of an autograd backward; ``torch_bytes``: the bytes of their tensor arguments
+    and results; ``names``: every launch in order, ``"triton:<kernel>"``
     or ``"torch:<operator>"``.
     """
 
     triton: int = 0
     torch: int = 0
     names: list = None
+    torch_bytes: int = 0  # bytes of the tensors the counted ATen operators read and write
 
     def __post_init__(self):
         self.names = [] if self.names is None else self.names
@@ -121,10 +124,13 @@ class _CountingMode(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
+        result = func(*args, **(kwargs or {}))
         if not func.is_view and name not in _NO_KERNEL_OPS:
             self.count.torch += 1
             self.count.names.append(f"torch:{name.removeprefix('aten::')}")
-        return func(*args, **(kwargs or {}))
+            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, result)) if isinstance(t, torch.Tensor)]
+            self.count.torch_bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return result
 
 
 def _triton_kernel_classes() -> list:
