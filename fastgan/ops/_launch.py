@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,8 @@ class LaunchCount:
     """Kernel launches seen inside :func:`count_launches`, by kind.
 
     ``triton``: launches of Triton kernels (``kernel[grid](...)``, interpreted or compiled);
+    ``cuda``: launches of fastgan's CUDA kernels, counted under CUDA emulation
+    (``FASTGAN_CUDA_EMULATE=1``; on a GPU use ``torch.profiler``, as bench/ does);
     ``torch``: ATen operators that run a kernel (views and allocations excluded), e.g. the
     multiply of an autograd backward; ``torch_bytes``: the bytes of their tensor arguments
     and results; ``names``: every launch in order, ``"triton:<kernel>"``
@@ -105,6 +108,7 @@ class LaunchCount:
     """
 
     triton: int = 0
+    cuda: int = 0
     torch: int = 0
     names: list = None
     torch_bytes: int = 0  # bytes of the tensors the counted ATen operators read and write
@@ -114,7 +118,7 @@ class LaunchCount:
 
     @property
     def total(self) -> int:
-        return self.triton + self.torch
+        return self.triton + self.cuda + self.torch
 
 
 class _CountingMode(torch.utils._python_dispatch.TorchDispatchMode):
@@ -165,9 +169,22 @@ def count_launches():
 
         cls.run = run
         patched.append((cls, original))
+    emulated_before = _emulated_launches()
     try:
         with mode:
             yield count
     finally:
         for cls, original in patched:
             cls.run = original
+        count.cuda = _emulated_launches() - emulated_before
+        count.names.extend(["cuda:kernel"] * count.cuda)
+
+
+def _emulated_launches() -> int:
+    """Launches the emulated CUDA extension has made in this process (0 before it is loaded,
+    which is also where its own count starts)."""
+    if "fastgan._C_emulated" not in sys.modules:
+        return 0
+    from fastgan import _emulation
+
+    return _emulation.launch_count()
