@@ -201,19 +201,28 @@ _PTXAS_ENTRY = re.compile(r"Compiling entry function '(\S+)' for 'sm_\d+'")
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
-def compile_cuda(source: Path, out_dir: Path) -> tuple[Path, dict[str, dict]]:
+def compile_cuda(source: Path) -> tuple[Path, dict[str, dict]]:
     """``nvcc -cubin`` for sm_90 of one ``csrc/*.cu``; returns the cubin and ptxas' -v figures
-    per kernel (registers, spill store/load bytes, stack frame)."""
+    per kernel (registers, spill store/load bytes, stack frame). Results are kept in
+    :data:`CACHE` keyed by the sources (the .cu and every header beside it) and the command."""
     home, why = cuda_home()
     if home is None:
         raise RuntimeError(f"no CUDA toolkit: {why}")
-    cubin = out_dir / (source.stem + ".sm_90.cubin")
     command = [home / "bin" / "nvcc", "-O3", "-std=c++17", "--expt-relaxed-constexpr", f"-arch=sm_{ARCH}", "-cubin",
-               "-Xptxas", "-v", f"-I{CSRC}", "-o", cubin, source]
-    result = _run(command)
-    if result.returncode != 0:
-        raise RuntimeError(f"nvcc failed on {source.name}:\n{result.stderr}")
+               "-Xptxas", "-v", f"-I{source.parent}"]
+    digest = hashlib.sha1(" ".join(map(str, command)).encode())
+    for dependency in [source] + sorted(source.parent.glob("*.h")) + sorted(source.parent.glob("*.cuh")):
+        digest.update(dependency.name.encode() + dependency.read_bytes())
+    cached = CACHE / f"{source.stem}-{digest.hexdigest()[:16]}"
+    cubin, log = cached.with_suffix(".cubin"), cached.with_suffix(".ptxas.txt")
+    if not (cubin.is_file() and log.is_file()):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        result = _run(command + ["-o", cubin, source])
+        if result.returncode != 0:
+            raise RuntimeError(f"nvcc failed on {source.name}:\n{result.stderr}")
+        log.write_text(result.stderr)
     figures: dict[str, dict] = {}
+    result = subprocess.CompletedProcess([], 0, "", log.read_text())
     current = None
     for line in result.stderr.splitlines():
         entry = _PTXAS_ENTRY.search(line)
@@ -242,40 +251,60 @@ def demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, lines)) if len(lines) == len(names) else {name: name for name in names}
 
 
-_CUDA_DTYPES = (("__nv_bfloat16", "bfloat16"), ("__half", "float16"), ("float", "float32"))
+_CUDA_DTYPES = {"__nv_bfloat16": "bfloat16", "__half": "float16", "float": "float32"}
 
 
 def cuda_dtype(demangled: str) -> str:
-    """The element dtype a CUDA kernel instantiation is specialised for ('runtime' when its
-    template arguments name none: the dtype is then chosen per element at run time)."""
-    template = demangled.split("(")[0]
+    """The element dtype(s) a CUDA kernel instantiation is specialised for, in template order
+    (``float16+bfloat16`` for mixed operands); 'runtime' when its template arguments name
+    none: the dtype is then chosen per element at run time."""
+    template = _without_arguments(demangled)
     if "<" not in template:
         return "runtime"
-    arguments = template[template.index("<"):]
-    for spelled, dtype in _CUDA_DTYPES:
-        if re.search(rf"\b{spelled}\b", arguments):
-            return dtype
-    return "runtime"
+    found = re.findall(r"\b(__nv_bfloat16|__half|float)\b", template[template.index("<"):])
+    dtypes = list(dict.fromkeys(_CUDA_DTYPES[name] for name in found))
+    return "+".join(dtypes) if dtypes else "runtime"
+
+
+def _without_arguments(demangled: str) -> str:
+    """``void ns::kernel<T>(Args)`` -> ``ns::kernel<T>`` (anonymous namespaces dropped)."""
+    text = demangled.replace("(anonymous namespace)::", "")
+    text = re.sub(r"^void ", "", text)
+    depth = 0
+    for index, char in enumerate(text):
+        depth += char == "<"
+        depth -= char == ">"
+        if char == "(" and depth == 0:
+            return text[:index]
+    return text
 
 
 def cuda_kernel_name(demangled: str) -> str:
-    base = demangled.split("(")[0]
-    base = re.sub(r"<.*>", "", base)
+    """The kernel's own name: namespaces, template arguments and parameters dropped."""
+    base = _without_arguments(demangled)
+    base = base.split("<", 1)[0]
     return base.split("::")[-1]
 
 
-def cuda_report(out_dir: Path) -> list[dict]:
-    """One row per CUDA kernel instantiation in csrc/*.cu, compiled for sm_90."""
+def cuda_report() -> list[dict]:
+    """One row per CUDA kernel instantiation in csrc/*.cu, compiled for sm_90 (the files in
+    parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = sorted(CSRC.glob("*.cu"))
+    with ThreadPoolExecutor(max_workers=len(sources) or 1) as pool:
+        compiled = list(pool.map(compile_cuda, sources))
     rows = []
-    for source in sorted(CSRC.glob("*.cu")):
-        cubin, figures = compile_cuda(source, out_dir)
+    for source, (cubin, figures) in zip(sources, compiled):
         facts = read_cubin(cubin)
         names = demangle(list(facts))
+        bounds = launch_bounds(cubin)
         for mangled, fact in sorted(facts.items(), key=lambda item: names[item[0]]):
             ptxas = figures.get(mangled, {})
-            threads = _cuda_threads(names[mangled])
+            threads = bounds.get(mangled, 0)
             rows.append(dict(
-                source=source.name, kernel=cuda_kernel_name(names[mangled]), signature=names[mangled],
+                source=source.name, kernel=cuda_kernel_name(names[mangled]),
+                signature=_without_arguments(names[mangled]).replace("fastgan::", ""),
                 dtype=cuda_dtype(names[mangled]), **dataclasses.asdict(fact),
                 spill_bytes=ptxas.get("spill_stores", 0) + ptxas.get("spill_loads", 0),
                 dynamic_shared=0, threads=threads,
@@ -284,10 +313,17 @@ def cuda_report(out_dir: Path) -> list[dict]:
     return rows
 
 
-def _cuda_threads(demangled: str) -> int:
-    """Threads per block: the kernels declare it in __launch_bounds__, which SASS does not
-    keep; the sources use 256 throughout (kThreads), checked against csrc in the test."""
-    return 256
+def launch_bounds(cubin: Path) -> dict[str, int]:
+    """Threads per block each kernel declares in ``__launch_bounds__`` (EIATTR_MAX_THREADS in
+    its .nv.info section), keyed by mangled name; kernels without one are absent."""
+    elf = _run([triton_tools()["cuobjdump"], "-elf", cubin]).stdout
+    bounds = {}
+    for name, body in re.findall(r"^\.nv\.info\.(\S+)\n(.*?)(?=^\.\S|\Z)", elf, flags=re.MULTILINE | re.DOTALL):
+        found = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)",
+                          body)
+        if found:
+            bounds[name] = math.prod(int(v, 16) for v in found.groups())
+    return bounds
 
 
 # --------------------------------------------------------------------------------------
@@ -353,9 +389,12 @@ def specialise(kernel, args, kwargs) -> tuple[dict, list, list, dict]:
 
 class Recorder:
     """Intercepts Triton launches (interpreted) to record their specialisations, and counts
-    the bytes the interpreter's loads and stores move (masked-off lanes excluded)."""
+    the bytes the interpreter's loads and stores move (masked-off lanes excluded).
+    ``execute=False`` records without running the kernels (fast; their outputs are then
+    uninitialised, which changes no launch: the ops plan launches from shapes and strides)."""
 
-    def __init__(self):
+    def __init__(self, execute: bool = True):
+        self.execute = execute
         self.launches: list[Launch] = []
         self.case = ""
         self.bytes_loaded = 0
@@ -377,7 +416,9 @@ class Recorder:
                     recorder.case, kernel.fn.__module__, kernel.fn.__name__, signature, constexprs, attrs, options,
                     list(grid) if isinstance(grid, (tuple, list)) else [str(grid)],
                 ))
-            return original_run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+            if recorder.execute:
+                return original_run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+            return None
 
         def masked_load(self, ptrs, mask, other, *rest):
             recorder.bytes_loaded += int(mask.data.sum()) * ptrs.get_element_ty().primitive_bitwidth // 8
@@ -564,8 +605,8 @@ def cases(backend: str = "triton", dtypes=DTYPES, bandwidth: bool = True) -> lis
         add("renyi_divergence (4, 100) over dim 1", "renyi_divergence", dtype_name, 400, (size, 3 * size),
             renyi_rows, True)
 
-        bn_shapes = [((8, 64, 16, 16), "nchw"), ((8, 64, 14, 14), "nchw"), ((8, 64, 7, 7), "nchw"),
-                     ((8, 64, 16, 16), "channels_last"), ((8, 100, 7, 7), "channels_last"),
+        bn_shapes = [((4, 32, 16, 16), "nchw"), ((4, 32, 14, 14), "nchw"), ((4, 32, 7, 7), "nchw"),
+                     ((4, 32, 16, 16), "channels_last"), ((4, 100, 7, 7), "channels_last"),
                      ((32, 128), "nchw")]
         for shape, layout in bn_shapes:
             for training in (True, False):
@@ -622,11 +663,293 @@ def run_cases(selected: list[Case], recorder: Recorder | None = None) -> list[di
     return rows
 
 
-def record(selected: list[Case]) -> tuple[list[Launch], list[dict]]:
-    """Run ``selected`` under the Triton interpreter, recording every launch."""
+def record(selected: list[Case], execute: bool = True) -> tuple[list[Launch], list[dict]]:
+    """Run ``selected`` under the Triton interpreter, recording every launch (see :class:`Recorder`)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("recording needs the Triton interpreter: set TRITON_INTERPRET=1 before triton is imported")
-    recorder = Recorder()
+    recorder = Recorder(execute)
     with recorder.active():
         rows = run_cases(selected, recorder)
     return recorder.launches, rows
+
+
+def count_cuda_launches(selected: list[Case]) -> dict[str, tuple[list, list]]:
+    """Launch names per direction of each case (from :func:`cases` with ``backend="cuda"``),
+    keyed ``"case|dtype"``; under CUDA emulation on a CPU. Empty when the cuda backend cannot
+    run here on CPU tensors."""
+    import torch
+
+    from fastgan import _backend
+
+    if _backend._why_not("cuda", torch.device("cpu"), torch.float32):
+        return {}
+    rows = run_cases(selected)
+    return {row["case"] + "|" + row["dtype"]: (row["forward_launches"], row["backward_launches"]) for row in rows}
+
+
+# --------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------
+
+# Kernels that move activation- or logit-sized data (the rest touch per-channel or
+# per-program vectors): their contiguous paths must use 128-bit accesses where the data
+# allows. Value: whether they also store per-element outputs.
+BANDWIDTH_BOUND_TRITON = {
+    "bce_with_logits_forward_kernel": True, "gan_bce_forward_kernel": True, "renyi_forward_kernel": False,
+    "renyi_backward_kernel": True, "bn_partial_statistics_kernel": False, "bn_leaky_relu_forward_kernel": True,
+    "bn_leaky_relu_backward_reduce_kernel": False, "bn_leaky_relu_backward_input_kernel": True,
+}
+BANDWIDTH_BOUND_CUDA = {
+    "bce_with_logits_forward_kernel": True, "gan_bce_forward_kernel": True, "renyi_forward_kernel": False,
+    "renyi_backward_kernel": True, "bn_partial_statistics_kernel": False, "bn_forward_elementwise_kernel": True,
+    "bn_backward_reduce_kernel": False, "bn_backward_input_kernel": True,
+}
+
+
+def specialisation_label(launch: Launch) -> str:
+    """The constexprs a launch fixed (flags that are on, sizes), and its unaligned pointers."""
+    names = list(launch.signature)
+    parts = []
+    for path, value in launch.constexprs:
+        name = names[path[0]]
+        if not name.isupper():
+            continue
+        if value is True:
+            parts.append(name)
+        elif value is not False:
+            parts.append(f"{name}={value}")
+    aligned = {names[path[0]] for path, _ in launch.attrs}
+    unaligned = [n for n, t in launch.signature.items() if isinstance(t, str) and t.startswith("*")
+                 and n not in aligned]
+    if unaligned:
+        parts.append("unaligned " + "/".join(n.removesuffix("_ptr") for n in unaligned))
+    return ", ".join(parts)
+
+
+def _width(bits: int) -> str:
+    return f"{bits}-bit" if bits else "-"
+
+
+def _mix(counts: dict) -> str:
+    return " ".join(f"{name.split('.', 1)[1] if '.' in name else name}×{n}" for name, n in counts.items()) or "-"
+
+
+def _launch_cell(names: list) -> str:
+    if not names:
+        return "0"
+    short = [n.split(":", 1)[1] if n.startswith("triton:") else n.replace("torch:", "aten ") for n in names]
+    return f"{len(names)}: " + ", ".join(short)
+
+
+def triton_rows(launches: list[Launch], facts: dict[str, dict]) -> list[dict]:
+    """One row per distinct specialisation, with the cases that launched it."""
+    rows: dict[str, dict] = {}
+    for launch in launches:
+        row = rows.get(launch.key)
+        if row is None:
+            row = rows[launch.key] = dict(kernel=launch.kernel, dtype=launch.dtype,
+                                          specialisation=specialisation_label(launch), cases=[],
+                                          **facts[launch.key])
+        if launch.case not in row["cases"]:
+            row["cases"].append(launch.case)
+    return sorted(rows.values(), key=lambda r: (r["kernel"], r["dtype"], r["specialisation"]))
+
+
+def check_rows(triton: list[dict], cuda: list[dict], required_triton: list[tuple]) -> list[str]:
+    """The lines the CI test holds, as failures ('' list when all hold): no spills anywhere;
+    128-bit loads (and stores where they write per-element outputs) in the bandwidth-bound
+    kernels, fp32 and bf16, for Triton (the ``required_triton`` (kernel, dtype, case) launches)
+    and CUDA (every instantiation of those kernels for float32 and bfloat16)."""
+    failures = []
+    for row in triton + cuda:
+        where = f"{'cuda' if 'signature' in row else 'triton'} {row.get('signature', row['kernel'])} [{row['dtype']}]"
+        if row["spill_instructions"] or row["local"] or row.get("spill_bytes", 0):
+            failures.append(f"{where}: spills ({row['spill_instructions']} STL/LDL instructions, "
+                            f"{row.get('spill_bytes', 0)} B spilled per ptxas, {row['local']} B local)")
+    by_case = {}
+    for row in triton:
+        for case in row["cases"]:
+            by_case.setdefault((row["kernel"], row["dtype"], case), []).append(row)
+    for kernel, dtype, case in required_triton:
+        found = by_case.get((kernel, dtype, case))
+        if not found:
+            failures.append(f"triton {kernel} [{dtype}] was not launched by {case!r}")
+            continue
+        for row in found:
+            if row["widest_load"] < 128:
+                failures.append(f"triton {kernel} [{dtype}] ({case}): widest global load {row['widest_load']}-bit")
+            if BANDWIDTH_BOUND_TRITON[kernel] and row["widest_store"] < 128:
+                failures.append(f"triton {kernel} [{dtype}] ({case}): widest global store {row['widest_store']}-bit")
+    for kernel, stores in BANDWIDTH_BOUND_CUDA.items():
+        for dtype in ("float32", "bfloat16"):
+            found = [row for row in cuda if row["kernel"] == kernel and row["dtype"] == dtype]
+            if not found:
+                kinds = sorted({row["dtype"] for row in cuda if row["kernel"] == kernel}) or ["no instantiation"]
+                failures.append(f"cuda {kernel}: no {dtype} instantiation (dtype as a template parameter); "
+                                f"found {', '.join(kinds)}")
+                continue
+            widest_load = max(row["widest_load"] for row in found)
+            widest_store = max(row["widest_store"] for row in found)
+            if widest_load < 128:
+                failures.append(f"cuda {kernel} [{dtype}]: widest global load {widest_load}-bit")
+            if stores and widest_store < 128:
+                failures.append(f"cuda {kernel} [{dtype}]: widest global store {widest_store}-bit")
+    return failures
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    lines = [
+        "# Kernel report (sm_90, H200)",
+        "",
+        "Generated by `python bench/kernel_report.py` (see bench/README.md, *Kernel report*): no GPU was used.",
+        "Triton kernels are compiled ahead of time for sm_90 with the specialisations the op calls below make",
+        "(recorded under the Triton interpreter with Triton's own binder for an sm_90 target); CUDA kernels are",
+        "`csrc/*.cu` compiled by nvcc for sm_90. Occupancy is theoretical, on an H200 SM (64K registers, 228 KB",
+        "shared memory, 2048 threads, 32 blocks). Widest load/store: the widest LDG/STG in the SASS.",
+        "",
+        f"- Date (UTC): {report['date']}; commit {report['commit']}",
+        f"- triton {report['versions']['triton']}, torch {report['versions']['torch']}, nvcc: {report['versions']['nvcc']}",
+        "",
+        "## Launches per op call",
+        "",
+        "Kernel launches of one call, per direction (the backward is `torch.autograd.grad` of the outputs),",
+        "counted on the CPU with `fastgan.ops._launch.count_launches`: Triton launches under the interpreter,",
+        "CUDA launches under `FASTGAN_CUDA_EMULATE=1`, and ATen operators that run a kernel (`aten ...`).",
+        "*Moved*: bytes per element the call's loads and stores request (Triton path: the interpreter's",
+        "unmasked lanes, plus the ATen operators' tensors), against the compulsory bytes of bench/README.md.",
+        "",
+        "| op call | dtype | triton fwd | triton bwd | cuda fwd | cuda bwd | moved B/elem | compulsory B/elem |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["calls"]:
+        cuda = report["cuda_calls"].get(row["case"] + "|" + row["dtype"])
+        cuda_cells = (_launch_cell(cuda[0]), _launch_cell(cuda[1])) if cuda else ("n/a", "n/a")
+        latency = " (latency)" if row["latency"] else ""
+        lines.append(f"| {row['case']}{latency} | {row['dtype']} | {_launch_cell(row['forward_launches'])} | "
+                     f"{_launch_cell(row['backward_launches'])} | {cuda_cells[0]} | {cuda_cells[1]} | "
+                     f"{row['bytes_per_element']:.1f} | {row['compulsory_fwd_bwd']:g} |")
+    lines += [
+        "",
+        "## Triton kernels",
+        "",
+        "One row per distinct specialisation (constexprs on, sizes; *unaligned*: pointers not 16-byte aligned in",
+        "that launch). Registers per thread; spills = STL/LDL instructions; shared = static / dynamic bytes.",
+        "",
+        "| kernel | dtype | specialisation | launched by | regs | spills | shared | occupancy | widest load | "
+        "widest store | loads | stores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["triton"]:
+        cases = "; ".join(row["cases"][:2]) + (f"; +{len(row['cases']) - 2}" if len(row["cases"]) > 2 else "")
+        lines.append(
+            f"| {row['kernel']} | {row['dtype']} | {row['specialisation']} | {cases} | {row['registers']} | "
+            f"{row['spill_instructions']} | {row['static_shared']} / {row['dynamic_shared']} | "
+            f"{row['occupancy']:.0%} | {_width(row['widest_load'])} | {_width(row['widest_store'])} | "
+            f"{_mix(row['loads'])} | {_mix(row['stores'])} |")
+    lines += [
+        "",
+        "## CUDA kernels",
+        "",
+        "Every kernel instantiation in `csrc/*.cu` (`nvcc -cubin -arch=sm_90 -Xptxas -v`); dtype from the",
+        "template arguments (*runtime*: no dtype parameter, the element type is chosen per access). Spills:",
+        "STL/LDL instructions and ptxas' spill bytes. Occupancy at the kernel's `__launch_bounds__` block size.",
+        "",
+        "| kernel | dtype | instantiation | regs | spills | shared | occupancy | widest load | widest store | "
+        "loads | stores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["cuda"]:
+        occupancy_cell = f"{row['occupancy']:.0%}" if row["occupancy"] is not None else "-"
+        lines.append(
+            f"| {row['kernel']} | {row['dtype']} | `{row['signature']}` | {row['registers']} | "
+            f"{row['spill_instructions']} / {row['spill_bytes']} B | {row['static_shared']} | {occupancy_cell} | "
+            f"{_width(row['widest_load'])} | {_width(row['widest_store'])} | {_mix(row['loads'])} | "
+            f"{_mix(row['stores'])} |")
+    lines += ["", "## The lines CI holds (tests/test_kernel_report.py)", ""]
+    if report["failures"]:
+        lines.append("Not yet held:")
+        lines.append("")
+        lines += [f"- {failure}" for failure in report["failures"]]
+    else:
+        lines.append("All hold: no spills; 128-bit global loads and stores in every contiguous bandwidth-bound "
+                     "path, float32 and bfloat16, Triton and CUDA.")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _versions() -> dict:
+    import torch
+    import triton
+
+    home, _ = cuda_home()
+    nvcc = "not found"
+    if home is not None:
+        found = re.search(r"release ([\d.]+)", _run([home / "bin" / "nvcc", "--version"]).stdout)
+        nvcc = found.group(1) if found else "unknown"
+    return dict(triton=triton.__version__, torch=torch.__version__, nvcc=nvcc)
+
+
+def _commit() -> str:
+    result = _run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    return result.stdout.strip() or "unknown"
+
+
+# The Triton launches whose widest accesses CI checks: contiguous paths, fp32 and bf16, at
+# sizes where the data allows 128-bit accesses (not multiples of 16 among them).
+def required_triton(dtypes=DTYPES) -> list[tuple]:
+    required = []
+    for dtype in dtypes:
+        short = {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+        for case in ("bce_with_logits mean n=100", "bce_with_logits mean n=1000"):
+            required.append(("bce_with_logits_forward_kernel", short, case))
+        required.append(("gan_bce_forward_kernel", short, "gan_bce_losses d_loss real=100 fake=100"))
+        required.append(("renyi_forward_kernel", short, "renyi_divergence n=1000"))
+        required.append(("renyi_backward_kernel", short, "renyi_divergence n=1000"))
+        for layout in ("nchw", "channels_last"):
+            case = f"batch_norm_leaky_relu train 4x32x16x16 {layout}"
+            for kernel in ("bn_partial_statistics_kernel", "bn_leaky_relu_forward_kernel",
+                           "bn_leaky_relu_backward_reduce_kernel", "bn_leaky_relu_backward_input_kernel"):
+                required.append((kernel, short, case))
+    return required
+
+
+def make_report(jobs: int = 2, bandwidth: bool = True) -> dict:
+    """Record, compile and read everything; returns the report as a dict."""
+    import datetime
+
+    selected = cases("triton", bandwidth=bandwidth)
+    launches, calls = record(selected)
+    facts = compile_triton(launches, jobs=jobs)
+    cuda = cuda_report()
+    triton = triton_rows(launches, facts)
+    return dict(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), commit=_commit(),
+        versions=_versions(), target=dict(arch=f"sm_{ARCH}", **H200),
+        calls=calls, cuda_calls=count_cuda_launches(cases("cuda", bandwidth=False)),
+        triton=triton, cuda=cuda, failures=check_rows(triton, cuda, required_triton()),
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench", help="where KERNELS.md and the JSON go")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes")
+    parser.add_argument("--latency-only", action="store_true", help="skip the bandwidth-sized op calls")
+    args = parser.parse_args(argv)
+    why = missing_tools()
+    if why:
+        print(f"kernel_report: cannot compile for sm_90 here: {why}", file=sys.stderr)
+        return 2
+    os.environ["TRITON_INTERPRET"] = "1"  # recording runs the kernels under the interpreter
+    os.environ.setdefault("FASTGAN_CUDA_EMULATE", "1")  # and counts the CUDA launches under emulation
+    sys.path.insert(0, str(ROOT))
+    report = make_report(jobs=args.jobs, bandwidth=not args.latency_only)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "kernel_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_markdown(args.out_dir / "KERNELS.md", report)
+    print(f"kernel_report: wrote {args.out_dir / 'KERNELS.md'} ({len(report['triton'])} Triton specialisations, "
+          f"{len(report['cuda'])} CUDA kernels); {len(report['failures'])} lines not held")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
