@@ -468,27 +468,48 @@ def _compile_one(job: tuple[str, str, dict, list, list, dict, str]) -> dict:
                 threads=compiled.metadata.num_warps * 32)
 
 
+@functools.lru_cache(maxsize=None)
+def _module_digest(module_name: str) -> str:
+    """Digest of a kernel module's source and the Triton version (what its cubins depend on)."""
+    import triton
+
+    origin = importlib.util.find_spec(module_name).origin
+    return hashlib.sha1(Path(origin).read_bytes() + triton.__version__.encode()).hexdigest()
+
+
 def compile_triton(launches: list[Launch], jobs: int = 2) -> dict[str, dict]:
-    """Facts for every distinct specialisation in ``launches``, keyed by :attr:`Launch.key`."""
+    """Facts for every distinct specialisation in ``launches``, keyed by :attr:`Launch.key`.
+    Each is kept in :data:`CACHE` (by specialisation, kernel source and Triton version), so
+    only new ones start compiler processes."""
     CACHE.mkdir(parents=True, exist_ok=True)
     distinct = {}
     for launch in launches:
         distinct.setdefault(launch.key, launch)
-    work = []
-    for index, (key, launch) in enumerate(distinct.items()):
-        cubin = CACHE / f"{launch.kernel}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.cubin"
-        work.append((key, (launch.module, launch.kernel, launch.signature, launch.constexprs, launch.attrs,
-                           launch.options, str(cubin))))
-    import multiprocessing
+    facts, work = {}, []
+    for key, launch in distinct.items():
+        stem = f"{launch.kernel}-{hashlib.sha1((key + _module_digest(launch.module)).encode()).hexdigest()[:20]}"
+        cached = CACHE / f"{stem}.json"
+        if cached.is_file():
+            facts[key] = json.loads(cached.read_text())
+            continue
+        work.append((key, cached, (launch.module, launch.kernel, launch.signature, launch.constexprs, launch.attrs,
+                                   launch.options, str(CACHE / f"{stem}.cubin"))))
+    if work:
+        import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_compile_worker_init) as pool:
-        results = list(pool.map(_compile_one, [job for _, job in work]))
-    facts = {}
-    for (key, _), result in zip(work, results):
-        result["occupancy"] = occupancy(result["registers"], result["static_shared"] + result["dynamic_shared"],
-                                        result["threads"])
-        facts[key] = result
+        # The workers import this file by its module name (tests load it by path).
+        for folder in (str(Path(__file__).resolve().parent), str(ROOT)):
+            if folder not in sys.path:
+                sys.path.append(folder)
+        with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(work))),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_compile_worker_init) as pool:
+            results = list(pool.map(_compile_one, [job for _, _, job in work]))
+        for (key, cached, _), result in zip(work, results):
+            result["occupancy"] = occupancy(result["registers"], result["static_shared"] + result["dynamic_shared"],
+                                            result["threads"])
+            cached.write_text(json.dumps(result))
+            facts[key] = result
     return facts
 
 
