@@ -446,7 +446,7 @@ def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
                                          (need_x, need_weight, need_bias))
     else:
         outputs = _batch_norm_leaky_relu_backward_op(
-            grad_out3, x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
+            _in_layout_of(grad_out3, x3), x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
             need_x, need_weight and weight is not None, need_bias and bias is not None, ctx.backend,
         )
         grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
@@ -618,7 +618,7 @@ class _SyncBatchNormLeakyReLUFunction(torch.autograd.Function):
                                              (need_x, need_weight, need_bias), group=_resolve_group(ctx.group_name))
         else:
             outputs = _sync_batch_norm_leaky_relu_backward_op(
-                grad_out3, x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
+                _in_layout_of(grad_out3, x3), x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
                 ctx.backend, ctx.group_name,
             )
             grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
