@@ -40,6 +40,19 @@ def _merge_lanes(m, e, s, count, total):
 
 
 @triton.jit
+def _merge_two(m_a, e_a, s_a, count_a, total_a, m_b, e_b, s_b, count_b, total_b):
+    """Merge two merged states (as _merge_lanes merges lanes); a state that saw nothing
+    (m = -inf, E = S = count = 0) changes nothing."""
+    big_m = tl.maximum(m_a, m_b)
+    rel_a = _offset(m_a, big_m)
+    rel_b = _offset(m_b, big_m)
+    e_all = e_a * tl.exp(rel_a) + e_b * tl.exp(rel_b)
+    s_all = (s_a * tl.exp(rel_a) + count_a * tl.where(count_a > 0, _expm1(rel_a), 0.0)
+             + s_b * tl.exp(rel_b) + count_b * tl.where(count_b > 0, _expm1(rel_b), 0.0))
+    return big_m, e_all, s_all, count_a + count_b, total_a + total_b
+
+
+@triton.jit
 def _offset(x, m):
     """x − m, with equal values (also the same infinity) at distance 0: values tied with an
     infinite maximum weigh 1, the limit of equal large logits, instead of giving NaN."""
@@ -155,10 +168,16 @@ def renyi_forward_kernel(
             m, e, s, count, total = _online_update(m, e, s, count, total, row_ptr,
                                                    full_blocks * BLOCK + tl.arange(0, BLOCK), n_vec, col_stride,
                                                    beta, True)
-            if HAS_REMAINDER:
-                m, e, s, count, total = _online_update(m, e, s, count, total, row_ptr, n_vec + tl.arange(0, BLOCK),
-                                                       n, col_stride, beta, True)
     big_m, e_all, s_all, count_all, total_all = _merge_lanes(m, e, s, count, total)
+    if HAS_REMAINDER:  # the last n % 16 columns, on 16 lanes of their own, merged in after
+        if split == full_blocks // blocks_per_split:
+            rest = _online_update(tl.full([16], float("-inf"), dtype=tl.float32), tl.zeros([16], dtype=tl.float32),
+                                  tl.zeros([16], dtype=tl.float32), tl.zeros([16], dtype=tl.float32),
+                                  tl.zeros([16], dtype=tl.float32), row_ptr, n_vec + tl.arange(0, 16), n, col_stride,
+                                  beta, True)
+            rest_m, rest_e, rest_s, rest_count, rest_total = _merge_lanes(*rest)
+            big_m, e_all, s_all, count_all, total_all = _merge_two(
+                big_m, e_all, s_all, count_all, total_all, rest_m, rest_e, rest_s, rest_count, rest_total)
     if SINGLE_SPLIT:
         result = _finalize(big_m, e_all, s_all, total_all, n, beta, inv_beta, log_n)
         tl.store(out_ptr + row, result.to(out_ptr.dtype.element_ty))
@@ -252,7 +271,7 @@ def renyi_backward_kernel(
     else:
         _renyi_grad_block(row_ptr, grad_row_ptr, col, n_vec, col_stride, g, shift, expsum, beta, True)
         if HAS_REMAINDER:
-            _renyi_grad_block(row_ptr, grad_row_ptr, n_vec + tl.arange(0, BLOCK), n, col_stride, g, shift, expsum,
+            _renyi_grad_block(row_ptr, grad_row_ptr, n_vec + tl.arange(0, 16), n, col_stride, g, shift, expsum,
                               beta, True)
 
 

@@ -83,12 +83,17 @@ def test_no_triton_kernel_spills(triton_rows):
 @needs_interpreter
 @pytest.mark.parametrize("kernel,dtype,case", REQUIRED, ids=[f"{k}-{d}-{c}" for k, d, c in REQUIRED])
 def test_triton_contiguous_paths_use_128_bit_accesses(triton_rows, kernel, dtype, case):
+    """Widest access 128 bits, and no more narrow accesses than a remainder or the per-channel
+    vectors need (a block walked with scalar accesses would add at least 8)."""
     rows = [r for r in triton_rows if r["kernel"] == kernel and r["dtype"] == dtype and case in r["cases"]]
     assert rows, f"{case!r} launched no {dtype} {kernel}"
+    limit = kernel_report.MAX_NARROW_ACCESSES
     for row in rows:
         assert row["widest_load"] == 128, (row["specialisation"], row["loads"])
+        assert kernel_report.narrow_accesses(row["loads"]) <= limit, (row["specialisation"], row["loads"])
         if kernel_report.BANDWIDTH_BOUND_TRITON[kernel]:
             assert row["widest_store"] == 128, (row["specialisation"], row["stores"])
+            assert kernel_report.narrow_accesses(row["stores"]) <= limit, (row["specialisation"], row["stores"])
 
 
 @needs_tools
