@@ -626,9 +626,10 @@ def cases(backend: str = "triton", dtypes=DTYPES, bandwidth: bool = True) -> lis
         add("renyi_divergence (4, 100) over dim 1", "renyi_divergence", dtype_name, 400, (size, 3 * size),
             renyi_rows, True)
 
-        bn_shapes = [((4, 32, 16, 16), "nchw"), ((4, 32, 14, 14), "nchw"), ((4, 32, 7, 7), "nchw"),
-                     ((4, 32, 16, 16), "channels_last"), ((4, 100, 7, 7), "channels_last"),
-                     ((32, 128), "nchw")]
+        # H·W and C multiples of 16, of 8 (8x5, C=24), of 4 (14x14, C=100) and odd (7x7).
+        bn_shapes = [((4, 32, 16, 16), "nchw"), ((4, 32, 8, 5), "nchw"), ((4, 32, 14, 14), "nchw"),
+                     ((4, 32, 7, 7), "nchw"), ((4, 32, 16, 16), "channels_last"), ((4, 24, 7, 7), "channels_last"),
+                     ((4, 100, 7, 7), "channels_last"), ((32, 128), "nchw")]
         for shape, layout in bn_shapes:
             for training in (True, False):
                 def bn(shape=shape, layout=layout, training=training, dtype=dtype):
@@ -937,11 +938,15 @@ def required_triton(dtypes=DTYPES) -> list[tuple]:
         required.append(("gan_bce_forward_kernel", short, "gan_bce_losses d_loss real=96 fake=100"))
         required.append(("renyi_forward_kernel", short, "renyi_divergence n=1000"))
         required.append(("renyi_backward_kernel", short, "renyi_divergence n=1000"))
-        for layout in ("nchw", "channels_last"):
-            case = f"batch_norm_leaky_relu train 4x32x16x16 {layout}"
+        # Sizes and strides whose alignment allows 16-byte vectors of this dtype: multiples of
+        # 16, and (the launcher's ALIGN specialisation) of 8, and for float32 of 4.
+        bn_cases = ["4x32x16x16 nchw", "4x32x8x5 nchw", "4x32x16x16 channels_last", "4x24x7x7 channels_last"]
+        if dtype == "float32":
+            bn_cases += ["4x32x14x14 nchw", "4x100x7x7 channels_last"]
+        for shape in bn_cases:
             for kernel in ("bn_partial_statistics_kernel", "bn_leaky_relu_forward_kernel",
                            "bn_leaky_relu_backward_reduce_kernel", "bn_leaky_relu_backward_input_kernel"):
-                required.append((kernel, short, case))
+                required.append((kernel, short, f"batch_norm_leaky_relu train {shape}"))
     return required
 
 

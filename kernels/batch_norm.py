@@ -70,6 +70,16 @@ def _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64: t
 
 
 @triton.jit
+def _channel_count(C, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr):
+    """C, written as a multiple of ALIGN for channels_last (where the launcher guarantees it),
+    so that the per-channel vectors and their rows in [k, C] buffers are accessed whole
+    vectors at a time too."""
+    if CHANNELS_LAST:
+        C = _aligned(C, ALIGN)
+    return C
+
+
+@triton.jit
 def _tile_mask(channels, positions, C, end, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr):
     """In-bounds lanes of a tile: channels < C and positions < end, with the bound of the
     contiguous dimension written as a multiple of ALIGN so that the mask is constant over
@@ -118,6 +128,7 @@ def bn_partial_statistics_kernel(
     pid_c = tl.program_id(0)
     split = tl.program_id(1)
     channels = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     start = split * positions_per_split
     end = tl.minimum(start + positions_per_split, P)
@@ -228,6 +239,7 @@ def bn_leaky_relu_forward_kernel(
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     positions = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
     mean, invstd, w, b = _normalise_coefficients(
@@ -268,6 +280,7 @@ def bn_leaky_relu_backward_reduce_kernel(
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mean, invstd, w, b = _normalise_coefficients(
         channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
@@ -340,6 +353,7 @@ def bn_leaky_relu_backward_input_kernel(
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     positions = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
     mean, invstd, w, b = _normalise_coefficients(
