@@ -319,8 +319,8 @@ def launch_bounds(cubin: Path) -> dict[str, int]:
     elf = _run([triton_tools()["cuobjdump"], "-elf", cubin]).stdout
     bounds = {}
     for name, body in re.findall(r"^\.nv\.info\.(\S+)\n(.*?)(?=^\.\S|\Z)", elf, flags=re.MULTILINE | re.DOTALL):
-        found = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)",
-                          body)
+        found = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*"
+                          r"(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", body)
         if found:
             bounds[name] = math.prod(int(v, 16) for v in found.groups())
     return bounds
@@ -842,7 +842,8 @@ def write_markdown(path: Path, report: dict) -> None:
         "shared memory, 2048 threads, 32 blocks). Widest load/store: the widest LDG/STG in the SASS.",
         "",
         f"- Date (UTC): {report['date']}; commit {report['commit']}",
-        f"- triton {report['versions']['triton']}, torch {report['versions']['torch']}, nvcc: {report['versions']['nvcc']}",
+        f"- triton {report['versions']['triton']}, torch {report['versions']['torch']}, "
+        f"nvcc {report['versions']['nvcc']}",
         "",
         "## Launches per op call",
         "",
@@ -973,12 +974,14 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes")
     parser.add_argument("--latency-only", action="store_true", help="skip the bandwidth-sized op calls")
     args = parser.parse_args(argv)
+    # Before triton is imported: recording runs the kernels under the interpreter, and the
+    # CUDA launches are counted under emulation.
+    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ.setdefault("FASTGAN_CUDA_EMULATE", "1")
     why = missing_tools()
     if why:
         print(f"kernel_report: cannot compile for sm_90 here: {why}", file=sys.stderr)
         return 2
-    os.environ["TRITON_INTERPRET"] = "1"  # recording runs the kernels under the interpreter
-    os.environ.setdefault("FASTGAN_CUDA_EMULATE", "1")  # and counts the CUDA launches under emulation
     sys.path.insert(0, str(ROOT))
     report = make_report(jobs=args.jobs, bandwidth=not args.latency_only)
     args.out_dir.mkdir(parents=True, exist_ok=True)

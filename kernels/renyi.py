@@ -228,7 +228,8 @@ def _renyi_grad_block(row_ptr, grad_row_ptr, col, bound, col_stride, g, shift, e
         r = tl.load(row_ptr + col * col_stride, mask=mask, other=0.0).to(tl.float32)
     else:
         r = tl.load(row_ptr + col * col_stride).to(tl.float32)
-    grad = (-g * tl.exp(_offset(tl.where(beta == 0.0, 0.0, beta * r), shift)) / expsum).to(grad_row_ptr.dtype.element_ty)
+    grad = -g * tl.exp(_offset(tl.where(beta == 0.0, 0.0, beta * r), shift)) / expsum
+    grad = grad.to(grad_row_ptr.dtype.element_ty)
     if MASKED:
         tl.store(grad_row_ptr + col, grad, mask=mask)
     else:

@@ -137,8 +137,8 @@ class _CountingMode(torch.utils._python_dispatch.TorchDispatchMode):
         if not func.is_view and name not in _NO_KERNEL_OPS:
             self.count.torch += 1
             self.count.names.append(f"torch:{name.removeprefix('aten::')}")
-            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, result)) if isinstance(t, torch.Tensor)]
-            self.count.torch_bytes += sum(t.numel() * t.element_size() for t in tensors)
+            leaves = torch.utils._pytree.tree_leaves((args, kwargs, result))
+            self.count.torch_bytes += sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
         return result
 
 
