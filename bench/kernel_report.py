@@ -759,8 +759,29 @@ def _mix(counts: dict) -> str:
 def _launch_cell(names: list) -> str:
     if not names:
         return "0"
-    short = [n.split(":", 1)[1] if n.startswith("triton:") else n.replace("torch:", "aten ") for n in names]
+    short = [n.split(":", 1)[1] if n.startswith("triton:") else n.replace("torch:", "aten ").replace(":", " ")
+             for n in names]
     return f"{len(names)}: " + ", ".join(short)
+
+
+def summary_rows(triton: list[dict], cuda: list[dict]) -> list[dict]:
+    """Per kernel and dtype: how many specialisations (or instantiations), the register and
+    occupancy range, the most shared memory, spills, and the widest accesses reached."""
+    groups: dict = {}
+    for source, rows in (("triton", triton), ("cuda", cuda)):
+        for row in rows:
+            groups.setdefault((source, row["kernel"], row["dtype"]), []).append(row)
+    summary = []
+    for (source, kernel, dtype), rows in sorted(groups.items()):
+        summary.append(dict(
+            source=source, kernel=kernel, dtype=dtype, variants=len(rows),
+            registers=(min(r["registers"] for r in rows), max(r["registers"] for r in rows)),
+            occupancy=(min(r["occupancy"] or 0 for r in rows), max(r["occupancy"] or 0 for r in rows)),
+            shared=max(r["static_shared"] + r["dynamic_shared"] for r in rows),
+            spills=sum(r["spill_instructions"] for r in rows),
+            widest_load=max(r["widest_load"] for r in rows), widest_store=max(r["widest_store"] for r in rows),
+        ))
+    return summary
 
 
 def triton_rows(launches: list[Launch], facts: dict[str, dict]) -> list[dict]:
@@ -865,6 +886,25 @@ def write_markdown(path: Path, report: dict) -> None:
                      f"{row['bytes_per_element']:.1f} | {row['compulsory_fwd_bwd']:g} |")
     lines += [
         "",
+        "## Summary per kernel",
+        "",
+        "Over the specialisations (Triton) or template instantiations (CUDA) of each kernel and dtype below:",
+        "register and occupancy ranges, the most shared memory (static + dynamic bytes), spill instructions,",
+        "and the widest global load and store any of them reaches.",
+        "",
+        "| source | kernel | dtype | variants | registers | occupancy | shared | spills | widest load | "
+        "widest store |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary_rows(report["triton"], report["cuda"]):
+        low, high = row["registers"]
+        occ_low, occ_high = row["occupancy"]
+        lines.append(
+            f"| {row['source']} | {row['kernel']} | {row['dtype']} | {row['variants']} | "
+            f"{low}–{high} | {occ_low:.0%}–{occ_high:.0%} | {row['shared']} | {row['spills']} | "
+            f"{_width(row['widest_load'])} | {_width(row['widest_store'])} |")
+    lines += [
+        "",
         "## Triton kernels",
         "",
         "One row per distinct specialisation (constexprs on, sizes; *unaligned*: pointers not 16-byte aligned in",
@@ -963,7 +1003,7 @@ def make_report(jobs: int = 2, bandwidth: bool = True) -> dict:
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), commit=_commit(),
         versions=_versions(), target=dict(arch=f"sm_{ARCH}", **H200),
-        calls=calls, cuda_calls=count_cuda_launches(cases("cuda", bandwidth=False)),
+        calls=calls, cuda_calls=count_cuda_launches(cases("cuda", bandwidth=bandwidth)),
         triton=triton, cuda=cuda, failures=check_rows(triton, cuda, required_triton()),
     )
 
