@@ -80,7 +80,7 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 BENCH_STEPS = ("bench-losses", "bench-batch-norm", "bench-training")
 # Skip reasons that mean the GPU or a kernel backend was not used: a failure on a GPU machine.
 NOT_ON_THE_GPU = re.compile(r"backend unavailable|fastgan (cuda|triton):|needs? a (CUDA )?GPU|no CUDA device|not built|"
-                            r"none is visible|on a CPU", re.IGNORECASE)
+                            r"none is visible", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- case selection
@@ -1185,8 +1185,9 @@ def parse_args(argv):
                         help="must: the cases the goals need (default); all: every benchmark case")
     parser.add_argument("--bench-max-time", type=float, default=0.1,
                         help="pytest-benchmark --benchmark-max-time per case (default: %(default)s s)")
-    parser.add_argument("--workers", type=int, default=8, help="pytest-xdist workers for kernel-tests when "
-                                                               "pytest-xdist is installed (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 1) - 4)),
+                        help="pytest-xdist workers for kernel-tests when pytest-xdist is installed (default: "
+                             "the CPUs less 4 for the steps beside it, at most 12: %(default)s here)")
     parser.add_argument("--arch-list", default="9.0", help="TORCH_CUDA_ARCH_LIST for the install "
                                                            "(default: %(default)s)")
     parser.add_argument("--driver-args", default="", help="arguments passed to the kernel driver (one string)")
