@@ -566,8 +566,9 @@ class Run:
             except Exception as error:  # a bug in a step's own check must not stop the others
                 outcome = Outcome("failed", f"{type(error).__name__}: {error}")
         self._record(step, outcome.status, outcome.detail, time.monotonic() - start, seconds)
-        print(f"[gpu_acceptance] {step.name}: {outcome.status} in {time.monotonic() - start:.0f} s"
-              f"{' - ' + outcome.detail if outcome.detail else ''}", flush=True)
+        with self.lock:  # one whole line per step, also when steps finish together
+            print(f"[gpu_acceptance] {step.name}: {outcome.status} in {time.monotonic() - start:.0f} s"
+                  f"{' - ' + outcome.detail if outcome.detail else ''}", flush=True)
         self.write_outputs(final=False)
 
     def _record(self, step, status, detail, seconds, timeout_s) -> None:
@@ -608,7 +609,8 @@ class Run:
                                                  f"{', '.join(failed)})"
         return {"result": result, "started_utc": self.started.isoformat(),
                 "elapsed_s": round(time.monotonic() - self.clock0, 1), "time_limit_s": self.args.time_limit,
-                "bench_cases": self.args.bench_cases, "work_dir": str(self.work), **self.facts, "steps": steps}
+                "bench_cases": self.args.bench_cases, "argv": sys.argv, "work_dir": str(self.work), **self.facts,
+                "steps": steps}
 
 
 def resolve_commit(given: str | None) -> str:
