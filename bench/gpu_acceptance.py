@@ -948,11 +948,11 @@ def build_steps(args) -> list[Step]:
                           _sanitizer(tool), needs=("driver-build",),
                           commands=[sanitizer_command(tool, driver, args.driver_args)]))
     for name, budget, summary in (("bench-losses", 90, "BCE, GAN BCE, Rényi at 256 and 2^26, fp32 + bf16"),
-                                  ("bench-batch-norm", 55, "fused BatchNorm + LeakyReLU training fwd+bwd"),
+                                  ("bench-batch-norm", 70, "fused BatchNorm + LeakyReLU training fwd+bwd"),
                                   ("bench-training", 75, "toy MLP and DCGAN-64 bf16 GAN steps (it/s)")):
         steps.append(Step(name, "time", budget, summary, _pytest_step, needs=("install",),
                           commands=[step_pytest_argv(args, name, None)]))
-    steps.append(Step("report", "time", 20, "bench.json -> bench/report.py -> RESULTS.md, results/", _report,
+    steps.append(Step("report", "time", 15, "bench.json -> bench/report.py -> RESULTS.md, results/", _report,
                       commands=[[sys.executable, "bench/report.py", "<out>/bench.json", "--out-dir", "<out>"]]))
     return steps
 
