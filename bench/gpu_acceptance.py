@@ -1116,8 +1116,9 @@ def dry_run(args, steps: list[Step]) -> int:
         check(f"tool {tool}", "passed" if found else "skipped",
               found or "not on this machine (needed on the GPU machine)")
     plugins = available_plugins()
-    check("pytest plugins", "passed", f"pytest-xdist {'found' if 'xdist' in plugins else 'absent (tests run in one process)'}"
-                                      f", pytest-timeout {'found' if 'timeout' in plugins else 'absent'}")
+    xdist = "found" if "xdist" in plugins else "absent (the tests run in one process)"
+    check("pytest plugins", "passed", f"pytest-xdist {xdist}, pytest-timeout "
+                                      f"{'found' if 'timeout' in plugins else 'absent'}")
 
     failed = [name for name, status, _ in checks if status == "failed"]
     table = ["| check | status | detail |", "|---|---|---|"] + \
@@ -1205,6 +1206,8 @@ def parse_args(argv):
         raise UsageError(f"--time-limit must be more than {RESERVE_S} s; got {args.time_limit}")
     if args.bench_max_time <= 0:
         raise UsageError(f"--bench-max-time must be positive; got {args.bench_max_time}")
+    args.out = args.out.resolve()  # the steps run in the repository root
+    args.work_dir = args.work_dir.resolve() if args.work_dir else None
     args.only = [name for name in args.only.split(",") if name]
     args.skip = [name for name in args.skip.split(",") if name]
     args.driver_args = args.driver_args.split()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -84,6 +83,11 @@ def test_wrapper_passes_arguments_on():
 
 def _steps(*args):
     return acceptance.build_steps(acceptance.parse_args(["--out", "unused", *args]))
+
+
+def test_relative_paths_are_resolved_before_the_steps_change_folder():
+    args = acceptance.parse_args(["--out", "relative/out", "--work-dir", "relative/work"])
+    assert args.out == Path("relative/out").resolve() and args.work_dir == Path("relative/work").resolve()
 
 
 def test_plan_fits_one_device_call_and_covers_the_brief():
@@ -238,8 +242,9 @@ def bench_second_is_interrupted(benchmark):
 def test_interrupted_benchmarks_keep_the_cases_that_finished(tmp_path):
     (tmp_path / "bench_interrupt.py").write_text(BENCH_FILE)
     output = tmp_path / "out.json"
-    argv = [sys.executable, "-m", "pytest", "bench_interrupt.py", "-q", "-p", "no:cacheprovider", "-p", "gpu_acceptance",
-            "-o", "python_functions=bench_*", "-o", "python_files=bench_*.py", f"--benchmark-json={output}"]
+    argv = [sys.executable, "-m", "pytest", "bench_interrupt.py", "-q", "-p", "no:cacheprovider",
+            "-p", "gpu_acceptance", "-o", "python_functions=bench_*", "-o", "python_files=bench_*.py",
+            f"--benchmark-json={output}"]
     result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env=acceptance.python_env())
     assert result.returncode != 0 and "KeyboardInterrupt" in result.stdout
