@@ -1235,6 +1235,10 @@ def main(argv=None) -> int:
     run = Run(args, steps)
     status = run.execute()
     print((args.out / "summary.md").read_text(), flush=True)
+    files = [path for path in args.out.rglob("*") if path.is_file()]
+    if len(files) > 8:
+        print(f"[gpu_acceptance] note: {args.out} holds {len(files)} files (some from before this run); a device "
+              "call brings back 8", flush=True)
     return status
 
 
