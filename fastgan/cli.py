@@ -33,7 +33,12 @@ def collect_info() -> dict:
     from fastgan import _backend
 
     triton_module, triton_reason = _backend._triton_status()
-    extension, extension_reason = _backend._extension_status()
+    extension, extension_reason = _backend._compiled_extension_status()
+    if _backend.emulating():
+        emulated, emulated_reason = _backend._emulated_extension_status()
+        emulation = f"on: {emulated.__file__}" if emulated is not None else f"on, unavailable: {emulated_reason}"
+    else:
+        emulation = "off (FASTGAN_CUDA_EMULATE=1 runs the cuda backend's kernels on CPU tensors)"
     if torch.cuda.is_available():
         index = torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
@@ -48,12 +53,14 @@ def collect_info() -> dict:
         "triton": triton_module.__version__ if triton_module is not None else None,
         "cuda_extension": extension.build_info() if extension is not None else None,
         "cuda_extension_missing": extension_reason or None,
+        "cuda_emulation": emulation,
         "device": device,
         "environment": {
             name: value
             for name, value in (
                 ("FASTGAN_BACKEND", _env("FASTGAN_BACKEND")),
                 ("TRITON_INTERPRET", _env("TRITON_INTERPRET")),
+                ("FASTGAN_CUDA_EMULATE", _env("FASTGAN_CUDA_EMULATE")),
             )
             if value is not None
         },
@@ -84,6 +91,7 @@ def format_info(info: dict) -> str:
         f"  torch         {info['torch']}" + (f" (CUDA {info['torch_cuda']})" if info["torch_cuda"] else " (CPU build)"),
         f"  triton        {info['triton'] or 'not installed'}",
         f"  extension     {built}",
+        f"  emulation     {info['cuda_emulation']}",
         f"  device        {info['device']}",
     ]
     for name, value in info["environment"].items():
