@@ -927,7 +927,7 @@ def _report(run: Run, step: Step, deadline: float) -> Outcome:
 def build_steps(args) -> list[Step]:
     """The plan, in order, with each step's budget in seconds."""
     info = [sys.executable, "-m", "fastgan", "info", "--json"]
-    pip = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-e", "."]
+    pip = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-v", "-e", "."]
     driver = Path("<work>/kernel_driver")
     steps = [
         Step("install", "build", 110, "pip install -e . (FASTGAN_BUILD_CUDA=1, TORCH_CUDA_ARCH_LIST="
