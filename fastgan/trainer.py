@@ -39,9 +39,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fastgan import losses as loss_library
-from fastgan.distributed import gather_batch, process_info, resumed_stream_seed, stream_seed
+from fastgan.distributed import process_info, resumed_stream_seed, stream_seed
 from fastgan.fusion import fuse as fuse_models
 from fastgan.nn import SyncBatchNormLeakyReLU
+from fastgan.ops.collectives import gather_batch
 from fastgan.sampling import truncated_latents
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
