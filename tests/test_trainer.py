@@ -183,7 +183,7 @@ def test_cuda_graphs_match_eager_after_20_steps():
         trainer = toy_trainer(device="cuda", cuda_graphs=graphs, total_steps=20)
         trainer.train(real, 20, 128, log_every=10, noise=noise)
         assert trainer.step == 20
-        assert (trainer._graphs is not None) == graphs, trainer.messages
+        assert trainer._step_graphs.captured == graphs, trainer.messages
         results.append(parameters(trainer) + [p.detach().clone() for p in trainer.ema.parameters()])
     for eager, graphed in zip(*results):
         torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-6)
@@ -195,11 +195,11 @@ def test_cuda_graphs_with_on_device_noise_and_data_resume(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     trainer = toy_trainer(device="cuda", total_steps=40)
     trainer.train(GRID, 20, 128, log_every=10, checkpoint_path=path)
-    assert trainer._graphs is not None, trainer.messages
+    assert trainer._step_graphs.captured, trainer.messages
     resumed = toy_trainer(device="cuda", total_steps=40)
     resumed.resume(path)
     resumed.train(GRID, 40, 64, log_every=10)  # another batch size: captured again
-    assert resumed.step == 40 and resumed._graphs is not None
+    assert resumed.step == 40 and resumed._step_graphs.captured
     assert all(torch.isfinite(p).all() for p in parameters(resumed))
 
 
