@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import tempfile
+import warnings
 from typing import Optional
 
 import torch
@@ -19,7 +21,24 @@ import torch.distributed as dist
 
 from fastgan.distributed import resumed_stream_seed
 
-__all__ = ["load_checkpoint", "restore_trainer", "save_checkpoint", "save_trainer", "trainer_state"]
+__all__ = ["CheckpointError", "load_checkpoint", "restore_trainer", "save_checkpoint", "save_trainer", "trainer_state"]
+
+# What a trainer checkpoint must hold (older ones may lack the per-process random states).
+_TRAINER_KEYS = ("step", "generator", "discriminator", "opt_g", "opt_d")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, damaged, not a checkpoint) or that
+    does not fit the trainer it is loaded into; the message starts with the file's path."""
+
+
+def summarise_error(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (torch's load errors span several), at most ``limit`` characters."""
+    if isinstance(error, pickle.UnpicklingError):  # torch's message is advice about weights_only, not the cause
+        return f"{type(error).__name__}: not a torch checkpoint of tensors and plain data"
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -40,10 +59,30 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def load_checkpoint(path: str, map_location=None) -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code.
+
+    Raises ``FileNotFoundError`` when there is no file, :class:`CheckpointError` (naming the
+    file and torch's reason in one line) when it cannot be read as a dictionary checkpoint."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about legacy files before failing on them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load fails with many types (RuntimeError, EOFError, UnpicklingError, IndexError)
+        raise CheckpointError(f"{path}: not a readable checkpoint, the file is truncated or damaged "
+                              f"({summarise_error(error)})") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(state).__name__}, not a dictionary)")
+    return state
+
+
+def check_trainer_state(state: dict, path: str) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless ``state`` holds what
+    :func:`restore_trainer` needs."""
+    missing = [key for key in _TRAINER_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a fastgan trainer checkpoint (no {', '.join(missing)})")
 
 
 def _random_states(trainer) -> dict:

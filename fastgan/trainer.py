@@ -599,9 +599,15 @@ class Trainer:
         checkpoint.save_trainer(self, path, config)
 
     def resume(self, path: str) -> dict:
-        """Load a checkpoint written by :meth:`save`; returns its config."""
+        """Load a checkpoint written by :meth:`save`; returns its config. Raises
+        :class:`fastgan.checkpoint.CheckpointError` naming ``path`` when the file is damaged or
+        its models and optimisers do not fit this trainer's."""
         state = load_checkpoint(path, map_location=self.device)
-        self.load_state_dict(state)
+        checkpoint.check_trainer_state(state, path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"{path}: does not fit this trainer ({checkpoint.summarise_error(error)})") from error
         return state.get("config", {})
 
 
