@@ -34,6 +34,24 @@ def _figure(width_inches: float, height_inches: float):
     return figure
 
 
+def _wrap(title: str, width_pixels: float) -> str:
+    """``title`` broken into lines that fit ``width_pixels`` at the small font (about 6.5 px a
+    character), at its " · " separators where it has them, else at spaces."""
+    import textwrap
+
+    limit = max(20, int(width_pixels / 6.5))
+    if " · " not in title:
+        return textwrap.fill(title, limit)
+    lines = [""]
+    for part in title.split(" · "):
+        candidate = f"{lines[-1]} · {part}" if lines[-1] else part
+        if len(candidate) <= limit or not lines[-1]:
+            lines[-1] = candidate
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def _save(figure, path: str) -> None:
     figure.savefig(path, format="png", dpi=_DPI, facecolor="white")
 
@@ -66,10 +84,11 @@ def scatter_png(path: str, samples: Tensor, centres: Tensor, title: Optional[str
 
     figure = _figure(size / _DPI, size / _DPI)
     axes = figure.add_subplot()
-    axes.scatter(shown[:, 0], shown[:, 1], s=4, color=_SAMPLE_COLOUR, alpha=0.5, linewidths=0,
-                 label=", ".join(notes))
+    # The centres under the samples, so a mode's samples stay visible on its cross.
     axes.scatter(centres[:, 0], centres[:, 1], s=60, marker="x", color=_CENTRE_COLOUR, linewidths=1.5,
-                 label=f"true centres ({len(centres)})")
+                 label=f"true centres ({len(centres)})", zorder=2)
+    axes.scatter(shown[:, 0], shown[:, 1], s=4, color=_SAMPLE_COLOUR, alpha=0.5, linewidths=0,
+                 label=", ".join(notes), zorder=3)
     axes.set_xlim(middle[0] - half, middle[0] + half)
     axes.set_ylim(middle[1] - half, middle[1] + half)
     axes.set_aspect("equal")
@@ -78,7 +97,7 @@ def scatter_png(path: str, samples: Tensor, centres: Tensor, title: Optional[str
     axes.grid(True, linewidth=0.3, alpha=0.5)
     axes.legend(loc="upper right", fontsize="small", framealpha=0.9)
     if title:
-        axes.set_title(title, fontsize="small")
+        axes.set_title(_wrap(title, size), fontsize="small")
     _save(figure, path)
 
 
@@ -105,8 +124,10 @@ def image_grid_png(path: str, images: Tensor, columns: int = 8, pad: int = 2, ti
         raise ValueError(f"images must be (N >= 1, 1 or 3, H, W), got {tuple(images.shape)}")
     columns = min(columns, images.shape[0])
     grid = _tile(images, columns, pad)
-    title_inches = 0.45 if title else 0.1
-    figure = _figure(grid.shape[1] * scale / _DPI + 0.2, grid.shape[0] * scale / _DPI + title_inches)
+    width = grid.shape[1] * scale + 20
+    title = _wrap(title, width) if title else ""
+    title_inches = 0.1 + 0.2 * (title.count("\n") + 1) if title else 0.1
+    figure = _figure(width / _DPI, grid.shape[0] * scale / _DPI + title_inches)
     axes = figure.add_subplot()
     axes.imshow(grid, interpolation="nearest")
     axes.set_axis_off()

@@ -39,8 +39,8 @@ def test_scatter_draws_the_samples_the_centres_and_the_title(tmp_path):
     with_samples, without = _rgb(tmp_path / "with.png"), _rgb(tmp_path / "without.png")
     assert with_samples.shape == without.shape == (600, 600, 3)
     assert _not_white(with_samples) > 2000  # axes, ticks, legend and points
-    red = _near(with_samples, (214, 39, 40))
-    assert red.sum() > 25 * 20, "the 25 centre crosses"
+    assert _near(without, (214, 39, 40)).sum() > 25 * 20, "the 25 centre crosses"
+    assert _near(with_samples, (214, 39, 40)).sum() > 25 * 4, "the crosses' arms show around the samples"
     # The samples are drawn (blue) where the centres are: many more blue pixels than without them.
     blue_with = _near(with_samples, (143, 166, 197), 60).sum()  # the sample colour at half alpha on white
     blue_without = _near(without, (143, 166, 197), 60).sum()
