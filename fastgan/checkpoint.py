@@ -33,10 +33,12 @@ class CheckpointError(ValueError):
 
 
 def summarise_error(error: BaseException, limit: int = 300) -> str:
-    """``Type: message`` on one line (torch's load errors span several), at most ``limit`` characters."""
+    """``Type: first sentence of the message`` on one line (torch's load errors span several
+    lines and sentences), at most ``limit`` characters."""
     if isinstance(error, pickle.UnpicklingError):  # torch's message is advice about weights_only, not the cause
         return f"{type(error).__name__}: not a torch checkpoint of tensors and plain data"
     text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    text = text.split(". ")[0]  # the first sentence says what failed; torch's advice follows it
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
