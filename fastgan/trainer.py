@@ -17,6 +17,9 @@ captured once after a warm-up and replayed; if capture fails the trainer says wh
 runs eager. Losses and telemetry are summed on the device and read every ``log_every``
 steps; a non-finite loss is recorded on the device with its step and stops training at the
 next read, leaving the last good checkpoint in place.
+
+The trainer holds the step; CUDA-graph capture and replay live in :mod:`fastgan.cuda_graphs`,
+checkpoint files and the state a resume needs in :mod:`fastgan.checkpoint`.
 """
 
 from __future__ import annotations
