@@ -388,12 +388,16 @@ def dcgan_discriminator(width=8):
 def test_fuse_dcgan_pair_matches_unfused(backend, device):
     generator, discriminator = dcgan_generator().to(device), dcgan_discriminator().to(device)
     fused_g, fused_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    assert fastgan.fuse(fused_g, backend=backend) is fused_g
+    report_g = fastgan.fuse(fused_g, backend=backend, report=True)[1]  # a second call finds nothing new
+    assert len(report_g) == 0
+    fused_g = copy.deepcopy(generator)
     g_params = list(fused_g.parameters())
-    report_g = fastgan.fuse(fused_g, backend=backend)
-    report_d = fastgan.fuse(fused_d, backend=backend)
+    fused_g, report_g = fastgan.fuse(fused_g, backend=backend, report=True)
+    fused_d, report_d = fastgan.fuse(fused_d, backend=backend, report=True)
     assert [p.path for p in report_g.fused] == ["1", "4", "7"]
     assert [p.path for p in report_d.fused] == ["3", "5.1"]
-    assert "BatchNormLeakyReLU2d" in str(report_d) and len(report_g) == 3
+    assert "BatchNorm2dLeakyReLU" in str(report_d) and len(report_g) == 3
     assert list(fused_g.parameters()) == g_params  # the same tensors: optimizers keep working
     assert isinstance(fused_g[2], nn.Identity) and fused_g[1].negative_slope == 0.0
     assert fused_d[3].negative_slope == 0.2
@@ -421,11 +425,11 @@ def test_fuse_dcgan_pair_matches_unfused(backend, device):
 
 def test_fuse_leaves_other_modules_alone():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.BatchNorm1d(4))
-    report = fastgan.fuse(model)
+    model, report = fastgan.fuse(model, report=True)
     assert len(report) == 0 and "nothing to fuse" in str(report)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, momentum=None, affine=False), nn.LeakyReLU(0.3))
     model[1].eval()
-    report = fastgan.fuse(model)
+    assert fastgan.fuse(model) is model
     assert isinstance(model[1], BatchNormLeakyReLU1d) and not model[1].training and model[1].momentum is None
     assert model[1].negative_slope == 0.3 and not model[1].affine
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
