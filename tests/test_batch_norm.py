@@ -434,3 +434,74 @@ def test_fuse_leaves_other_modules_alone():
     assert model[1].negative_slope == 0.3 and not model[1].affine
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         fastgan.fuse("model")
+
+
+# --------------------------------------------------------------------------------------
+# Memory and accuracy against eager PyTorch (BatchNorm → activation unfused)
+# --------------------------------------------------------------------------------------
+
+
+def saved_bytes(model, *inputs):
+    """Bytes of the distinct storages autograd saves for the backward of ``model(*inputs)``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    return sum(storages.values())
+
+
+def test_dcgan_saves_no_more_than_eager(backend, device):
+    """A whole DCGAN pair, fused, keeps no more for the backward than eager BatchNorm followed
+    by the examples' in-place activations (which already save only each block's input and
+    output, the output being the next layer's input anyway)."""
+    generator, discriminator = dcgan_generator().to(device), dcgan_discriminator().to(device)
+    fused_g = fastgan.fuse(copy.deepcopy(generator), backend=backend)
+    fused_d = fastgan.fuse(copy.deepcopy(discriminator), backend=backend)
+    z = torch.randn(8, 8, 1, 1, device=device, requires_grad=True)
+    images = torch.randn(8, 3, 32, 32, device=device, requires_grad=True)
+    for plain, fused, x in ((generator, fused_g, z), (discriminator, fused_d, images)):
+        eager, ours = saved_bytes(plain, x), saved_bytes(fused, x)
+        assert ours <= eager, (type(plain[0]).__name__, ours, eager)
+
+
+def relative_error(value, reference):
+    return ((value.double() - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mean,std", [(40.0, 3.0), (1e3, 1.0)])
+def test_error_within_twice_eager_float32(backend, device, mean, std, training, request):
+    """Against float64 on the same float32 inputs, the values and the x, weight and bias
+    gradients are no further off than eager PyTorch's own float32 BatchNorm → LeakyReLU
+    (at most twice its error), on inputs whose mean dwarfs their spread."""
+    if backend != "torch":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="the kernels' float32 sums of x (statistics) and of dz, dz·x̂ (backward) lose to "
+            "eager's double-accumulated ones when |mean| >> std (kernels/batch_norm.py, csrc/)"))
+    shape, channels = (6, 5, 7, 9), 5
+    for slope in (0.0, 0.2):
+        x = (torch.randn(shape, dtype=torch.float64) * std + mean).float().to(device)
+        weight, bias = (torch.randn(channels) + 1).to(device), torch.randn(channels).to(device)
+        running_mean = (mean + std * torch.randn(channels)).to(device)
+        running_var = (std**2 * (0.5 + torch.rand(channels))).to(device)
+        upstream = torch.randn(shape, device=device)
+
+        def run(op, dtype):
+            leaves = [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+            y = op(*leaves, running_mean.to(dtype).clone(), running_var.to(dtype).clone())
+            return (y, *torch.autograd.grad(y, leaves, upstream.to(dtype)))
+
+        def eager(x_, w_, b_, rm, rv):
+            return F.leaky_relu(F.batch_norm(x_, rm, rv, w_, b_, training, 0.1, 1e-5), slope)
+
+        def ours(x_, w_, b_, rm, rv):
+            return batch_norm_leaky_relu(x_, w_, b_, rm, rv, training, 0.1, 1e-5, slope, backend=backend)
+
+        exact, theirs, got = run(eager, torch.float64), run(eager, torch.float32), run(ours, torch.float32)
+        for name, mine, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), got, theirs, exact):
+            ours_error, eager_error = relative_error(mine, reference), relative_error(pytorch, reference)
+            assert ours_error <= 2 * eager_error, (name, slope, ours_error, eager_error)
