@@ -189,6 +189,20 @@ def test_reference_gradcheck_and_double_backward():
         assert torch.autograd.gradgradcheck(fn, (x, weight, bias))
 
 
+def test_torch_backend_gradcheck_and_double_backward():
+    """The torch backend (PyTorch's native kernels, its own autograd Function) in float64."""
+    x = make_input((3, 2, 2, 2), False, "cpu", torch.float64, mean=1.0, scale=1.0).requires_grad_()
+    weight, bias, running_mean, running_var = (t.detach().double() for t in make_params(2, "cpu"))
+    weight.requires_grad_(), bias.requires_grad_()
+    for training in (True, False):
+        def fn(x_, w_, b_):
+            return batch_norm_leaky_relu(x_, w_, b_, running_mean.clone(), running_var.clone(), training, 0.1, 1e-5,
+                                         0.2, backend="torch")
+
+        assert torch.autograd.gradcheck(fn, (x, weight, bias))
+        assert torch.autograd.gradgradcheck(fn, (x, weight, bias))
+
+
 def test_double_backward_r1_penalty(backend, device):
     """An R1-style penalty through a discriminator containing the block: the gradient of
     ||∇_x D(x)||² with respect to x and the block's weight, against the reference."""
@@ -198,11 +212,14 @@ def test_double_backward_r1_penalty(backend, device):
 
     def r1(backend_name):
         xx = x.detach().clone().requires_grad_()
-        out = batch_norm_leaky_relu(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2, backend=backend_name)
+        if backend_name == "reference":
+            out = batch_norm_leaky_relu_reference(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2)
+        else:
+            out = batch_norm_leaky_relu(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2, backend=backend_name)
         (gx,) = torch.autograd.grad((out * probe).sum(), xx, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), (xx, weight, bias))
 
-    for got, want in zip(r1(backend), r1("torch")):
+    for got, want in zip(r1(backend), r1("reference")):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
