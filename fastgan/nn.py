@@ -119,7 +119,7 @@ BatchNormLeakyReLU1d = BatchNorm1dLeakyReLU
 BatchNormLeakyReLU2d = BatchNorm2dLeakyReLU
 
 
-class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.SyncBatchNorm):
+class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.modules.batchnorm._BatchNorm):
     """Fused ``nn.SyncBatchNorm`` → ``nn.LeakyReLU(negative_slope)``: in training, batch
     statistics over the batch concatenated across ``process_group`` (default: the whole world),
     with one collective per forward and one per backward
@@ -130,8 +130,9 @@ class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.SyncBatchNorm):
     may differ, ``weight``/``bias`` gradients are this process's share (data parallelism
     averages them), and nothing is communicated in eval mode. Without an initialised
     ``torch.distributed``, or with a group of one process, it is exactly the unsynchronised
-    fused block. An ``nn.SyncBatchNorm`` itself (``isinstance`` and the class name), so code
-    that looks for BatchNorms finds it."""
+    fused block. A ``_BatchNorm`` with "BatchNorm" in its class name, so code that looks for
+    BatchNorms finds it, but not an ``nn.SyncBatchNorm``: DistributedDataParallel refuses those
+    on the CPU, where this block runs too (gloo)."""
 
     def __init__(
         self,
@@ -147,8 +148,9 @@ class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.SyncBatchNorm):
         negative_slope: float = 0.01,
         backend: Optional[str] = None,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self._set_activation(negative_slope, backend)
+        self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
