@@ -13,8 +13,10 @@ kernels and the backward derivation):
     eval:     μ, σ² = running_mean, running_var
     y = leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias, negative_slope)
 
-Memory: the kernel path saves x and two fp32 vectors of C for the backward (eager PyTorch
-saves the BatchNorm input and the LeakyReLU input: two activation-sized tensors). The
+Memory: the kernel path and the torch backend (PyTorch's ``native_batch_norm`` and
+``native_batch_norm_backward`` with the activation in place, the activation's mask
+recomputed from x in the backward) save x and two vectors of C for the backward; eager
+PyTorch saves the BatchNorm input and the activation's output (in place) or input. The
 in-place-ABN alternative (save y, invert the activation and the affine map to recover x̂)
 is not used: it cannot invert ReLU (slope 0), divides by the weight, and makes an exact
 double backward impossible because x would no longer be in the graph. Saving x keeps the
