@@ -164,7 +164,7 @@ def _is_other_activation(module: nn.Module) -> bool:
 def _sequential_reason(following: Optional[nn.Module], container_path: str) -> str:
     if following is None:
         where = f"nn.Sequential {container_path!r}" if container_path else "the model's nn.Sequential"
-        return f"last in {where}: what follows it is outside (fused only when its parent's forward() can be traced)"
+        return f"last in {where}: what follows it is outside the container"
     if _is_other_activation(following):
         return f"followed by {type(following).__name__}: {_SUPPORTED}"
     return f"followed by {type(following).__name__}, not directly by ReLU/LeakyReLU"

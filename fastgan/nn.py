@@ -166,7 +166,7 @@ class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.modules.batchnorm._Batch
     @classmethod
     def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None) -> torch.nn.Module:
         """Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, and safe for fused blocks: every
-        :class:`BatchNormLeakyReLU1d`/``2d`` in ``module`` becomes a
+        :class:`BatchNorm1dLeakyReLU`/``2d`` in ``module`` becomes a
         :class:`SyncBatchNormLeakyReLU` and every plain ``nn.BatchNorm*d`` an ``nn.SyncBatchNorm``
         (``nn.SyncBatchNorm.convert_sync_batchnorm`` would turn the fused blocks, which are
         BatchNorm modules, into plain ``nn.SyncBatchNorm`` and drop their activation). The new
@@ -177,7 +177,7 @@ class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.modules.batchnorm._Batch
         ``fastgan.fuse(module, sync=True)``.
         """
         converted = module
-        if type(module) in (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d):
+        if type(module) in (BatchNorm1dLeakyReLU, BatchNorm2dLeakyReLU):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
                             process_group, negative_slope=module.negative_slope, backend=module.backend)
             _adopt_state(module, converted)
