@@ -206,9 +206,9 @@ def _native_forward(x, weight, bias, running_mean, running_var, num_batches_trac
         mean_in, var_in = _as_compute(running_mean, dtype), _as_compute(running_var, dtype)
     else:
         mean_in, var_in = x_c.new_zeros(x.shape[1]), x_c.new_zeros(x.shape[1])
-    factor = (1.0 if not direct else momentum) if training and running_mean is not None else 0.0
+    native_momentum = (momentum if direct else 1.0) if training and running_mean is not None else 0.0
     y, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x_c, weight_c, bias_c, mean_in, var_in, training,
-                                                                 factor, eps)
+                                                                 native_momentum, eps)
     if training and running_mean is not None and not direct:
         # mean_in/var_in now hold the batch mean and unbiased variance.
         factor = _running_factor(momentum, num_batches_tracked)
