@@ -354,13 +354,15 @@ class InPlaceThenReused(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm2d(3)
         self.bns = nn.ModuleList([nn.BatchNorm2d(3), nn.BatchNorm2d(3)])
+        self.last = nn.BatchNorm2d(3)
+        self.act = nn.LeakyReLU(0.3)
 
     def forward(self, x):
         h = self.bn(x)
         F.leaky_relu_(h, 0.2)  # in place: h is the activation's output from here on
         for norm in self.bns:
             h = F.relu(norm(h)) * 2
-        return h + h.mean()
+        return self.act(self.last(h)) + h.mean()
 
 
 def test_report_says_what_was_not_fused_and_why():
@@ -410,7 +412,8 @@ def test_in_place_activation_with_later_uses_and_module_lists():
     model = InPlaceThenReused()
     plain = copy.deepcopy(model)
     _, reasons, report = not_fused(model)
-    assert sorted(p.path for p in report.fused) == ["bn", "bns.0", "bns.1"] and not reasons
+    assert sorted(p.path for p in report.fused) == ["bn", "bns.0", "bns.1", "last"] and not reasons
+    assert [model.bn.negative_slope, model.bns[0].negative_slope, model.last.negative_slope] == [0.2, 0.0, 0.3]
     x = (torch.randn(4, 3, 5, 5) * 3 + 2).requires_grad_()
     got, want = model(x), plain(x)
     torch.testing.assert_close(got, want)
