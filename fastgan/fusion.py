@@ -207,7 +207,8 @@ def _activation_of(node: torch.fx.Node, root: nn.Module) -> Optional[_Activation
     target = node.target
     name = getattr(target, "__name__", str(target))
     if target in _RELU_FUNCTIONS:
-        in_place = _RELU_FUNCTIONS[target] or bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+        in_place_argument = node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False)
+        in_place = _RELU_FUNCTIONS[target] or bool(in_place_argument)
         return _Activation(0.0, in_place, name)
     if target in _LEAKY_RELU_FUNCTIONS:
         slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)

@@ -52,9 +52,12 @@ class ExamplesDiscriminator(nn.Module):
         super().__init__()
         self.main = nn.Sequential(
             nn.Conv2d(CHANNELS, WIDTH, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(WIDTH, WIDTH * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH * 2), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(WIDTH * 2, WIDTH * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH * 4), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(WIDTH * 4, WIDTH * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH * 8), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(WIDTH, WIDTH * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(WIDTH * 2, WIDTH * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH * 4),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(WIDTH * 4, WIDTH * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH * 8),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(WIDTH * 8, 1, 4, 1, 0, bias=False), nn.Sigmoid(),
         )
 
@@ -175,9 +178,9 @@ def test_dcgan_fused_matches_unfused(kind, init_before_fuse):
         fake = g(z)
         logits_real, logits_fake = d(real), d(fake)
         outputs[label] = (fake, logits_real, logits_fake)
-        probabilities = (logits_real, logits_fake) if kind == "examples" else (logits_real.sigmoid(), logits_fake.sigmoid())
-        loss = F.binary_cross_entropy(probabilities[0], torch.ones(6)) + F.binary_cross_entropy(probabilities[1],
-                                                                                               torch.zeros(6))
+        on_real, on_fake = (logits_real, logits_fake) if kind == "examples" else (logits_real.sigmoid(),
+                                                                                 logits_fake.sigmoid())
+        loss = F.binary_cross_entropy(on_real, torch.ones(6)) + F.binary_cross_entropy(on_fake, torch.zeros(6))
         grads[label] = torch.autograd.grad(loss, [*g.parameters(), *d.parameters()])
         with torch.no_grad():
             for parameter, grad in zip([*g.parameters(), *d.parameters()], grads[label]):
