@@ -13,7 +13,8 @@ state_dict keys):
   is rewritten on its own and stays right when called alone), the activation is dropped from the
   graph, the BatchNorm child becomes the fused block, and the module gets the regenerated
   forward as an instance attribute (its class is untouched; ``copy.deepcopy`` works, pickling
-  the whole module does not: save state_dicts). A forward that cannot be traced, that branches
+  the whole module does not: save state_dicts). Plain Python attributes the forward branches
+  on are read once, at tracing time. A forward that cannot be traced, that branches
   on ``self.training`` (tracing would freeze the branch), that has a ``None`` default argument
   (an ``is None`` test would be frozen) or that creates tensors is left alone, and the
   ``nn.Sequential`` matcher still runs inside it.
