@@ -496,9 +496,11 @@ def test_error_within_twice_eager_float32(backend, device, mean, std, training, 
     gradients are no further off than eager PyTorch's own float32 BatchNorm → LeakyReLU
     (at most twice its error), on inputs whose mean dwarfs their spread."""
     if backend != "torch":
+        # Known, not yet fixed; not strict: how often the kernels lose depends on the inputs and
+        # on where they run (interpreter, emulator, GPU).
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="the kernels' float32 statistics and normalisation (kernels/batch_norm.py, csrc/) "
-            "lose to eager's when |mean| >> std"))
+            reason="the kernels' float32 statistics and normalisation (kernels/batch_norm.py, csrc/) lose to "
+            "eager's when |mean| >> std"))
     shape, channels = (6, 5, 7, 9), 5
     for slope in (0.0, 0.2):
         x = (torch.randn(shape, dtype=torch.float64) * std + mean).float().to(device)
