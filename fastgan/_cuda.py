@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastgan import _backend
+from fastgan import _backend, _indexing
 
 # Keep in sync with DtypeCode in csrc/common.h.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -44,17 +44,33 @@ def stream_handle(tensor: Tensor) -> int:
 def launch_bce_with_logits_forward(
     input, target, weight, pos_weight, loss, partials, grad, *, target_value, grad_scale, loss_scale, reduce, plan, launch
 ):
-    """CUDA twin of ``fastgan.kernels.bce.launch_bce_with_logits_forward``."""
+    """CUDA twin of ``fastgan.kernels.bce.launch_bce_with_logits_forward``.
+
+    The kernels read every per-element operand in one dtype; mixed operands are cast (exactly)
+    to the loss dtype, their promotion, and a gradient of another dtype is written through a
+    buffer of that dtype, rounded once."""
+    common = loss.dtype
+    operands = (input, target, weight, pos_weight)
+    if any(t is not None and t.dtype != common for t in operands):
+        # A cast copy of a broadcast (expanded) operand is dense: plan the new strides.
+        input, target, weight, pos_weight = (t if t is None else t.to(common) for t in operands)
+        plan = _indexing.plan(input.shape, [input] + [input if t is None else t for t in (target, weight, pos_weight)])
+        if plan is None:
+            input, target, weight, pos_weight = (t if t is None else t.contiguous() for t in (input, target, weight, pos_weight))
+            plan = _indexing.plan(input.shape, [input] + [input if t is None else t for t in (target, weight, pos_weight)])
+    grad_buffer = grad if grad is None or grad.dtype == common else torch.empty_like(grad, dtype=common)
     in_s, tg_s, w_s, pw_s = plan.strides
     _backend.extension().bce_with_logits_forward(
         address(input), dtype_code(input), in_s,
         address(target), dtype_code(target), tg_s if target is not None else _NO_STRIDES,
         address(weight), dtype_code(weight), w_s if weight is not None else _NO_STRIDES,
         address(pos_weight), dtype_code(pos_weight), pw_s if pos_weight is not None else _NO_STRIDES,
-        address(loss), dtype_code(loss), address(partials), address(grad), dtype_code(grad),
+        address(loss), dtype_code(loss), address(partials), address(grad_buffer), dtype_code(grad_buffer),
         target_value, grad_scale, loss_scale, plan.numel, plan.sizes, plan.contiguous, reduce,
         launch.num_programs, stream_handle(input),
     )
+    if grad_buffer is not grad:
+        grad.copy_(grad_buffer)
 
 
 def launch_gan_bce_forward(
@@ -85,6 +101,7 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, 
 def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_backward`` (always 64-bit indexing)."""
     num_rows, n = rows.shape
+    grad_out = grad_out.to(rows.dtype)  # the kernels read one dtype; autograd already gives it
     _backend.extension().renyi_backward(
         address(rows), dtype_code(rows), num_rows, n, rows.stride(0), rows.stride(1),
         address(grad_out), dtype_code(grad_out), grad_out.stride(0),
