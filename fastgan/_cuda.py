@@ -149,6 +149,7 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
 
     The reduction and finalize run when ``training`` or a parameter gradient is asked for; the
     elementwise dx pass when ``grad_x`` is given."""
+    grad_out = grad_out.to(x.dtype)  # the kernels read one activation dtype; autograd already gives it
     n, c, s = x.shape
     _backend.extension().batch_norm_backward(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
@@ -196,6 +197,7 @@ def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, 
 def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
                                     plan, eps, slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_sums``."""
+    grad_out = grad_out.to(x.dtype)  # the kernels read one activation dtype; autograd already gives it
     n, c, s = x.shape
     _backend.extension().batch_norm_backward_sums(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
@@ -213,6 +215,7 @@ def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, gra
 def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
                                      slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_input``."""
+    grad_out = grad_out.to(x.dtype)  # the kernels read one activation dtype; autograd already gives it
     n, c, s = x.shape
     _backend.extension().batch_norm_backward_input(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
