@@ -300,7 +300,12 @@ py::dict build_info() {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+// The emulated CPU build (fastgan/_emulation.py) compiles this file as fastgan._C_emulated.
+#ifndef FASTGAN_MODULE_NAME
+#define FASTGAN_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(FASTGAN_MODULE_NAME, m) {
   m.doc() = "fastgan CUDA kernels (raw pointers, dtype codes and streams; no PyTorch headers)";
   m.def("build_info", &build_info, "How this extension was compiled: CUDA runtime version, target architectures.");
   m.def("bce_with_logits_forward", &bce_with_logits_forward, "Fused BCE-with-logits forward (+ input gradient).");

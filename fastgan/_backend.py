@@ -2,7 +2,9 @@
 
 fastgan has three implementations of every op:
 
-* ``cuda``   -- the compiled extension ``fastgan._C`` (CUDA tensors only);
+* ``cuda``   -- the compiled extension ``fastgan._C`` (CUDA tensors), or with
+  ``FASTGAN_CUDA_EMULATE=1`` the same CUDA sources built for the CPU by the host compiler
+  (``fastgan._C_emulated``, CPU tensors; see :mod:`fastgan._emulation`);
 * ``triton`` -- the Triton kernels in ``fastgan.kernels`` (CUDA tensors, or CPU
   tensors when ``TRITON_INTERPRET=1`` was set before ``triton`` was imported);
 * ``torch``  -- the reference: plain differentiable PyTorch, any device, also float64.
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+from fastgan import _emulation
 
 BACKENDS = ("cuda", "triton", "torch")
 _CHOICES = BACKENDS + ("auto",)
@@ -68,9 +72,13 @@ def use_backend(name: str) -> Iterator[None]:
         _context_stack.pop()
 
 
+def emulating() -> bool:
+    """True when ``FASTGAN_CUDA_EMULATE=1``: the cuda backend runs on CPU tensors, emulated."""
+    return _emulation.enabled()
+
+
 @functools.lru_cache(maxsize=None)
-def _extension_status():
-    """(module or None, reason) for the compiled extension; imported on first use only."""
+def _compiled_extension_status():
     try:
         module = importlib.import_module("fastgan._C")
     except ImportError as error:
@@ -81,8 +89,22 @@ def _extension_status():
     return module, ""
 
 
+@functools.lru_cache(maxsize=None)
+def _emulated_extension_status():
+    try:
+        return _emulation.load(), ""
+    except (_emulation.EmulationError, ImportError, OSError) as error:
+        return None, f"FASTGAN_CUDA_EMULATE=1 but the emulated CUDA build is unavailable: {error}"
+
+
+def _extension_status():
+    """(module or None, reason) for the extension the cuda backend uses; loaded on first use only."""
+    return _emulated_extension_status() if emulating() else _compiled_extension_status()
+
+
 def extension():
-    """The compiled ``fastgan._C`` module; raises :class:`BackendUnavailableError` if absent."""
+    """The extension the cuda backend launches through: ``fastgan._C``, or ``fastgan._C_emulated``
+    under ``FASTGAN_CUDA_EMULATE=1``; raises :class:`BackendUnavailableError` if absent."""
     module, reason = _extension_status()
     if module is None:
         raise BackendUnavailableError(reason)
@@ -116,11 +138,16 @@ def _why_not(name: str, device: torch.device, dtype: torch.dtype) -> str:
     if dtype not in KERNEL_DTYPES:
         return f"the {name} kernels support float32, float16 and bfloat16, not {dtype}"
     if name == "cuda":
+        if emulating():
+            if device.type != "cpu":
+                return f"FASTGAN_CUDA_EMULATE=1 runs the cuda backend on CPU tensors; got a tensor on {device}"
+            return _extension_status()[1]
         missing = _extension_status()[1]
         if missing:
             return missing
         if device.type != "cuda":
-            return f"the cuda backend needs CUDA tensors; got a tensor on {device}"
+            return (f"the cuda backend needs CUDA tensors; got a tensor on {device} "
+                    "(FASTGAN_CUDA_EMULATE=1 runs it on CPU tensors)")
         return ""
     # triton
     reason = _triton_status()[1]
@@ -192,10 +219,14 @@ def backends() -> dict[str, BackendStatus]:
     Returns:
         ``{"cuda": BackendStatus, "triton": BackendStatus, "torch": BackendStatus}``; a
         backend is available when it can run the ops on this machine's tensors (CUDA tensors,
-        or CPU tensors for triton under ``TRITON_INTERPRET=1``).
+        or CPU tensors for triton under ``TRITON_INTERPRET=1`` and for cuda under
+        ``FASTGAN_CUDA_EMULATE=1``).
     """
     gpu_visible = torch.cuda.is_available()
-    cuda_reason = _extension_status()[1] or ("" if gpu_visible else "no CUDA device is visible to torch")
+    if emulating():
+        cuda_reason = _extension_status()[1]
+    else:
+        cuda_reason = _extension_status()[1] or ("" if gpu_visible else "no CUDA device is visible to torch")
     triton_reason = _triton_status()[1]
     if not triton_reason and not gpu_visible and not triton_interpreting():
         triton_reason = "no CUDA device is visible to torch (TRITON_INTERPRET=1 runs it on the CPU)"

@@ -31,8 +31,11 @@ def stream_handle(tensor: Tensor) -> int:
     """The current CUDA stream of ``tensor``'s device, as the integer handle the kernels take.
 
     The extension launches on the calling thread's current device, so a tensor on another
-    device is refused rather than launched into the wrong context.
+    device is refused rather than launched into the wrong context. CPU tensors (the emulated
+    build, ``FASTGAN_CUDA_EMULATE=1``) have no stream: 0.
     """
+    if tensor.device.type == "cpu":
+        return 0
     if tensor.device.index is not None and tensor.device.index != torch.cuda.current_device():
         raise RuntimeError(
             f"fastgan: the cuda backend launches on the current device (cuda:{torch.cuda.current_device()}) "

@@ -26,6 +26,7 @@ def no_extension(monkeypatch):
 @pytest.fixture
 def clean_env(monkeypatch):
     monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    monkeypatch.delenv("FASTGAN_CUDA_EMULATE", raising=False)
     monkeypatch.setattr(_backend, "_warned", set())
 
 
@@ -118,11 +119,12 @@ def test_backends_reports_every_backend_with_reasons():
     for item in status.values():
         assert item.available == (item.reason == "")
     if not torch.cuda.is_available():
-        assert not status["cuda"].available
+        assert status["cuda"].available == _backend.emulating()
         assert status["triton"].available == _backend.triton_interpreting()
 
 
 def test_backends_reasons_without_gpu(monkeypatch):
+    monkeypatch.delenv("FASTGAN_CUDA_EMULATE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(_backend, "_extension_status", lambda: (object(), ""))
     monkeypatch.setattr(_backend, "_triton_status", lambda: (object(), ""))

@@ -46,7 +46,8 @@ STEPS = 3
 
 
 def _device(backend):
-    return torch.device("cuda" if backend == "cuda" else "cpu")
+    """CUDA tensors for the cuda backend on a GPU; CPU tensors otherwise (the emulated cuda build)."""
+    return torch.device("cuda" if backend == "cuda" and torch.cuda.is_available() else "cpu")
 
 
 def _layout(x, memory_format):
