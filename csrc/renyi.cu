@@ -18,7 +18,8 @@
 // Backward: dD/dr_i = −exp(u_i − m)/E = −softmax(β·r)_i, from the saved per-row (m, E); for
 // an infinite m the weights are uniform over the entries tied with m (the same limit).
 //
-// Memory access. The element dtype T is a template parameter (one host dispatch). A row is
+// Memory access. The element dtype T is a template parameter (one host dispatch; the
+// backward's incoming per-row gradient has its own, a second one). A row is
 // walked in 16-byte packs (4 x fp32, 8 x fp16/bf16) when its columns are contiguous and every
 // pack is 16-byte aligned (checked once on the host: base pointer, row stride, split width),
 // then its last columns one by one; other layouts take the strided walk. A pack updates the
@@ -196,7 +197,8 @@ __device__ __forceinline__ float renyi_grad(float r, float beta, float g, float 
   return -g * expf(offset_from(scaled(beta, r), shift)) / expsum;
 }
 
-template <class T, bool PACKED>
+// T: the logits and their gradient; TG: the incoming per-row gradient.
+template <class T, class TG, bool PACKED>
 __global__ void __launch_bounds__(kThreads) renyi_backward_kernel(RenyiBackwardArgs args) {
   const RenyiRows& in = args.input;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) renyi_backward_kernel(RenyiBackwardA
     for (int64_t i = first; i < packs; i += step) {
       const int64_t row = i / row_packs;
       const int64_t col = (i - row * row_packs) * W;
-      const float g = load_element<T>(args.grad_out, row * args.grad_out_stride);
+      const float g = load_element<TG>(args.grad_out, row * args.grad_out_stride);
       const float shift = args.shift[row], expsum = args.expsum[row];
       float r[W], grad[W];
       load_pack<T>(in.ptr, row * in.row_stride + col, r);
@@ -220,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) renyi_backward_kernel(RenyiBackwardA
     if (in.rows == 1 && col < in.n) {
       const float r = load_element<T>(in.ptr, col);
       store_element<T>(args.grad, col,
-                       renyi_grad(r, args.beta, load_element<T>(args.grad_out, 0), args.shift[0], args.expsum[0]));
+                       renyi_grad(r, args.beta, load_element<TG>(args.grad_out, 0), args.shift[0], args.expsum[0]));
     }
   } else {
     const int64_t total = in.rows * in.n;
@@ -228,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) renyi_backward_kernel(RenyiBackwardA
       const int64_t row = i / in.n;
       const int64_t col = i - row * in.n;
       const float r = load_element<T>(in.ptr, row * in.row_stride + col * in.col_stride);
-      const float g = load_element<T>(args.grad_out, row * args.grad_out_stride);
+      const float g = load_element<TG>(args.grad_out, row * args.grad_out_stride);
       store_element<T>(args.grad, i, renyi_grad(r, args.beta, g, args.shift[row], args.expsum[row]));
     }
   }
@@ -290,19 +292,21 @@ void renyi_backward(const RenyiBackwardArgs& args, cudaStream_t stream) {
   const RenyiRows& in = args.input;
   const int64_t elements = in.rows * in.n;
   if (elements == 0) return;
-  require_dtype(args.grad_out_dtype, in.dtype, op, "the incoming gradient");
   require_dtype(args.grad_dtype, in.dtype, op, "the gradient");
   const bool packed = rows_packed(in, in.rows == 1 ? 0 : in.n) && aligned16(args.grad);
   const int64_t per_block = static_cast<int64_t>(kThreads) * (packed ? pack_width(in.dtype) : 4);
   const int64_t blocks = (elements + per_block - 1) / per_block;
   const unsigned int grid = grid_size(blocks < 65536 * 16 ? blocks : 65536 * 16, op);
   dispatch_dtype(in.dtype, op, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (packed) {
-      renyi_backward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args);
-    } else {
-      renyi_backward_kernel<T, false><<<grid, kThreads, 0, stream>>>(args);
-    }
+    dispatch_dtype(args.grad_out_dtype, op, [&](auto grad_out_tag) {
+      using T = typename decltype(tag)::type;
+      using TG = typename decltype(grad_out_tag)::type;
+      if (packed) {
+        renyi_backward_kernel<T, TG, true><<<grid, kThreads, 0, stream>>>(args);
+      } else {
+        renyi_backward_kernel<T, TG, false><<<grid, kThreads, 0, stream>>>(args);
+      }
+    });
   });
   check_launch(op);
 }

@@ -104,7 +104,6 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, 
 def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_backward`` (always 64-bit indexing)."""
     num_rows, n = rows.shape
-    grad_out = grad_out.to(rows.dtype)  # the kernels read one dtype; autograd already gives it
     _backend.extension().renyi_backward(
         address(rows), dtype_code(rows), num_rows, n, rows.stride(0), rows.stride(1),
         address(grad_out), dtype_code(grad_out), grad_out.stride(0),
