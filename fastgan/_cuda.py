@@ -58,8 +58,9 @@ def launch_bce_with_logits_forward(
         # A cast copy of a broadcast (expanded) operand is dense: plan the new strides.
         input, target, weight, pos_weight = (t if t is None else t.to(common) for t in operands)
         plan = _indexing.plan(input.shape, [input] + [input if t is None else t for t in (target, weight, pos_weight)])
-        if plan is None:
-            input, target, weight, pos_weight = (t if t is None else t.contiguous() for t in (input, target, weight, pos_weight))
+        if plan is None:  # more than 4 dimensions that do not merge: dense copies always plan
+            input, target, weight, pos_weight = (t if t is None else t.contiguous() for t in (input, target, weight,
+                                                                                              pos_weight))
             plan = _indexing.plan(input.shape, [input] + [input if t is None else t for t in (target, weight, pos_weight)])
     grad_buffer = grad if grad is None or grad.dtype == common else torch.empty_like(grad, dtype=common)
     in_s, tg_s, w_s, pw_s = plan.strides

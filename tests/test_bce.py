@@ -199,7 +199,8 @@ def test_bce_packed_and_element_walks(backend, device, layout, reduction, dtype)
     if dtype == torch.float32:
         torch_lowp = torch_grad = None
     assert_matches_reference(ours, torch_lowp, ref, dtype, "loss", scale=ref.abs().max().expand_as(ref))
-    assert_matches_reference(our_grad, torch_grad, ref_grad, dtype, "grad", scale=ref_grad.abs().max().expand_as(ref_grad))
+    grad_scale = ref_grad.abs().max().expand_as(ref_grad)
+    assert_matches_reference(our_grad, torch_grad, ref_grad, dtype, "grad", scale=grad_scale)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
