@@ -115,6 +115,17 @@ def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_in
 _NO_STRIDES_3D = (0, 0, 0)
 
 
+def _in_layout_of(grad_out: Tensor, x: Tensor) -> Tensor:
+    """The incoming gradient in x's dtype and, when x is dense, x's strides (a copy only when
+    they differ): the backward kernels then walk x, dy and dx in one layout, in 16-byte packs
+    where it allows, instead of reading dy across its rows."""
+    grad_out = grad_out.to(x.dtype)
+    if grad_out.stride() == x.stride():
+        return grad_out
+    like = torch.empty_like(x)
+    return like.copy_(grad_out) if like.stride() == x.stride() else grad_out
+
+
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
                                     partials, *, plan, momentum, cumulative, eps, slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_train`` (always 64-bit offsets)."""
@@ -152,7 +163,7 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
 
     The reduction and finalize run when ``training`` or a parameter gradient is asked for; the
     elementwise dx pass when ``grad_x`` is given."""
-    grad_out = grad_out.to(x.dtype)  # the kernels read one activation dtype; autograd already gives it
+    grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
     _backend.extension().batch_norm_backward(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
@@ -200,7 +211,7 @@ def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, 
 def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
                                     plan, eps, slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_sums``."""
-    grad_out = grad_out.to(x.dtype)  # the kernels read one activation dtype; autograd already gives it
+    grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
     _backend.extension().batch_norm_backward_sums(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
@@ -218,7 +229,7 @@ def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, gra
 def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
                                      slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_input``."""
-    grad_out = grad_out.to(x.dtype)  # the kernels read one activation dtype; autograd already gives it
+    grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
     _backend.extension().batch_norm_backward_input(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
