@@ -207,12 +207,14 @@ def test_renyi_kernel_gradient_at_an_infinite_maximum_is_the_limit(kernel_backen
 
 
 # Rows walked by the kernels in 16-byte packs (contiguous, aligned, a multiple of the pack
-# width or one row with a tail), and the rows that are not (odd row stride, a misaligned
-# start, a strided column walk).
+# width, or one row with a tail, also split across programs), and the rows that are not (odd
+# row stride, a misaligned start, a strided column walk).
+LONG_ROW = 2 * _launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 5
 WALK_LAYOUTS = {
-    "rows_of_40": lambda base: base[:, :40],
-    "rows_of_37": lambda base: base[:, :37],
+    "rows_of_40": lambda base: base[:, :40].contiguous(),
+    "rows_of_37": lambda base: base[:, :37].contiguous(),
     "one_row_of_13": lambda base: base[0, :13],
+    "one_split_row": lambda base: base.reshape(-1)[:LONG_ROW],
     "offset_by_one": lambda base: base.reshape(-1)[1:202],
     "strided_columns": lambda base: base[:, :40:2],
 }
@@ -221,9 +223,7 @@ WALK_LAYOUTS = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", list(WALK_LAYOUTS))
 def test_renyi_packed_tail_and_strided_walks(backend, device, layout, dtype):
-    base = log_ratios((6, 48), device, dtype)
-    if layout in ("rows_of_40", "rows_of_37"):
-        base = base[:, :40].contiguous() if layout == "rows_of_40" else base[:, :37].contiguous()
+    base = log_ratios((6, 48) if layout != "one_split_row" else (LONG_ROW,), device, dtype)
     r = WALK_LAYOUTS[layout](base).detach().requires_grad_()
     dim = r.dim() - 1
     for alpha in (0.5, 2.0):
