@@ -14,8 +14,15 @@ Online form: each lane keeps (m, E, S, count, Σr) over the columns it visits; a
 m' rescales E' = E·e^(m−m') and S' = S·e^(m−m') + count·expm1(m−m'). Lanes, then blocks of a
 split row, merge the same way.
 
+Infinities: a difference u − m is 0 when u = m, also for the same infinity, so values tied
+with an infinite maximum weigh 1 (the limit of equal large logits): one β·r = −∞ adds 0 to E
+and −1 to S (r = [0, 0, 0, +∞] at α = 2 gives log 0.75), and a row with m = ±∞ gives
+D_α = ∓∞/β, as (logsumexp(β·r) − log N)/(α − 1) does with torch.logsumexp's infinities.
+β·r is taken as 0 at β = 0 (the weights are uniform there, even for infinite r).
+
 Backward derivation: dD/dr_i = −(1/β)·β·exp(β·r_i − m)/E = −softmax(β·r)_i, so the backward
-kernel reads r once more with the saved per-row (m, E): grad_i = −g·exp(β·r_i − m)/E.
+kernel reads r once more with the saved per-row (m, E): grad_i = −g·exp(β·r_i − m)/E (for an
+infinite m, uniform over the entries tied with it).
 """
 
 import triton
@@ -26,10 +33,17 @@ import triton.language as tl
 def _merge_lanes(m, e, s, count, total):
     """Merge per-lane (m, E, S, count, Σr) into one (M, E, S, count, Σr) for the block."""
     big_m = tl.max(m, axis=0)
-    rel = m - big_m  # -inf for lanes that saw nothing: they contribute 0 everywhere below
+    rel = _offset(m, big_m)  # -inf for lanes below the maximum; lanes that saw nothing have e = s = count = 0
     e_all = tl.sum(e * tl.exp(rel), axis=0)
     s_all = tl.sum(s * tl.exp(rel) + count * tl.where(count > 0, _expm1(rel), 0.0), axis=0)
     return big_m, e_all, s_all, tl.sum(count, axis=0), tl.sum(total, axis=0)
+
+
+@triton.jit
+def _offset(x, m):
+    """x − m, with equal values (also the same infinity) at distance 0: values tied with an
+    infinite maximum weigh 1, the limit of equal large logits, instead of giving NaN."""
+    return tl.where(x == m, 0.0, x - m)
 
 
 @triton.jit
@@ -95,11 +109,10 @@ def renyi_forward_kernel(
         col = split * cols_per_split + it * BLOCK + tl.arange(0, BLOCK)
         mask = col < n
         r = tl.load(rows_ptr + row * row_stride + col * col_stride, mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(mask, beta * r, float("-inf"))
+        x = tl.where(mask, tl.where(beta == 0.0, 0.0, beta * r), float("-inf"))  # β = 0: uniform weights
         m_new = tl.maximum(m, x)
-        seen = m_new > float("-inf")
-        delta = tl.where(seen, m - tl.where(seen, m_new, 0.0), 0.0)  # ≤ 0; -inf for a lane's first value
-        rel = tl.where(mask, x - tl.where(seen, m_new, 0.0), 0.0)
+        delta = _offset(m, m_new)  # ≤ 0; -inf when a lane's first value above -inf arrives
+        rel = tl.where(mask, _offset(x, m_new), 0.0)
         rescale = tl.exp(delta)
         e = e * rescale + tl.where(mask, tl.exp(rel), 0.0)
         s = s * rescale + count * tl.where(count > 0, _expm1(delta), 0.0) + tl.where(mask, _expm1(rel), 0.0)
@@ -177,7 +190,7 @@ def renyi_backward_kernel(
     g = tl.load(grad_out_ptr + row * grad_out_stride).to(tl.float32)
     shift = tl.load(shift_ptr + row)
     expsum = tl.load(expsum_ptr + row)
-    grad = -g * tl.exp(beta * r - shift) / expsum
+    grad = -g * tl.exp(_offset(tl.where(beta == 0.0, 0.0, beta * r), shift)) / expsum
     tl.store(grad_ptr + row * n + col, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 

@@ -176,6 +176,66 @@ def test_half_precision_within_pytorchs_own_error(backend, device):
                 assert (ours.double() - ref).abs().max().item() <= allowed
 
 
+# Layouts that select each cuda walk: planar 16-byte packs (H·W a multiple of 8), channels-last
+# packs (C = 8, 16: a multiple of the pack width), and element by element (H·W = 7×5 planar,
+# C = 17 channels-last, and storage starting one element in, as x[1:] does).
+WALK_CASES = {
+    "planar_16x16": ((2, 8, 16, 16), False, False),
+    "planar_7x5": ((2, 16, 7, 5), False, False),
+    "channels_last_C8_16x16": ((2, 8, 16, 16), True, False),
+    "channels_last_C16_7x5": ((3, 16, 7, 5), True, False),
+    "channels_last_C17_16x16": ((2, 17, 16, 16), True, False),
+    "planar_offset_by_one": ((2, 8, 16, 16), False, True),
+    "channels_last_offset_by_one": ((3, 16, 7, 5), True, True),
+}
+
+
+def offset_by_one(x):
+    """x's values and strides in a storage that starts one element earlier (misaligned)."""
+    storage = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    moved = storage[1:].as_strided(x.shape, x.stride())
+    moved.copy_(x)
+    return moved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", list(WALK_CASES))
+def test_packed_and_element_walks_match_float64(backend, device, case, training, dtype):
+    """Every walk, forward and backward, with the incoming gradient in x's layout (so that
+    all three backward tensors share it); bfloat16 within PyTorch's own error."""
+    shape, channels_last, misaligned = WALK_CASES[case]
+    x = make_input(shape, channels_last, device, dtype, mean=3.0, scale=2.0)
+    if misaligned:
+        x = offset_by_one(x)
+    weight, bias, running_mean, running_var = make_params(shape[1], device)
+    running_mean.fill_(3.0), running_var.fill_(4.0)
+    x = x.detach().requires_grad_()
+    rm, rv = running_mean.clone(), running_var.clone()
+    y = batch_norm_leaky_relu(x, weight, bias, rm, rv, training, 0.1, 1e-5, 0.2, backend=backend)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    upstream = torch.empty_like(x, dtype=torch.float64).copy_(torch.randn(shape, dtype=torch.float64))
+    grads = torch.autograd.grad(y, (x, weight, bias), upstream.to(dtype))
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = weight.detach().double().requires_grad_(), bias.detach().double().requires_grad_()
+    rm64, rv64 = running_mean.double().clone(), running_var.double().clone()
+    y64 = eager64(x64, w64, b64, rm64, rv64, training, 0.1, 1e-5, 0.2)
+    grads64 = torch.autograd.grad(y64, (x64, w64, b64), upstream)
+    if dtype == torch.float32:
+        assert_matches((y, grads, rm, rv), (y64, grads64, rm64, rv64))
+        return
+    # PyTorch's own: the block in float32 on the same inputs, rounded to the dtype.
+    x32 = x.detach().float().requires_grad_()
+    w32, b32 = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    y32 = eager64(x32, w32, b32, running_mean.double().clone(), running_var.double().clone(), training, 0.1, 1e-5,
+                  0.2).to(dtype)
+    grads32 = torch.autograd.grad(y32, (x32, w32, b32), upstream.to(dtype))
+    eps = torch.finfo(dtype).eps
+    for ours, theirs, ref in ((y, y32, y64), *zip(grads, (grads32[0].to(dtype),) + grads32[1:], grads64)):
+        allowed = 2 * (theirs.double() - ref).abs().max().item() + 2 * eps * ref.abs().max().item()
+        assert (ours.double() - ref).abs().max().item() <= allowed
+
+
 def test_reference_gradcheck_and_double_backward():
     x = make_input((3, 2, 2, 2), False, "cpu", torch.float64, mean=1.0, scale=1.0).requires_grad_()
     weight, bias, running_mean, running_var = (t.detach().double() for t in make_params(2, "cpu"))
