@@ -4,10 +4,18 @@ The extension's C++ includes no PyTorch headers, so this file never imports torc
 compiles ``csrc/*.cu`` and ``csrc/bindings.cpp`` with nvcc and links them (CUDA runtime
 statically) into ``fastgan/_C``. A build needs no GPU.
 
+Beside it, ``fastgan._C_emulated``: the same CUDA sources built by the host C++ compiler
+against csrc/emulation, so the ``cuda`` backend runs on CPU tensors under
+``FASTGAN_CUDA_EMULATE=1`` (fastgan/_emulation.py, which builds it on first use when it is not
+built here). The sources ship in the package (fastgan/csrc) for that.
+
 Environment:
   FASTGAN_BUILD_CUDA    auto (default): build when nvcc is found, else install without the
                         extension and say why in one line; 1: the extension is required;
                         0: never build it.
+  FASTGAN_BUILD_EMULATED  auto (default): build the emulated extension when a host C++
+                        compiler works, else say why in one line (it is then built on first
+                        use); 1: required; 0: never at install time.
   TORCH_CUDA_ARCH_LIST  target architectures, e.g. "8.0;9.0+PTX" (the default).
   MAX_JOBS              parallel nvcc jobs (default: the number of CPUs).
   CUDA_HOME / CUDA_PATH the CUDA toolkit, when not found from nvcc on PATH or /usr/local/cuda.
@@ -15,6 +23,7 @@ Environment:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -38,12 +47,12 @@ class BuildError(RuntimeError):
     """The CUDA extension cannot be built (the message says why)."""
 
 
-def build_mode(environ=os.environ) -> str:
-    """FASTGAN_BUILD_CUDA as one of auto, 0, 1."""
-    value = environ.get("FASTGAN_BUILD_CUDA", "auto").strip().lower() or "auto"
+def build_mode(environ=os.environ, variable: str = "FASTGAN_BUILD_CUDA") -> str:
+    """A build switch (FASTGAN_BUILD_CUDA, FASTGAN_BUILD_EMULATED) as one of auto, 0, 1."""
+    value = environ.get(variable, "auto").strip().lower() or "auto"
     aliases = {"auto": "auto", "1": "1", "true": "1", "yes": "1", "on": "1", "0": "0", "false": "0", "no": "0", "off": "0"}
     if value not in aliases:
-        raise SystemExit(f"fastgan: FASTGAN_BUILD_CUDA must be auto, 0 or 1; got {value!r}")
+        raise SystemExit(f"fastgan: {variable} must be auto, 0 or 1; got {value!r}")
     return aliases[value]
 
 
@@ -123,21 +132,46 @@ def find_cuda_home(environ=os.environ) -> tuple[Path | None, str]:
     return None, "nvcc not found (set CUDA_HOME, put nvcc on PATH, or install the toolkit in /usr/local/cuda)"
 
 
+def _emulation_builder():
+    """fastgan/_emulation.py, loaded by path (importing the package would import torch)."""
+    spec = importlib.util.spec_from_file_location("_fastgan_emulation_build", ROOT / "fastgan" / "_emulation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class BuildCudaExtension(build_ext):
     """Compiles the extension with nvcc, without torch.utils.cpp_extension (torch is not a
-    build dependency). In ``auto`` mode a failure leaves the package installable without it."""
+    build dependency), then the emulated CPU build. In ``auto`` mode a failure leaves the
+    package installable without it."""
 
     def run(self):
         mode = build_mode()
         if mode == "0":
             self._skip("FASTGAN_BUILD_CUDA=0")
+        else:
+            try:
+                super().run()
+            except BuildError as error:
+                if mode == "1":
+                    raise SystemExit(f"fastgan: FASTGAN_BUILD_CUDA=1 but the CUDA extension cannot be built: {error}")
+                self._skip(f"{error} (set FASTGAN_BUILD_CUDA=1 to make this an error, 0 to silence it)")
+        self._build_emulated()
+
+    def _build_emulated(self) -> None:
+        mode = build_mode(variable="FASTGAN_BUILD_EMULATED")
+        if mode == "0":
             return
+        target = Path(self.get_ext_fullpath("fastgan._C_emulated"))
+        builder = _emulation_builder()
         try:
-            super().run()
-        except BuildError as error:
+            print(f"fastgan: building the emulated CUDA kernels (FASTGAN_CUDA_EMULATE=1) into {target.parent}", flush=True)
+            builder.install_module(target.parent, CSRC)
+        except builder.EmulationError as error:
             if mode == "1":
-                raise SystemExit(f"fastgan: FASTGAN_BUILD_CUDA=1 but the CUDA extension cannot be built: {error}")
-            self._skip(f"{error} (set FASTGAN_BUILD_CUDA=1 to make this an error, 0 to silence it)")
+                raise SystemExit(f"fastgan: FASTGAN_BUILD_EMULATED=1 but the emulated build failed: {error}")
+            print(f"fastgan: the emulated CUDA kernels are not built now ({str(error).splitlines()[0]}); "
+                  "FASTGAN_CUDA_EMULATE=1 builds them on first use", file=sys.stderr, flush=True)
 
     def _skip(self, why: str) -> None:
         self.extensions = []
@@ -203,8 +237,12 @@ def _run_compiler(command: list[str]) -> str:
 
 if __name__ == "__main__":
     setup(
-        packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels"],
-        package_dir={"fastgan.kernels": "kernels"},
+        packages=find_packages(include=["fastgan", "fastgan.*"])
+        + ["fastgan.kernels", "fastgan.csrc", "fastgan.csrc.emulation", "fastgan.csrc.testing"],
+        package_dir={"fastgan.kernels": "kernels", "fastgan.csrc": "csrc"},
+        # The CUDA sources, for the emulated build on first use (fastgan/_emulation.py).
+        package_data={"fastgan.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp"], "fastgan.csrc.emulation": ["*.h", "*.cpp"],
+                      "fastgan.csrc.testing": ["*.cu"]},
         ext_modules=[Extension("fastgan._C", sources=[str(p.relative_to(ROOT)) for p in CUDA_SOURCES])],
         cmdclass={"build_ext": BuildCudaExtension},
     )

@@ -240,11 +240,12 @@ def build_module(output: Path, csrc: Optional[Path] = None, sanitize: Optional[s
 
 
 def build_executable(output: Path, main_source: Path, csrc: Optional[Path] = None,
-                     sanitize: Optional[str] = None) -> Path:
-    """Compile a program (e.g. csrc/testing/kernel_driver.cu) with every kernel, emulated."""
+                     sanitize: Optional[str] = None, with_kernels: bool = True) -> Path:
+    """Compile a program (e.g. csrc/testing/kernel_driver.cu), emulated, with every kernel of
+    csrc/ unless ``with_kernels`` is false; ``sanitize``: None, "address" (+UBSan) or "thread"."""
     csrc = csrc or source_dir()
     flags = [*_COMMON_FLAGS, *SANITIZERS[sanitize], *_include_flags(csrc)]
-    sources = [main_source, *kernel_sources(csrc), csrc / "emulation" / "emulator.cpp"]
+    sources = [main_source, *(kernel_sources(csrc) if with_kernels else []), csrc / "emulation" / "emulator.cpp"]
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fastgan-emulate-") as tmp:
         objects = _objects(csrc, Path(tmp), sources, flags)

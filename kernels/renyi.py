@@ -33,7 +33,7 @@ import triton.language as tl
 def _merge_lanes(m, e, s, count, total):
     """Merge per-lane (m, E, S, count, Σr) into one (M, E, S, count, Σr) for the block."""
     big_m = tl.max(m, axis=0)
-    rel = _offset(m, big_m)  # -inf for lanes below the maximum that saw only -inf; lanes that saw nothing have e = s = 0
+    rel = _offset(m, big_m)  # -inf for lanes below the maximum; lanes that saw nothing have e = s = count = 0
     e_all = tl.sum(e * tl.exp(rel), axis=0)
     s_all = tl.sum(s * tl.exp(rel) + count * tl.where(count > 0, _expm1(rel), 0.0), axis=0)
     return big_m, e_all, s_all, tl.sum(count, axis=0), tl.sum(total, axis=0)

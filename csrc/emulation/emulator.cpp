@@ -249,8 +249,8 @@ void fiber_main() {
 #endif
   hb_acquire(&scheduler.launch_token);
   block_body(block_context);
-  hb_release(&scheduler.done_token);
   self.status.set(kExited);
+  hb_release(&scheduler.done_token);
   yield_to_scheduler(self, true);
   std::abort();  // an exited fiber is never resumed
 }

@@ -23,6 +23,13 @@ with the limit −mean(r) to float32 precision. α = 1 exactly uses −mean(r).
 
 The kernels keep (m, E, S, count, Σr) per lane and per block, merged with the rescaling
 E' = E·e^(m−m'), S' = S·e^(m−m') + count·expm1(m−m') (again one-signed terms).
+
+Infinite logits. Every difference from the maximum is 0 for values equal to it, also when
+both are the same infinity (the limit of equal large logits). So a β·r of −∞ (r = +∞ with
+α > 1, r = −∞ with α < 1) weighs 0 and the rest is unchanged: r = [0, 0, 0, +∞] at α = 2 gives
+log(3/4). A maximum m = ±∞ gives D_α = ∓∞/β, i.e. (logsumexp(β·r) − log N)/(α − 1) with
+torch.logsumexp's infinities (+∞ when some β·r is +∞, −∞ when all are −∞); the kernels'
+gradient there is uniform over the entries tied with m; NaN anywhere gives NaN.
 """
 
 from __future__ import annotations
@@ -76,7 +83,9 @@ def renyi_divergence_reference(log_ratio: Tensor, alpha: float, dim: int = 0, ke
         return (-r.mean(dim, keepdim=keepdim)).to(log_ratio.dtype)
     scaled = beta * r
     shift = scaled.amax(dim, keepdim=True).detach()  # the result does not depend on the shift
-    shifted = scaled - shift
+    # Values tied with an infinite maximum sit at distance 0 (weight 1, the limit of equal large
+    # logits) instead of inf − inf = NaN; D_α is then ∓∞/β, as logsumexp's infinities give.
+    shifted = torch.where((scaled == shift) & torch.isinf(shift), 0.0, scaled - shift)
     exp_sum = torch.exp(shifted).sum(dim, keepdim=True)
     expm1_sum = torch.expm1(shifted).sum(dim, keepdim=True)
     near_uniform = exp_sum > 0.5 * n
