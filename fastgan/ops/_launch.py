@@ -103,8 +103,9 @@ class LaunchCount:
     (``FASTGAN_CUDA_EMULATE=1``; on a GPU use ``torch.profiler``, as bench/ does);
     ``torch``: ATen operators that run a kernel (views and allocations excluded), e.g. the
     multiply of an autograd backward; ``torch_bytes``: the bytes of their tensor arguments
-    and results; ``names``: every launch in order, ``"triton:<kernel>"``
-    or ``"torch:<operator>"``.
+    and results; ``names``: every launch, ``"triton:<kernel>"`` and ``"torch:<operator>"`` in
+    order, then ``"cuda:kernel"`` once per emulated CUDA launch (the emulation counts, it does
+    not name).
     """
 
     triton: int = 0
