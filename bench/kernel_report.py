@@ -343,6 +343,7 @@ class Launch:
     attrs: list  # [[path, [[name, value], ...]], ...]
     options: dict  # num_warps, num_stages, num_ctas
     grid: list
+    bytes_moved: int = 0  # bytes its loads and stores requested (when executed)
 
     @property
     def key(self) -> str:
@@ -410,15 +411,18 @@ class Recorder:
         original_load, original_store = builder.create_masked_load, builder.create_masked_store
 
         def run(kernel, *args, grid, warmup, **kwargs):
-            if not warmup:
-                signature, constexprs, attrs, options = specialise(kernel, args, kwargs)
-                recorder.launches.append(Launch(
-                    recorder.case, kernel.fn.__module__, kernel.fn.__name__, signature, constexprs, attrs, options,
-                    list(grid) if isinstance(grid, (tuple, list)) else [str(grid)],
-                ))
-            if recorder.execute:
+            if warmup:
                 return original_run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
-            return None
+            signature, constexprs, attrs, options = specialise(kernel, args, kwargs)
+            launch = Launch(recorder.case, kernel.fn.__module__, kernel.fn.__name__, signature, constexprs, attrs,
+                            options, list(grid) if isinstance(grid, (tuple, list)) else [str(grid)])
+            recorder.launches.append(launch)
+            if not recorder.execute:
+                return None
+            before = recorder.bytes_loaded + recorder.bytes_stored
+            result = original_run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+            launch.bytes_moved = recorder.bytes_loaded + recorder.bytes_stored - before
+            return result
 
         def masked_load(self, ptrs, mask, other, *rest):
             recorder.bytes_loaded += int(mask.data.sum()) * ptrs.get_element_ty().primitive_bitwidth // 8
@@ -666,20 +670,24 @@ def run_cases(selected: list[Case], recorder: Recorder | None = None) -> list[di
             recorder.case = case.name
         call, inputs = case.make()
         call()  # warm-up: a first call may do one-time work
-        if recorder is not None:
-            start_loaded, start_stored = recorder.bytes_loaded, recorder.bytes_stored
+        first = len(recorder.launches) if recorder is not None else 0
         with _launch.count_launches() as forward_count:
             outputs = call()
         backward = _grad_call(outputs, inputs)
         with _launch.count_launches() as backward_count:
             backward()
-        moved = forward_count.torch_bytes + backward_count.torch_bytes
-        if recorder is not None:
-            moved += recorder.bytes_loaded - start_loaded + recorder.bytes_stored - start_stored
+        measured = recorder.launches[first:] if recorder is not None else []
+        per_kernel: dict[str, float] = {}
+        for launch in measured:
+            per_kernel[launch.kernel] = per_kernel.get(launch.kernel, 0.0) + launch.bytes_moved / case.elements
+        aten_bytes = forward_count.torch_bytes + backward_count.torch_bytes
+        if aten_bytes:
+            per_kernel["aten"] = aten_bytes / case.elements
+        moved = sum(per_kernel.values()) * case.elements
         rows.append(dict(
             case=case.name, op=case.op, dtype=case.dtype, elements=case.elements, latency=case.latency,
             forward_launches=forward_count.names, backward_launches=backward_count.names,
-            bytes_per_element=moved / case.elements,
+            bytes_per_element=moved / case.elements, bytes_per_element_by_kernel=per_kernel,
             compulsory_fwd_bwd=case.compulsory_fwd_bwd,
         ))
     return rows
@@ -872,18 +880,22 @@ def write_markdown(path: Path, report: dict) -> None:
         "counted on the CPU with `fastgan.ops._launch.count_launches`: Triton launches under the interpreter,",
         "CUDA launches under `FASTGAN_CUDA_EMULATE=1`, and ATen operators that run a kernel (`aten ...`).",
         "*Moved*: bytes per element the call's loads and stores request (Triton path: the interpreter's",
-        "unmasked lanes, plus the ATen operators' tensors), against the compulsory bytes of bench/README.md.",
+        "unmasked lanes, plus the ATen operators' tensors), in all and by kernel, against the compulsory",
+        "bytes of bench/README.md (fwd+bwd).",
         "",
-        "| op call | dtype | triton fwd | triton bwd | cuda fwd | cuda bwd | moved B/elem | compulsory B/elem |",
-        "|---|---|---|---|---|---|---|---|",
+        "| op call | dtype | triton fwd | triton bwd | cuda fwd | cuda bwd | moved B/elem | by kernel | "
+        "compulsory B/elem |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["calls"]:
         cuda = report["cuda_calls"].get(row["case"] + "|" + row["dtype"])
         cuda_cells = (_launch_cell(cuda[0]), _launch_cell(cuda[1])) if cuda else ("n/a", "n/a")
         latency = " (latency)" if row["latency"] else ""
+        by_kernel = ", ".join(f"{name.removesuffix('_kernel')} {value:.1f}"
+                              for name, value in row["bytes_per_element_by_kernel"].items())
         lines.append(f"| {row['case']}{latency} | {row['dtype']} | {_launch_cell(row['forward_launches'])} | "
                      f"{_launch_cell(row['backward_launches'])} | {cuda_cells[0]} | {cuda_cells[1]} | "
-                     f"{row['bytes_per_element']:.1f} | {row['compulsory_fwd_bwd']:g} |")
+                     f"{row['bytes_per_element']:.1f} | {by_kernel} | {row['compulsory_fwd_bwd']:g} |")
     lines += [
         "",
         "## Summary per kernel",
