@@ -378,6 +378,13 @@ def launch_bce_with_logits_forward(
         sum_partials_kernel[(1,)](partials, loss, launch.num_programs, loss_scale, BLOCK=launch.finish_block)
 
 
+def _gan_warps(real, fake) -> int:
+    """Warps per program of the GAN kernel: 8 when both inputs are float32 (4 logits, one
+    128-bit vector, per thread and block; half the registers of 4 warps), else 4 (16-bit
+    logits need 8 per thread for 128-bit accesses)."""
+    return 8 if min(real.element_size(), fake.element_size()) >= 4 else 4
+
+
 def launch_gan_bce_forward(
     real, fake, d_loss, g_loss, partials, grad_real, grad_fake_d, grad_fake_g, *,
     real_target, fake_target, inv_n_real, inv_n_fake, real_launch, fake_launch, needs_int64
@@ -399,6 +406,7 @@ def launch_gan_bce_forward(
         inv_n_real, inv_n_fake,
         SINGLE_PROGRAM=num_programs == 1, WRITE_GRAD=write_grad, REAL_TAIL=real_tail, REAL_REMAINDER=real_remainder,
         FAKE_TAIL=fake_tail, FAKE_REMAINDER=fake_remainder, INT64=needs_int64, BLOCK=real_launch.block,
+        num_warps=_gan_warps(real, fake),
     )
     if num_programs > 1:
         gan_bce_finish_kernel[(1,)](

@@ -279,6 +279,13 @@ def renyi_backward_kernel(
 VECTOR_GROUP = 16  # tails are masked in groups of 16 columns (whole 128-bit vectors of any dtype here)
 
 
+def _reduction_warps(rows) -> int:
+    """Warps per program of the forward: 8 for float32 (4 values, one 128-bit vector, per
+    thread and block; half the registers of 4 warps, so twice the occupancy), 4 for 16-bit
+    dtypes (8 per thread, which 8 warps would cut to 64-bit accesses)."""
+    return 8 if rows.element_size() >= 4 else 4
+
+
 def _row_align(*strides: int) -> int:
     """The largest power of two (at most 16) dividing every row stride; 16 when there are none."""
     align = 16
@@ -298,7 +305,7 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, 
         rows, out, shift, expsum, partials if partials is not None else shift,
         n, n - n % VECTOR_GROUP, row_stride // align, rows.stride(1), beta, inv_beta, log_n, cols_per_split // block,
         SINGLE_SPLIT=splits == 1, HAS_TAIL=n % block != 0, HAS_REMAINDER=n % VECTOR_GROUP != 0, ROW_ALIGN=align,
-        INT64=needs_int64, BLOCK=block,
+        INT64=needs_int64, BLOCK=block, num_warps=_reduction_warps(rows),
     )
     if splits > 1:
         renyi_finish_kernel[(num_rows,)](
