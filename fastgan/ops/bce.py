@@ -509,6 +509,18 @@ def _shared_grad_layout(real: Tensor, fake: Tensor) -> Optional[int]:
     return real.numel() if real.dtype == fake.dtype else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _gan_launch_plan(n_real: int, real_stride: int, n_fake: int, fake_stride: int, device: torch.device):
+    """(real launch, fake launch, programs, 64-bit indexing), planned once per shape: the
+    latency regime counts the logits of both inputs together, so up to
+    SINGLE_PROGRAM_MAX_BLOCKS * BLOCK of them take one program, hence one launch."""
+    blocks = -(-(n_real + n_fake) // _launch.BLOCK)
+    num_programs = _launch.program_budget(device, max(blocks, 1))
+    largest_offset = max((n_real - 1) * real_stride, (n_fake - 1) * fake_stride, n_real, n_fake)
+    return (_launch.reduction(n_real, num_programs), _launch.reduction(n_fake, num_programs), num_programs,
+            _indexing.needs_int64(largest_offset))
+
+
 def _gan_kernel_forward(
     real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -518,8 +530,8 @@ def _gan_kernel_forward(
     offset, ``grad_fake_d`` then being empty); ``grad_fake_g`` = d g_loss/d fake, flat."""
     # reshape keeps a view where one stride suffices (a column d_out[:, 0] stays strided and
     # is read in place); only layouts no single stride describes are copied.
-    real_flat = real.reshape(-1)
-    fake_flat = fake.reshape(-1)
+    real_flat = real if real.dim() == 1 else real.reshape(-1)
+    fake_flat = fake if fake.dim() == 1 else fake.reshape(-1)
     n_real, n_fake = real_flat.numel(), fake_flat.numel()
     d_loss = _launch.output(real, (), torch.promote_types(real.dtype, fake.dtype))
     g_loss = _launch.output(fake, ())
@@ -536,16 +548,11 @@ def _gan_kernel_forward(
         grad_d = _launch.output(real, (fake_offset + n_fake,))
         grad_fake_d = _launch.output(fake, (0,))
         grad_fake_g = _launch.output(fake, (n_fake,))
-    # The latency regime counts the logits of both inputs together: up to
-    # SINGLE_PROGRAM_MAX_BLOCKS * BLOCK of them take one program, hence one launch.
-    blocks = -(-(n_real + n_fake) // _launch.BLOCK)
-    num_programs = _launch.program_budget(real.device, max(blocks, 1))
-    real_launch = _launch.reduction(n_real, num_programs)
-    fake_launch = _launch.reduction(n_fake, num_programs)
+    real_launch, fake_launch, num_programs, needs_int64 = _gan_launch_plan(
+        n_real, real_flat.stride(0), n_fake, fake_flat.stride(0), real.device)
     partials = None
     if num_programs > 1:
         partials = torch.empty(3 * num_programs, dtype=torch.float32, device=real.device)
-    largest_offset = max((n_real - 1) * real_flat.stride(0), (n_fake - 1) * fake_flat.stride(0), n_real, n_fake)
     if write_grad:
         fake_d_part = grad_fake_d if fake_offset is None else grad_d[fake_offset:]
         grads = (grad_d[:n_real], fake_d_part, grad_fake_g)
@@ -555,7 +562,7 @@ def _gan_kernel_forward(
         real_flat, fake_flat, d_loss, g_loss, partials, *grads,
         real_target=real_target, fake_target=fake_target,
         inv_n_real=_inverse_count(n_real), inv_n_fake=_inverse_count(n_fake),
-        real_launch=real_launch, fake_launch=fake_launch, needs_int64=_indexing.needs_int64(largest_offset),
+        real_launch=real_launch, fake_launch=fake_launch, needs_int64=needs_int64,
     )
     return d_loss, g_loss, grad_d, grad_fake_d, grad_fake_g
 
@@ -618,10 +625,17 @@ def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
         if need_fake and grad_g is not None:
             d_fake = grad_g * grad_fake_g if d_fake is None else torch.addcmul(d_fake, grad_g, grad_fake_g)
     if d_real is not None:
-        d_real = d_real.view(real.shape).to(real.dtype)
+        d_real = _shaped_like(d_real, real)
     if d_fake is not None:
-        d_fake = d_fake.view(fake.shape).to(fake.dtype)
+        d_fake = _shaped_like(d_fake, fake)
     return d_real, d_fake, None, None, None, None
+
+
+def _shaped_like(grad: Tensor, like: Tensor) -> Tensor:
+    """``grad`` in ``like``'s shape and dtype, without a call where it already is (host time)."""
+    if grad.shape != like.shape:
+        grad = grad.view(like.shape)
+    return grad if grad.dtype == like.dtype else grad.to(like.dtype)
 
 
 _gan_bce_losses_op.register_autograd(_gan_backward, setup_context=_gan_setup_context)
