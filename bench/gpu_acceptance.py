@@ -209,7 +209,7 @@ SELECTIONS = {
     "trainer-graphs": Selection((TRAINER_TEST_FILE,), (
         Rule("the trainer's CUDA-graph tests", lambda case: "cuda" in case.markers),
     )),
-    "bench-losses": Selection(("bench/bench_bce.py", "bench/bench_renyi.py"), (
+    "bench-losses": Selection(("bench/bench_bce.py", "bench/bench_renyi.py", "bench/bench_host_overhead.py"), (
         Rule("BCE fwd+bwd, latency size, every provider", lambda c: _bce(c, backward=True, n=LATENCY_N),
              {"dtype": BOTH_DTYPES, "provider": ALL_OP_PROVIDERS}),
         Rule("BCE fwd+bwd, bandwidth size, every provider", lambda c: _bce(c, backward=True, n=BANDWIDTH_N),
@@ -221,7 +221,9 @@ SELECTIONS = {
              {"dtype": BOTH_DTYPES, "provider": KERNEL_PROVIDERS}),
         Rule("GAN BCE fwd+bwd, bandwidth size", lambda c: _gan(c, n=BANDWIDTH_N) and _not_compiled(c),
              {"dtype": BOTH_DTYPES, "provider": KERNEL_PROVIDERS}),
-        Rule("BCE host overhead", _in("bench/bench_bce.py", "bench_bce_with_logits_host_overhead")),
+        Rule("BCE host overhead", _in("bench/bench_host_overhead.py", "bench_bce_with_logits_host_overhead")),
+        Rule("GAN BCE host overhead", _in("bench/bench_host_overhead.py", "bench_gan_bce_losses_host_overhead")),
+        Rule("Rényi host overhead", _in("bench/bench_host_overhead.py", "bench_renyi_divergence_host_overhead")),
         Rule("Rényi fwd+bwd, latency size", lambda c: _renyi(c, backward=True, n=LATENCY_N) and _not_compiled(c),
              {"dtype": BOTH_DTYPES, "provider": KERNEL_PROVIDERS}),
         Rule("Rényi fwd+bwd, bandwidth size",

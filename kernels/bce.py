@@ -165,7 +165,7 @@ def bce_with_logits_forward_kernel(
     for block in range(pid, full_blocks, num_programs):
         start = block * BLOCK
         if INT64:
-            start = block.to(tl.int64) * BLOCK
+            start = tl.cast(block, tl.int64) * BLOCK
         acc += _bce_block(
             start + tl.arange(0, BLOCK), numel, input_ptr, target_ptr, weight_ptr, pos_weight_ptr, loss_ptr,
             grad_ptr, target_value, grad_scale, size1, size2, size3, in_s0, in_s1, in_s2, in_s3,
@@ -177,7 +177,7 @@ def bce_with_logits_forward_kernel(
         if pid == full_blocks % num_programs:
             start = full_blocks * BLOCK
             if INT64:
-                start = full_blocks.to(tl.int64) * BLOCK
+                start = tl.cast(full_blocks, tl.int64) * BLOCK
             tail = _bce_block(
                 start + tl.arange(0, BLOCK), numel_vec, input_ptr, target_ptr, weight_ptr, pos_weight_ptr, loss_ptr,
                 grad_ptr, target_value, grad_scale, size1, size2, size3, in_s0, in_s1, in_s2, in_s3,
@@ -188,7 +188,7 @@ def bce_with_logits_forward_kernel(
             if HAS_REMAINDER:
                 start = numel_vec
                 if INT64:
-                    start = numel_vec.to(tl.int64)
+                    start = tl.cast(numel_vec, tl.int64)
                 remainder = _bce_block(
                     start + tl.arange(0, 16), numel, input_ptr, target_ptr, weight_ptr, pos_weight_ptr, loss_ptr,
                     grad_ptr, target_value, grad_scale, size1, size2, size3, in_s0, in_s1, in_s2, in_s3,
@@ -250,7 +250,7 @@ def _gan_bce_sums(logits_ptr, n, n_vec, stride, target, inv_n, grad_d_ptr, grad_
     for block in range(pid, full_blocks, num_programs):
         start = block * BLOCK
         if INT64:
-            start = block.to(tl.int64) * BLOCK
+            start = tl.cast(block, tl.int64) * BLOCK
         d_term, g_term = _gan_bce_block(start + tl.arange(0, BLOCK), n, logits_ptr, stride, target, inv_n,
                                         grad_d_ptr, grad_g_ptr, WRITE_GRAD, WRITE_G_GRAD, False)
         d_acc += d_term
@@ -261,7 +261,7 @@ def _gan_bce_sums(logits_ptr, n, n_vec, stride, target, inv_n, grad_d_ptr, grad_
         if pid == full_blocks % num_programs:
             start = full_blocks * BLOCK
             if INT64:
-                start = full_blocks.to(tl.int64) * BLOCK
+                start = tl.cast(full_blocks, tl.int64) * BLOCK
             d_term, g_term = _gan_bce_block(start + tl.arange(0, BLOCK), n_vec, logits_ptr, stride, target, inv_n,
                                             grad_d_ptr, grad_g_ptr, WRITE_GRAD, WRITE_G_GRAD, True)
             d_sum += tl.sum(d_term, axis=0)
@@ -269,7 +269,7 @@ def _gan_bce_sums(logits_ptr, n, n_vec, stride, target, inv_n, grad_d_ptr, grad_
             if HAS_REMAINDER:
                 start = n_vec
                 if INT64:
-                    start = n_vec.to(tl.int64)
+                    start = tl.cast(n_vec, tl.int64)
                 d_term, g_term = _gan_bce_block(start + tl.arange(0, 16), n, logits_ptr, stride, target, inv_n,
                                                 grad_d_ptr, grad_g_ptr, WRITE_GRAD, WRITE_G_GRAD, True)
                 d_sum += tl.sum(d_term, axis=0)

@@ -71,8 +71,9 @@ def test_int64_needed_past_int32():
     assert strided.needs_int64
 
 
-def test_int64_kernel_path_matches(kernel_backend, device, monkeypatch):
+def test_int64_kernel_path_matches(kernel_backend, device, monkeypatch, request):
     """Force 64-bit indexing on a small input: the same results as the 32-bit path."""
+    request.addfinalizer(bce_module._gan_launch_plan.cache_clear)  # no 64-bit plan outlives the test
     x = (torch.randn(3000, device=device) * 3 + 0.5).requires_grad_()
     y = torch.rand(3000, device=device)
     want = bce_with_logits(x, y, backend=kernel_backend)
@@ -80,6 +81,9 @@ def test_int64_kernel_path_matches(kernel_backend, device, monkeypatch):
     real_plan = _indexing.plan
     monkeypatch.setattr(_indexing, "plan", lambda shape, ops: real_plan(shape, ops)._replace(needs_int64=True))
     monkeypatch.setattr(bce_module._indexing, "INDEX_HEADROOM", 2**31 - 10)  # gan path: 64-bit too
+    # Launch plans are cached per shape: plan these calls afresh under the patches.
+    monkeypatch.setattr(bce_module, "_BCE_CALLS", {})
+    bce_module._gan_launch_plan.cache_clear()
     got = bce_with_logits(x, y, backend=kernel_backend)
     (got_grad,) = torch.autograd.grad(got, x)
     torch.testing.assert_close(got, want)
