@@ -2,13 +2,17 @@
 
 Subcommands:
   train   train a GAN (default: the tuned MLP GAN on the embedded grid25 mixture) into a run
-          directory: config.json, log.jsonl, metrics.json, samples.npy, samples.png, checkpoint.pt
+          directory: config.json, log.jsonl, metrics.json, samples.npy, samples.png,
+          training.png, checkpoint.pt
   sample  draw samples from a run's checkpoint
   eval    score samples (a run's, or a .npy file) with the mode-coverage metrics
   info    what fastgan can run here: versions, the CUDA extension's build flags, the device,
           and each backend's availability with the reason when it is not available.
 
-Bad arguments are one line on stderr and exit status 2 (set FASTGAN_DEBUG=1 for tracebacks).
+Bad arguments are one line on stderr and exit status 2 (set FASTGAN_DEBUG=1 for tracebacks);
+so is a damaged run directory (a truncated checkpoint, a config.json with missing keys) and a
+``--resume`` flag that contradicts the saved run. The JSON files are strict JSON (``null``
+for an undefined number, never ``NaN``).
 
 Several processes: ``torchrun --nproc_per_node=K -m fastgan train ...`` trains data-parallel
 (one GPU per process, NCCL; gloo with ``--device cpu``). ``--batch-size`` stays the global
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -157,15 +162,17 @@ def _data_kind(name: str) -> str:
 
 def _resolve_config(args: argparse.Namespace) -> dict:
     """The run's full configuration: the preset for the data kind, overridden by the flags given."""
-    kind = _data_kind(args.data)
+    data = args.data or "grid25"
+    kind = _data_kind(data)
     config = dict(TOY_DEFAULTS if kind == "toy" else IMAGE_DEFAULTS)
     for key in list(config) + ["image_size"]:
         value = getattr(args, key, None)
         if value is not None:
             config[key] = value
     config.update(
-        data=args.data, data_kind=kind, precision=args.precision, cuda_graphs=args.cuda_graphs, backend=args.backend,
-        device=args.device or ("cuda" if _cuda_available() else "cpu"), seed=args.seed, fuse=args.fuse,
+        data=data, data_kind=kind, precision=args.precision or "fp32", cuda_graphs=args.cuda_graphs or "auto",
+        backend=args.backend, device=args.device or ("cuda" if _cuda_available() else "cpu"),
+        seed=args.seed if args.seed is not None else 0, fuse=args.fuse,
     )
     if kind != "toy":
         config.setdefault("image_size", 32 if kind == "shapes" else 64)
@@ -221,6 +228,95 @@ def _validate(config: dict) -> None:
         raise UsageError("--cuda-graphs on needs a CUDA device (use auto or off)")
 
 
+# Keys every saved config holds (the others are read with defaults).
+_CONFIG_KEYS = ("data", "data_kind", "model", "latent_dim", "hidden", "layers", "d_loss", "g_loss", "steps",
+                "batch_size", "lr_g", "lr_d", "lr_decay", "d_steps", "r1_gamma", "r1_every", "ema_decay", "log_every",
+                "precision", "cuda_graphs", "backend", "device", "seed", "fuse")
+# Flags a resumed run may change: how far and how it runs, not what it trains.
+_RESUME_MAY_CHANGE = ("steps", "log_every", "sample_keep", "device", "precision", "cuda_graphs", "backend")
+_SETTING_CHOICES = {"data_kind": ("toy", "shapes", "images"), "model": ("mlp", "dcgan"), "precision": ("fp32", "bf16"),
+                    "cuda_graphs": ("auto", "on", "off"), "backend": (None, "auto", "cuda", "triton", "torch"),
+                    "fuse": (True, False)}
+
+
+def _read_json_object(path: str) -> dict:
+    """A JSON object from ``path``; a missing, unreadable or malformed file is a one-line error naming it."""
+    try:
+        with open(path) as file:
+            value = json.load(file)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: cannot read it ({error})") from None
+    except ValueError as error:
+        raise UsageError(f"{path}: not valid JSON ({error}); the run directory is damaged") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: not a JSON object; the run directory is damaged")
+    return value
+
+
+def _check_saved_config(config: dict, source: str) -> None:
+    """A run's saved configuration (``source`` names where it came from) holds every key with a
+    usable value; else a one-line error naming the source and the keys."""
+    missing = [key for key in _CONFIG_KEYS if key not in config]
+    if config.get("data_kind") in ("shapes", "images") and "image_size" not in config:
+        missing.append("image_size")
+    if missing:
+        raise UsageError(f"{source}: missing {', '.join(missing)}; the run directory is damaged "
+                         "(a config.json written by fastgan train holds them all)")
+    for key, choices in _SETTING_CHOICES.items():
+        if config[key] not in choices:
+            raise UsageError(f"{source}: {key} is {config[key]!r}, not one of "
+                             f"{', '.join(map(str, choices))}; the run directory is damaged")
+    if not isinstance(config["data"], str) or not isinstance(config["device"], str):
+        raise UsageError(f"{source}: data and device must be strings; the run directory is damaged")
+    try:
+        _validate(dict(config, device="cpu", cuda_graphs="auto"))  # the device is checked where the run continues
+    except UsageError as error:
+        raise UsageError(f"{source}: {error}") from None
+    except TypeError as error:  # e.g. a string where a number belongs
+        raise UsageError(f"{source}: a value has the wrong type ({error}); the run directory is damaged") from None
+
+
+def _flags_given(args: argparse.Namespace) -> dict:
+    """The configuration keys set on the command line, with their values."""
+    keys = list(TOY_DEFAULTS) + ["image_size", "data", "precision", "cuda_graphs", "backend", "device", "seed"]
+    given = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
+    if args.fuse:
+        given["fuse"] = True
+    return given
+
+
+def _flag_text(key: str, value) -> str:
+    flag = "--" + key.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
+
+
+def _same_setting(key: str, given, saved) -> bool:
+    if key == "data" and isinstance(saved, str):
+        return os.path.normpath(given) == os.path.normpath(saved)
+    return given == saved
+
+
+def _apply_resume_flags(config: dict, args: argparse.Namespace, config_path: str) -> dict:
+    """The saved ``config`` with the flags a resumed run may change applied; a flag that would
+    change what the run trains (model, data, losses, optimiser, seed) is refused in one line."""
+    given = _flags_given(args)
+    conflicts = [(key, value) for key, value in given.items()
+                 if key not in _RESUME_MAY_CHANGE and not _same_setting(key, value, config.get(key))]
+    if conflicts:
+        described = ", ".join(f"{_flag_text(key, value)} (saved: {config.get(key)})" for key, value in conflicts)
+        allowed = ", ".join("--" + key.replace("_", "-") for key in _RESUME_MAY_CHANGE)
+        raise UsageError(f"--resume: {described} contradicts the run in {config_path}; a resumed run keeps what it "
+                         f"trains (only {allowed} may change; start a new --out to train something else)")
+    config = dict(config, **{key: value for key, value in given.items() if key in _RESUME_MAY_CHANGE})
+    if "device" not in given and config["device"].startswith("cuda") and not _cuda_available():
+        raise UsageError(f"--resume: the run in {config_path} trained on {config['device']} but CUDA is not "
+                         "available here; pass --device cpu to continue it on the CPU")
+    _validate(config)
+    return config
+
+
 def _build(config: dict):
     """(data, generator, discriminator) for a configuration (models initialised from the global seed)."""
     import torch
@@ -266,38 +362,47 @@ def _make_trainer(config: dict, generator, discriminator, device=None):
 
 
 class Progress:
-    """A one-line progress bar on stderr (a new line per update when not a terminal)."""
+    """The progress bar (tqdm, on stderr): steps done, it/s, ETA and the latest losses.
 
-    def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True) -> None:
-        self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.started = time.perf_counter()
-        self.start = start
+    ``enabled`` False: nothing. Otherwise shown when stderr is a terminal, or anyway with
+    ``always`` (e.g. ``--progress`` in a log file)."""
+
+    def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True, always: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=start, file=stream or sys.stderr, dynamic_ncols=True, leave=True,
+                        disable=True if not enabled else (False if always else None))
 
     def update(self, record) -> None:
-        if not self.enabled:
-            return
-        width = 24
-        done = int(width * record.step / max(self.total, 1))
-        line = (
-            f"[{'#' * done}{'.' * (width - done)}] {record.step}/{self.total}  {record.it_per_s:6.0f} it/s  "
-            f"d_loss {record.d_loss:.4f}  g_loss {record.g_loss:.4f}  divergence {record.divergence:.4f}  "
-            f"D(real) {record.d_real:.3f}  D(fake) {record.d_fake:.3f}"
-        )
-        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
-        self.stream.flush()
+        self.bar.set_postfix_str(
+            f"d_loss {record.d_loss:.4f}, g_loss {record.g_loss:.4f}, divergence {record.divergence:.4f}, "
+            f"D(real) {record.d_real:.3f}, D(fake) {record.d_fake:.3f}", refresh=False)
+        self.bar.update(record.step - self.bar.n)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
+
+
+def _strict_json_value(value):
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, so that it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json_value(item) for item in value]
+    return value
+
+
+def _json_text(value, indent=None) -> str:
+    """Strict JSON (``null`` for an undefined number, never ``NaN``)."""
+    return json.dumps(_strict_json_value(value), indent=indent, allow_nan=False)
 
 
 def _write_json(path: str, value) -> None:
     temporary = path + ".tmp"
     with open(temporary, "w") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
+        file.write(_json_text(value, indent=2) + "\n")
     os.replace(temporary, path)
 
 
@@ -311,7 +416,19 @@ def _evaluate(config: dict, samples) -> dict:
     return {}
 
 
-def _save_samples(out: str, config: dict, samples) -> None:
+def _figure_title(config: dict, result: dict, steps: int) -> str:
+    """The run and its metrics in one line, for the samples figure."""
+    parts = [os.path.basename(os.path.normpath(config["data"])), f"{steps} steps"]
+    if result:
+        parts += [f"modes {result['modes']}/{result['num_modes']}", f"high-quality {100 * result['high_quality']:.1f} %",
+                  f"reverse KL {result['reverse_kl']:.3f}"]
+        keep = config.get("sample_keep", 1.0)
+        if keep < 1:
+            parts.append(f"sampler keep {keep:g}")
+    return " · ".join(parts)
+
+
+def _save_samples(out: str, config: dict, samples, title: str = "") -> None:
     import numpy as np
 
     from fastgan import data as data_module
@@ -320,9 +437,25 @@ def _save_samples(out: str, config: dict, samples) -> None:
     np.save(os.path.join(out, "samples.npy"), samples.cpu().numpy())
     png = os.path.join(out, "samples.png")
     if config["data_kind"] == "toy":
-        plots.scatter_png(png, samples, data_module.toy_mixture(config["data"]).centres)
+        plots.scatter_png(png, samples, data_module.toy_mixture(config["data"]).centres, title=title)
     else:
-        plots.image_grid_png(png, samples[:64])
+        plots.image_grid_png(png, samples[:64], title=title)
+
+
+def _save_training_curves(out: str, config: dict, log_path: str) -> None:
+    """training.png from the whole log.jsonl (a resumed run's included); a damaged log is said
+    in one line and leaves the figure out rather than failing the finished run."""
+    from fastgan import plots
+
+    try:
+        records = plots.read_log(log_path) if os.path.exists(log_path) else []
+    except (OSError, ValueError) as error:
+        print(f"fastgan train: training.png not drawn: {error}", file=sys.stderr)
+        return
+    if records:
+        title = (f"{os.path.basename(os.path.normpath(config['data']))} · {config['model']} · "
+                 f"D {config['d_loss']} · G {config['g_loss']}")
+        plots.training_curves_png(os.path.join(out, "training.png"), records, title=title)
 
 
 def _format_metrics(config: dict, result: dict) -> str:
@@ -362,7 +495,8 @@ def _join_process_group(args: argparse.Namespace):
     if device is None and args.resume and args.out:  # a resumed run keeps its device type
         try:
             with open(os.path.join(args.out, "config.json")) as file:
-                device = json.load(file).get("device")
+                saved = json.load(file)
+            device = saved.get("device") if isinstance(saved, dict) and isinstance(saved.get("device"), str) else None
         except (OSError, ValueError):
             device = None  # the resume checks below report a missing or bad run directory
     try:
@@ -400,15 +534,15 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
         if not out:
             raise UsageError("--resume needs --out DIR (the run to continue)")
         config_path = os.path.join(out, "config.json")
-        if not os.path.isfile(checkpoint) or not os.path.isfile(config_path):
-            raise UsageError(f"--resume: {out} holds no checkpoint.pt and config.json to continue from "
+        missing = [name for name, path in (("checkpoint.pt", checkpoint), ("config.json", config_path))
+                   if not os.path.isfile(path)]
+        if missing:
+            raise UsageError(f"--resume: {out} holds no {' and no '.join(missing)} to continue from "
                              "(under torchrun on several machines --out must be on a shared filesystem)",
                              every_rank=True)
-        with open(config_path) as file:
-            config = json.load(file)
-        if args.steps is not None:
-            config["steps"] = args.steps
-            _validate(config)
+        config = _read_json_object(config_path)
+        _check_saved_config(config, config_path)
+        config = _apply_resume_flags(config, args, config_path)
     else:
         config = _resolve_config(args)
         if not out:
@@ -436,7 +570,12 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     data, generator, discriminator = _build(config)
     trainer = _make_trainer(config, generator, discriminator, device)
     if args.resume:
-        trainer.resume(checkpoint)
+        from fastgan.checkpoint import CheckpointError
+
+        try:
+            trainer.resume(checkpoint)
+        except CheckpointError as error:
+            raise UsageError(f"--resume: {error}") from None
     if main_process:
         _write_json(os.path.join(out, "config.json"), config)
     quiet = args.quiet or not main_process
@@ -446,13 +585,13 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
               + f" · {config['steps']} steps × batch {config['batch_size']} · {config['device']}"
               + (f" × {info.world_size} processes" if info.world_size > 1 else "")
               + (f" · resuming at step {trainer.step}" if args.resume else "") + f" → {out}", file=sys.stderr)
-    progress = Progress(config["steps"], trainer.step, enabled=not quiet)
+    progress = Progress(config["steps"], trainer.step, enabled=not quiet, always=args.progress)
     log_path = os.path.join(out, "log.jsonl")
 
     def on_log(record) -> None:
         if main_process:
             with open(log_path, "a") as file:
-                file.write(json.dumps(record.as_dict()) + "\n")
+                file.write(_json_text(record.as_dict()) + "\n")
         progress.update(record)
 
     try:
@@ -479,7 +618,8 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     if result and keep < 1:  # what the generator alone gives, for comparison
         raw = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2))
         result["raw_generator"] = _evaluate(config, raw)
-    _save_samples(out, config, samples)
+    _save_samples(out, config, samples, _figure_title(config, result, trainer.step))
+    _save_training_curves(out, config, log_path)
     seconds = time.perf_counter() - started
     _write_json(os.path.join(out, "metrics.json"), {**result, "steps": trainer.step, "wall_seconds": round(seconds, 2)})
     summary = f"fastgan train: done, {trainer.step} steps in {seconds:.1f} s"
@@ -489,15 +629,21 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
 
 
 def _load_run(run: str):
-    from fastgan.trainer import load_checkpoint
+    """(checkpoint state, its config) of a run directory; a damaged one is a one-line error."""
+    from fastgan.checkpoint import CheckpointError, check_trainer_state, load_checkpoint
 
     checkpoint = os.path.join(run, "checkpoint.pt")
     if not os.path.isfile(checkpoint):
         raise UsageError(f"{run}: no checkpoint.pt (is it a fastgan run directory?)")
-    state = load_checkpoint(checkpoint, map_location="cpu")
+    try:
+        state = load_checkpoint(checkpoint, map_location="cpu")
+        check_trainer_state(state, checkpoint)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
     config = state.get("config") or {}
-    if not config:
+    if not isinstance(config, dict) or not config:
         raise UsageError(f"{checkpoint}: the checkpoint holds no config")
+    _check_saved_config(config, f"{checkpoint} (its saved config)")
     return state, config
 
 
@@ -511,7 +657,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     config = dict(config, device=args.device or "cpu")
     _, generator, discriminator = _build(config)
     trainer = _make_trainer(dict(config, cuda_graphs="off"), generator, discriminator)
-    trainer.load_state_dict(state)
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        from fastgan.checkpoint import summarise_error
+
+        raise UsageError(f"{os.path.join(args.run, 'checkpoint.pt')}: its weights do not fit its saved config "
+                         f"({summarise_error(error)})") from None
     keep = args.keep if args.keep is not None else config.get("sample_keep", 1.0)
     if not 0 < keep <= 1:
         raise UsageError(f"--keep must be in (0, 1], got {keep}")
@@ -527,8 +679,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     if os.path.isdir(args.target):
-        with open(os.path.join(args.target, "config.json")) as file:
-            config = json.load(file)
+        config_path = os.path.join(args.target, "config.json")
+        config = _read_json_object(config_path)
+        missing = [key for key in ("data", "data_kind") if key not in config]
+        if missing:
+            raise UsageError(f"{config_path}: missing {', '.join(missing)}; the run directory is damaged")
         path = os.path.join(args.target, "samples.npy")
     else:
         if not args.data:
@@ -543,7 +698,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         raise UsageError(f"{path}: cannot read samples ({error})") from None
     result = _evaluate(config, samples)
-    print(json.dumps(result, indent=2) if args.json else _format_metrics(config, result))
+    print(_json_text(result, indent=2) if args.json else _format_metrics(config, result))
     return 0
 
 
@@ -561,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Unset flags take the preset of the data kind. Toy mixtures: "
         + _preset_text(TOY_DEFAULTS) + ". Images (DCGAN): " + _preset_text(IMAGE_DEFAULTS) + ".",
     )
-    train.add_argument("--data", default="grid25",
+    train.add_argument("--data",
                        help="grid25 | ring8 | grid100 | shapes (embedded) | a folder of PNG/JPEG | a .npy/.npz array (default grid25)")
     train.add_argument("--model", choices=("mlp", "dcgan"), help="mlp for toy data, dcgan for images (default: by data)")
     train.add_argument("--image-size", type=int, choices=(32, 64), help="DCGAN resolution (default 32 for shapes, 64 for your images)")
@@ -582,14 +737,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ema-decay", type=float, help="EMA decay of the generator's weights")
     train.add_argument("--r1-gamma", type=float, help="R1 gradient penalty weight γ (0: off)")
     train.add_argument("--r1-every", type=int, help="apply R1 lazily every this many D steps")
-    train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (default fp32)")
-    train.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto", help="capture the steps in CUDA graphs (default auto: on CUDA)")
+    train.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision (default fp32)")
+    train.add_argument("--cuda-graphs", choices=("auto", "on", "off"), help="capture the steps in CUDA graphs (default auto: on CUDA)")
     train.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), help="fastgan op backend (default auto)")
     train.add_argument("--fuse", action="store_true", help="run fastgan.fuse on the models first")
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--out", help="run directory (default runs/<data>-<time>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint; it keeps its saved settings, and of the "
+                            "flags only " + ", ".join("--" + key.replace("_", "-") for key in _RESUME_MAY_CHANGE)
+                            + " may change them (any other flag that differs is refused)")
     train.add_argument("--sample-keep", type=float,
                        help="Jacobian-truncation sampler for the final samples: keep this fraction of latents, "
                             "dropping those where G stretches space most (1: raw generator; see fastgan.sampling)")
@@ -597,6 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: at the end and on Ctrl-C)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for the toy MLPs, else torch's default)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--progress", action="store_true",
+                       help="show the progress bar even when stderr is not a terminal (default: only on a terminal)")
     train.set_defaults(handler=_cmd_train)
 
     sample = commands.add_parser("sample", help="draw samples from a run's checkpoint")

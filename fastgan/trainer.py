@@ -17,6 +17,9 @@ captured once after a warm-up and replayed; if capture fails the trainer says wh
 runs eager. Losses and telemetry are summed on the device and read every ``log_every``
 steps; a non-finite loss is recorded on the device with its step and stops training at the
 next read, leaving the last good checkpoint in place.
+
+The trainer holds the step; CUDA-graph capture and replay live in :mod:`fastgan.cuda_graphs`,
+checkpoint files and the state a resume needs in :mod:`fastgan.checkpoint`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -38,16 +39,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fastgan import checkpoint
 from fastgan import losses as loss_library
-from fastgan.distributed import gather_batch, process_info, resumed_stream_seed, stream_seed
+from fastgan.checkpoint import load_checkpoint, save_checkpoint
+from fastgan.cuda_graphs import StepGraphs
+from fastgan.distributed import process_info, stream_seed
 from fastgan.fusion import fuse as fuse_models
 from fastgan.nn import SyncBatchNormLeakyReLU
+from fastgan.ops.collectives import gather_batch
 from fastgan.sampling import truncated_latents
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
 
 PRECISIONS = ("fp32", "bf16")
-_WARMUP_STEPS = 3  # eager steps (counted as training) before the CUDA graphs are captured
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,30 +78,6 @@ class LogRecord:
         record = asdict(self)
         record.update(record.pop("extra"))
         return record
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, then a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
-def load_checkpoint(path: str, map_location=None) -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _check_choice(value, name: str, choices) -> None:
@@ -280,9 +260,7 @@ class Trainer:
         self._g_accumulated = torch.zeros(2, device=self.device, dtype=torch.float64)
         self._first_bad_step = torch.full((), -1, device=self.device, dtype=torch.int64)
         self._step_tensor = torch.zeros((), device=self.device, dtype=torch.int64)
-        self._graphs = None  # {"d": CUDAGraph, "g": CUDAGraph} once captured
-        self._graph_key = None  # what the graphs were captured for: (data, batch, noise)
-        self._warmup_left = _WARMUP_STEPS
+        self._step_graphs = StepGraphs()
         self._in_step = False
         self._capturing = False
         self.messages: list[str] = []
@@ -390,50 +368,6 @@ class Trainer:
             return False
         return self._cuda_graphs in ("auto", True) and self.device.type == "cuda"
 
-    def _warmup_step(self, data, batch: int, noise=None) -> None:
-        """A real training step run eagerly on a side stream, as CUDA-graph capture requires
-        before capturing (kernel autotuning, allocator, optimizer state)."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self._eager_step(data, batch, noise)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._warmup_left -= 1
-
-    def _capture(self, data, batch: int, noise=None) -> None:
-        """Capture one D step and one G step (nothing runs until they are replayed)."""
-        graphs = {"d": torch.cuda.CUDAGraph(), "g": torch.cuda.CUDAGraph()}
-        if self.r1_gamma > 0:
-            graphs["d_r1"] = torch.cuda.CUDAGraph()  # the D step with the lazy R1 penalty
-        # The trainer's own generators must be registered, or capture refuses to draw from them;
-        # each replay then advances them exactly as the eager step does.
-        for name, graph in graphs.items():
-            for generator in (self.noise_generator, self.data_generator) if name != "g" else (self.noise_generator,):
-                graph.register_generator_state(generator)
-        # Gradients must live in static memory: zero them rather than setting them to None.
-        self.opt_d.zero_grad(set_to_none=False)
-        self.opt_g.zero_grad(set_to_none=False)
-        self._capturing = True
-        try:
-            pool, outputs = None, []
-            for name in [n for n in ("d", "d_r1") if n in graphs]:
-                with torch.cuda.graph(graphs[name], pool=pool):
-                    outputs.append(self._discriminator_step(data, batch, noise, r1=name == "d_r1"))
-                    self._record_d(outputs[-1])
-                pool = graphs[name].pool()
-            with torch.cuda.graph(graphs["g"], pool=pool):
-                outputs.append(self._generator_step(batch, noise))
-                self._record_g(outputs[-1])
-        finally:
-            self._capturing = False
-        self._graph_outputs = outputs  # keep the static outputs alive
-        self._graphs = graphs
-
-    def _graph_step(self) -> None:
-        for index in range(self.d_steps):
-            self._graphs["d_r1" if self._r1_due(index) else "d"].replay()
-        self._graphs["g"].replay()
-
     def _say(self, message: str) -> None:
         self.messages.append(message)
         if self.rank == 0:
@@ -496,8 +430,8 @@ class Trainer:
         self._d_accumulated.zero_()
         self._g_accumulated.zero_()
         key = (id(data), global_batch, None if noise is None else noise.data_ptr())
-        if key != self._graph_key:  # graphs captured for other inputs are stale
-            self._graphs, self._graph_key, self._warmup_left = None, key, _WARMUP_STEPS
+        if key != self._step_graphs.key:  # graphs captured for other inputs are stale
+            self._step_graphs.reset(key)
         last_time, last_step = time.perf_counter(), self.step
         stop = _StopOnInterrupt()
         agreed_stop = False  # distributed: every process stops after this same step
@@ -547,19 +481,20 @@ class Trainer:
 
     def _one_step(self, data, batch_size: int, noise) -> None:
         """One training step: eager, a warm-up step before capture, or a graph replay."""
-        if self._graphs is not None:
-            self._graph_step()
+        graphs = self._step_graphs
+        if graphs.captured:
+            graphs.replay(self)
             return
         if not self._use_graphs():
             self._eager_step(data, batch_size, noise)
             return
-        if self._warmup_left > 0:
-            self._warmup_step(data, batch_size, noise)
+        if graphs.warmup_left > 0:
+            graphs.warmup(self, data, batch_size, noise)
             return
         try:
-            self._capture(data, batch_size, noise)
+            graphs.capture(self, data, batch_size, noise)
         except Exception as error:  # anything that prevents capture: eager from now on, said once
-            self._graphs = None
+            graphs.graphs = None
             torch.cuda.synchronize(self.device)
             if self._cuda_graphs is True:
                 raise RuntimeError(f"cuda_graphs=True but capture failed: {type(error).__name__}: {error}") from error
@@ -568,7 +503,7 @@ class Trainer:
             self._eager_step(data, batch_size, noise)
             return
         self._say("CUDA graphs: the D and G steps are captured and replayed")
-        self._graph_step()
+        graphs.replay(self)
 
     def _shard(self, data):
         """This process's share of ``data``, cached so repeated ``train`` calls reuse one object."""
@@ -646,75 +581,16 @@ class Trainer:
         finally:
             model.train(was_training)
 
-    def _random_states(self) -> dict:
-        return {"noise": self.noise_generator.get_state(), "data": self.data_generator.get_state(),
-                "torch": torch.get_rng_state()}
-
     def state_dict(self) -> dict:
-        """Everything a resume needs. The models and optimisers are the same on every process;
-        the random states are per process: distributed, they are gathered from all (a
-        collective: call it on every process) into ``rank_rng``, indexed by rank."""
-        own = self._random_states()
-        ranks = [own]
-        if self.distributed:
-            ranks = [None] * self.world_size
-            dist.all_gather_object(ranks, own, group=self.process_group)
-        return {
-            "step": self.step,
-            "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "world_size": self.world_size,
-            "noise_rng": ranks[0]["noise"],
-            "data_rng": ranks[0]["data"],
-            "torch_rng": ranks[0]["torch"],
-            "rank_rng": ranks,
-        }
-
-    def _restore_random_states(self, state: dict) -> None:
-        """This process's random streams from ``state``: exactly its own when the checkpoint
-        was written by as many processes; otherwise re-derived from (seed, rank, step), said once."""
-        saved_world = int(state.get("world_size", 1))
-        ranks = state.get("rank_rng") or [{"noise": state["noise_rng"], "data": state["data_rng"],
-                                            "torch": state["torch_rng"]}]
-        if saved_world == self.world_size and len(ranks) == self.world_size:
-            own = ranks[self.rank]
-            try:
-                self.noise_generator.set_state(own["noise"].cpu())
-                self.data_generator.set_state(own["data"].cpu())
-                torch.set_rng_state(own["torch"].cpu())
-                return
-            except (RuntimeError, TypeError):
-                self._say("the checkpoint's random states are from another device type; noise restarts from the seed")
-                return
-        self.noise_generator.manual_seed(resumed_stream_seed(self.seed, self.rank, 0, self.step))
-        self.data_generator.manual_seed(resumed_stream_seed(self.seed, self.rank, 1, self.step))
-        self._say(f"the checkpoint was written by {saved_world} process(es), this run has {self.world_size}: "
-                  f"models, optimisers and step {self.step} are restored exactly; the noise and data streams "
-                  "are re-derived from (seed, rank, step), so the random draws differ from an uninterrupted run")
+        """Everything a resume needs (:func:`fastgan.checkpoint.trainer_state`; distributed, a
+        collective: call it on every process)."""
+        return checkpoint.trainer_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`, possibly saved on another device type (the models and
-        optimisers load, the random generators restart from the seed) or by another number of
-        processes (the random streams are re-derived: see :meth:`_restore_random_states`)."""
-        self.step = int(state["step"])
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])
-        for optimizer, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
-            saved = copy.copy(state[key])
-            # Keep this trainer's own implementation flags and lr object (a device tensor when
-            # capturing): the checkpoint may come from another device type.
-            saved["param_groups"] = [
-                dict(group, capturable=own["capturable"], lr=own["lr"], fused=own.get("fused"), foreach=own.get("foreach"))
-                for group, own in zip(saved["param_groups"], optimizer.param_groups)
-            ]
-            optimizer.load_state_dict(saved)
-        self._restore_random_states(state)
-        self._graphs, self._graph_key, self._warmup_left = None, None, _WARMUP_STEPS
+        """Restore a :meth:`state_dict` (:func:`fastgan.checkpoint.restore_trainer`), possibly
+        saved on another device type or by another number of processes."""
+        checkpoint.restore_trainer(self, state)
+        self._step_graphs.reset()
         self._step_tensor.fill_(self.step)
         self._first_bad_step.fill_(-1)
         self._d_accumulated.zero_()
@@ -723,28 +599,18 @@ class Trainer:
     def save(self, path: str, config: Optional[dict] = None) -> None:
         """Atomic checkpoint of everything a resume needs (and ``config``). Distributed: call on
         every process; rank 0 writes, and all return once the file is in place."""
-        state = self.state_dict()
-        state["config"] = config or {}
-        if not self.distributed:
-            save_checkpoint(path, state)
-            return
-        failure = None
-        if self.rank == 0:
-            try:
-                save_checkpoint(path, state)
-            except OSError as error:  # disk full, permissions: every process must learn of it
-                failure = error
-        failed = torch.tensor([float(failure is not None)], device=self.device)
-        self._all_reduce(failed)  # doubles as the barrier: the file is in place when this returns
-        if failure is not None:
-            raise failure
-        if failed.item():
-            raise OSError(f"rank 0 could not write the checkpoint {path}")
+        checkpoint.save_trainer(self, path, config)
 
     def resume(self, path: str) -> dict:
-        """Load a checkpoint written by :meth:`save`; returns its config."""
+        """Load a checkpoint written by :meth:`save`; returns its config. Raises
+        :class:`fastgan.checkpoint.CheckpointError` naming ``path`` when the file is damaged or
+        its models and optimisers do not fit this trainer's."""
         state = load_checkpoint(path, map_location=self.device)
-        self.load_state_dict(state)
+        checkpoint.check_trainer_state(state, path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"{path}: does not fit this trainer ({checkpoint.summarise_error(error)})") from error
         return state.get("config", {})
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,33 +19,76 @@ def run(argv, capsys):
     return code, captured.out, captured.err
 
 
+def _refuse_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def strict_json(text: str):
+    """json.loads that rejects NaN and ±Infinity (Python's json accepts them by default)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def assert_png_figure(path, min_width, min_height):
+    """The file is a PNG of at least this size that is not blank (many non-white pixels, several colours)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape[1] >= min_width and pixels.shape[0] >= min_height, pixels.shape
+    assert (pixels < 250).any(-1).mean() > 0.02
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
+
+
 def test_train_writes_the_run_directory(tmp_path, capsys):
     out = str(tmp_path / "run")
     code, stdout, _ = run(["train", "--steps", "30", "--out", out, *SMALL], capsys)
     assert code == 0
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.jsonl", "metrics.json", "samples.npy",
-                                       "samples.png"]
-    config = json.load(open(os.path.join(out, "config.json")))
+                                       "samples.png", "training.png"]
+    config = strict_json(open(os.path.join(out, "config.json")).read())
     assert config["data"] == "grid25" and config["steps"] == 30 and config["hidden"] == 32
-    log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    log = [strict_json(line) for line in open(os.path.join(out, "log.jsonl"))]
     assert [r["step"] for r in log] == [10, 20, 30]
     assert {"d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction", "it_per_s"} <= set(log[0])
-    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    metrics = strict_json(open(os.path.join(out, "metrics.json")).read())
     assert {"modes", "modes_strict", "high_quality", "reverse_kl", "wall_seconds"} <= set(metrics)
     # The toy preset samples with Jacobian truncation and reports the raw generator beside it.
     assert config["sample_keep"] == 0.85
     assert set(metrics["raw_generator"]) >= {"modes", "modes_strict", "high_quality", "reverse_kl"}
     assert "raw generator" in stdout and "sampler keep 0.85" in stdout
     assert np.load(os.path.join(out, "samples.npy")).shape == (2500, 2)
-    assert open(os.path.join(out, "samples.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert_png_figure(os.path.join(out, "samples.png"), 400, 400)
+    assert_png_figure(os.path.join(out, "training.png"), 400, 400)
     assert "PacGAN paper" in stdout and "true mixture" in stdout and "run directory" in stdout
 
 
-def test_progress_output_and_summary(tmp_path, capsys):
-    code, stdout, stderr = run(["train", "--steps", "20", "--out", str(tmp_path / "r"), *SMALL[:-1]], capsys)
+def test_progress_bar_on_request_and_quiet_off_a_terminal(tmp_path, capsys):
+    code, stdout, stderr = run(["train", "--steps", "20", "--out", str(tmp_path / "r"), "--progress", *SMALL[:-1]],
+                               capsys)
     assert code == 0
-    assert "it/s" in stderr and "d_loss" in stderr and "20/20" in stderr
+    assert "it/s" in stderr and "d_loss" in stderr and "D(fake)" in stderr and "20/20" in stderr
     assert stdout.startswith("fastgan train: done, 20 steps")
+    # Captured stderr is not a terminal: without --progress, no bar (the one-line header stays).
+    code, stdout, stderr = run(["train", "--steps", "20", "--out", str(tmp_path / "s"), *SMALL[:-1]], capsys)
+    assert code == 0 and stdout.startswith("fastgan train: done, 20 steps")
+    assert "it/s" not in stderr and "20/20" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_undefined_metrics_are_null_in_strict_json(tmp_path, capsys, monkeypatch):
+    # Samples far from every centre: no sample is high-quality, so the reverse KL is undefined (NaN).
+    evaluate = cli._evaluate
+    monkeypatch.setattr(cli, "_evaluate", lambda config, samples: evaluate(config, samples + 1000.0))
+    out = str(tmp_path / "run")
+    code, stdout, _ = run(["train", "--steps", "10", "--out", out, *SMALL], capsys)
+    assert code == 0
+    metrics = strict_json(open(os.path.join(out, "metrics.json")).read())
+    assert metrics["high_quality"] == 0 and metrics["reverse_kl"] is None
+    assert metrics["raw_generator"]["reverse_kl"] is None
+    far = np.full((100, 2), 1000.0, np.float32)
+    np.save(tmp_path / "far.npy", far)
+    code, stdout, _ = run(["eval", str(tmp_path / "far.npy"), "--data", "grid25", "--json"], capsys)
+    assert code == 0 and strict_json(stdout)["reverse_kl"] is None
 
 
 def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
@@ -64,7 +108,8 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, monke
     assert code == 130 and "interrupted at step 20; checkpoint saved" in err and "--resume" in err
     assert load_checkpoint(os.path.join(split, "checkpoint.pt"))["step"] == 20
     monkeypatch.setattr(cli.Progress, "update", original)
-    code, _, _ = run(["train", "--out", split, "--resume", "--quiet"], capsys)
+    # Flags that repeat the saved run are accepted on --resume.
+    code, _, _ = run(["train", "--out", split, "--resume", "--quiet", "--hidden", "32", "--data", "grid25"], capsys)
     assert code == 0
     a = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
     b = load_checkpoint(os.path.join(split, "checkpoint.pt"))
@@ -119,6 +164,105 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 10-step run directory, copied by each test that damages it."""
+    out = str(tmp_path_factory.mktemp("finished") / "run")
+    assert cli.main(["train", "--steps", "10", "--out", out, *SMALL]) == 0
+    return out
+
+
+def _damaged_copy(finished_run, tmp_path, damage):
+    out = str(tmp_path / "damaged")
+    shutil.copytree(finished_run, out)
+    damage(out)
+    return out
+
+
+def _truncate_checkpoint(out):
+    path = os.path.join(out, "checkpoint.pt")
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[: len(blob) // 2])
+
+
+def _garbage_checkpoint(out):
+    open(os.path.join(out, "checkpoint.pt"), "wb").write(os.urandom(4096))
+
+
+def _empty_checkpoint(out):
+    open(os.path.join(out, "checkpoint.pt"), "wb").close()
+
+
+def _config_without_keys(out):
+    path = os.path.join(out, "config.json")
+    config = json.load(open(path))
+    del config["hidden"], config["batch_size"]
+    json.dump(config, open(path, "w"))
+
+
+def _config_not_json(out):
+    open(os.path.join(out, "config.json"), "w").write('{"data": "grid25", "hidden": ')
+
+
+def _config_of_another_model(out):
+    path = os.path.join(out, "config.json")
+    json.dump(dict(json.load(open(path)), hidden=64), open(path, "w"))
+
+
+def _assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.parametrize("damage,command,needles", [
+    (_truncate_checkpoint, "sample", ["checkpoint.pt", "truncated or damaged"]),
+    (_truncate_checkpoint, "resume", ["checkpoint.pt", "truncated or damaged"]),
+    (_garbage_checkpoint, "sample", ["checkpoint.pt", "truncated or damaged"]),
+    (_garbage_checkpoint, "resume", ["checkpoint.pt", "truncated or damaged"]),
+    (_empty_checkpoint, "sample", ["checkpoint.pt", "truncated or damaged"]),
+    (_empty_checkpoint, "resume", ["checkpoint.pt", "truncated or damaged"]),
+    (_config_without_keys, "resume", ["config.json", "missing hidden, batch_size"]),
+    (_config_not_json, "resume", ["config.json", "not valid JSON"]),
+    (_config_not_json, "eval", ["config.json", "not valid JSON"]),
+    (_config_of_another_model, "resume", ["checkpoint.pt", "does not fit", "size mismatch"]),
+])
+def test_a_damaged_run_directory_is_one_line_and_exit_2(finished_run, tmp_path, capsys, damage, command, needles):
+    out = _damaged_copy(finished_run, tmp_path, damage)
+    argv = {"sample": ["sample", out, "-n", "10", "--out", str(tmp_path / "s.npy")],
+            "resume": ["train", "--out", out, "--resume", "--steps", "12", "--quiet"],
+            "eval": ["eval", out]}[command]
+    code, _, err = run(argv, capsys)
+    _assert_one_line_error(code, err, *needles)
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--hidden", "64"], ["--hidden 64 (saved: 32)", "contradicts"]),
+    (["--g-loss", "reverse_kl", "--seed", "3"], ["--g-loss reverse_kl (saved: nonsaturating)", "--seed 3 (saved: 0)"]),
+    (["--data", "ring8"], ["--data ring8 (saved: grid25)"]),
+    (["--fuse"], ["--fuse (saved: False)"]),
+])
+def test_resume_refuses_flags_that_contradict_the_run(finished_run, tmp_path, capsys, flags, needles):
+    out = _damaged_copy(finished_run, tmp_path, lambda out: None)
+    before = open(os.path.join(out, "checkpoint.pt"), "rb").read()
+    code, _, err = run(["train", "--out", out, "--resume", "--steps", "12", "--quiet", *flags], capsys)
+    _assert_one_line_error(code, err, *needles)
+    assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == before
+
+
+def test_resume_applies_the_flags_it_may_change(finished_run, tmp_path, capsys):
+    out = _damaged_copy(finished_run, tmp_path, lambda out: None)
+    code, _, _ = run(["train", "--out", out, "--resume", "--steps", "14", "--log-every", "2", "--sample-keep", "1",
+                      "--quiet"], capsys)
+    assert code == 0
+    config = strict_json(open(os.path.join(out, "config.json")).read())
+    assert config["steps"] == 14 and config["log_every"] == 2 and config["sample_keep"] == 1
+    steps = [strict_json(line)["step"] for line in open(os.path.join(out, "log.jsonl"))]
+    assert steps == [10, 12, 14]
+    assert "raw_generator" not in strict_json(open(os.path.join(out, "metrics.json")).read())
+
+
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert run(["train", "--steps", "5", "--out", out, *SMALL], capsys)[0] == 0
@@ -137,7 +281,7 @@ def test_shapes_and_image_folder_runs(tmp_path, capsys):
     tiny = ["--steps", "2", "--batch-size", "4", "--hidden", "4", "--latent-dim", "8", "--log-every", "1", "--quiet"]
     out = str(tmp_path / "img")
     assert run(["train", "--data", str(folder), "--image-size", "32", "--out", out, *tiny], capsys)[0] == 0
-    assert open(os.path.join(out, "samples.png"), "rb").read(4) == b"\x89PNG"
+    assert_png_figure(os.path.join(out, "samples.png"), 400, 400)
     assert np.load(os.path.join(out, "samples.npy")).shape == (2500, 3, 32, 32)
     out = str(tmp_path / "shapes")
     code, stdout, _ = run(["train", "--data", "shapes", "--out", out, *tiny], capsys)

@@ -388,7 +388,7 @@ def test_render_shapes_colours_areas_and_centres():
     inside = x[:, :, 16, 17]  # the centre pixel is fully covered: exactly the palette colour
     torch.testing.assert_close(inside, PALETTE[colour] * 2 - 1, rtol=0, atol=0)
     coverage = ((x + 1) / 2).amax(1).sum((1, 2))  # the rendered area, in pixels
-    area = torch.tensor(data._AREA)[shape] * 49
+    area = torch.tensor(data.shapes._AREA)[shape] * 49
     torch.testing.assert_close(coverage, area.float(), rtol=0.01, atol=0)
     # The coverage centroid is the centre (the triangle's centre is its centroid).
     cov = ((x + 1) / 2).amax(1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastgan import Trainer, TrainingDiverged, data, metrics, models
+from fastgan.checkpoint import CheckpointError
 from fastgan.trainer import load_checkpoint, save_checkpoint
 
 GRID = data.toy_mixture("grid25")
@@ -96,7 +97,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in good["generator"].values())
 
 
-def test_checkpoints_are_atomic_and_cannot_run_code(tmp_path):
+def test_checkpoints_are_atomic_and_cannot_run_code(tmp_path, capfd):
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, {"step": 3, "w": torch.ones(2)})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
@@ -107,10 +108,39 @@ def test_checkpoints_are_atomic_and_cannot_run_code(tmp_path):
             return (print, ("this must never run",))
 
     torch.save({"payload": Exploit()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="ckpt.pt: not a readable checkpoint") as refused:
         load_checkpoint(path)
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
+    assert "this must never run" not in capfd.readouterr().out
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not a dict", "not a trainer's", "another model"])
+def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, damage):
+    path = str(tmp_path / "checkpoint.pt")
+    trainer = toy_trainer()
+    trainer.train(data.toy_mixture("grid25"), 2, 32, checkpoint_path=path)
+    blob = open(path, "rb").read()
+    if damage == "truncated":
+        open(path, "wb").write(blob[: len(blob) - 100])
+    elif damage == "garbage":
+        open(path, "wb").write(bytes(range(256)) * 8)
+    elif damage == "empty":
+        open(path, "wb").close()
+    elif damage == "not a dict":
+        torch.save([1, 2, 3], path)
+    elif damage == "not a trainer's":
+        save_checkpoint(path, {"step": 2, "generator": {}})
+    fresh = toy_trainer()
+    if damage == "another model":
+        torch.manual_seed(0)
+        fresh = Trainer(models.MLPGenerator(8, 2, 32, 2), models.MLPDiscriminator(2, 32, 2), total_steps=60)
+    expected = {"not a dict": "not a checkpoint", "not a trainer's": "no discriminator, opt_g, opt_d",
+                "another model": "does not fit this trainer"}.get(damage, "truncated or damaged")
+    with pytest.raises(CheckpointError, match=expected) as error:
+        fresh.resume(path)
+    assert str(error.value).startswith(path) and "\n" not in str(error.value)
 
 
 def test_bad_arguments():
@@ -183,7 +213,7 @@ def test_cuda_graphs_match_eager_after_20_steps():
         trainer = toy_trainer(device="cuda", cuda_graphs=graphs, total_steps=20)
         trainer.train(real, 20, 128, log_every=10, noise=noise)
         assert trainer.step == 20
-        assert (trainer._graphs is not None) == graphs, trainer.messages
+        assert trainer._step_graphs.captured == graphs, trainer.messages
         results.append(parameters(trainer) + [p.detach().clone() for p in trainer.ema.parameters()])
     for eager, graphed in zip(*results):
         torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-6)
@@ -195,11 +225,11 @@ def test_cuda_graphs_with_on_device_noise_and_data_resume(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     trainer = toy_trainer(device="cuda", total_steps=40)
     trainer.train(GRID, 20, 128, log_every=10, checkpoint_path=path)
-    assert trainer._graphs is not None, trainer.messages
+    assert trainer._step_graphs.captured, trainer.messages
     resumed = toy_trainer(device="cuda", total_steps=40)
     resumed.resume(path)
     resumed.train(GRID, 40, 64, log_every=10)  # another batch size: captured again
-    assert resumed.step == 40 and resumed._graphs is not None
+    assert resumed.step == 40 and resumed._step_graphs.captured
     assert all(torch.isfinite(p).all() for p in parameters(resumed))
 
 

@@ -69,8 +69,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastgan import _backend, _indexing
-from fastgan.distributed import all_gather_into, all_reduce_sum, gather_batch
 from fastgan.ops import _launch
+from fastgan.ops.collectives import all_gather_into, all_reduce_sum, gather_batch
 from fastgan.ops.bce import _compute_dtype
 
 # Tile shapes: the unit-stride dimension is the long one.
