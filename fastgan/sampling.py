@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["EXACT_MAX_OUTPUTS", "SAMPLERS", "SampleResult", "jacobian_norms", "mh_sample", "rejection_sample",
-           "sample", "sir_sample", "truncated_latents"]
+           "sample", "sample_models", "sir_sample", "truncated_latents"]
 
 #: The names :func:`sample` accepts: the generator alone, Jacobian truncation, and the three
 #: density-ratio samplers.
@@ -325,3 +325,26 @@ def sample(generator: Callable[[Tensor], Tensor], discriminator_log_ratio: Optio
         raise ValueError(f"sampler {sampler!r} needs discriminator_log_ratio")
     function = {"rejection": rejection_sample, "mh": mh_sample, "sir": sir_sample}[sampler]
     return function(generator, discriminator_log_ratio, n, **common, **options)
+
+
+def sample_models(generator: nn.Module, discriminator: Optional[nn.Module], n: int, *, sampler: str = "none",
+                  rng: Optional[torch.Generator] = None, device=None, latent_dim: Optional[int] = None,
+                  batch: int = 4096, **options) -> SampleResult:
+    """:func:`sample` with a trained generator and discriminator module: both are put in eval
+    mode for the call (and restored after), the discriminator's logit is the log-ratio, and the
+    samples come back as float32 (n, ...). With a trainer, pass its EMA generator: the
+    discriminator was trained against the live generator, whose distribution the EMA's is
+    close to (the ratio is then an approximation, as any trained discriminator's is).
+    """
+    modules = [module for module in (generator, discriminator) if module is not None]
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        log_ratio = (lambda x: discriminator(x).float()) if discriminator is not None else None
+        result = sample(generator, log_ratio, n, sampler=sampler, rng=rng, device=device, latent_dim=latent_dim,
+                        batch=batch, **options)
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+    return SampleResult(result.samples.float(), result.acceptance, result.proposals, result.log_ratio_max)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fastgan import models
-from fastgan.sampling import EXACT_MAX_OUTPUTS, jacobian_norms, sample, truncated_latents
+from fastgan.sampling import EXACT_MAX_OUTPUTS, jacobian_norms, sample, sample_models, truncated_latents
 
 
 def _mlp(latent, outputs, dtype=torch.float64):
@@ -328,3 +328,15 @@ def test_rejection_gives_up_with_a_clear_error():
 def test_bad_sampler_arguments_are_named(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call(ONE_D)
+
+
+def test_sample_models_uses_eval_mode_and_restores_it():
+    generator = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).double()
+    discriminator = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double().eval()
+    generator.latent_dim = 3
+    seen = []
+    generator.register_forward_hook(lambda module, inputs, output: seen.append(module.training))
+    result = sample_models(generator, discriminator, 40, sampler="sir", pool=3, rng=torch.Generator().manual_seed(0))
+    assert result.samples.shape == (40, 2) and result.samples.dtype == torch.float32
+    assert seen and not any(seen)  # every pass in eval mode: BatchNorm did not mix the samples
+    assert generator.training and not discriminator.training  # modes restored
