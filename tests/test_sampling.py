@@ -331,8 +331,8 @@ def test_bad_sampler_arguments_are_named(call, match):
 
 
 def test_sample_models_uses_eval_mode_and_restores_it():
-    generator = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).double()
-    discriminator = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double().eval()
+    generator = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    discriminator = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).eval()
     generator.latent_dim = 3
     seen = []
     generator.register_forward_hook(lambda module, inputs, output: seen.append(module.training))
