@@ -131,12 +131,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 
 TOY_DEFAULTS = dict(
-    model="mlp", latent_dim=8, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    model="mlp", latent_dim=8, components=None, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=12000, batch_size=128, lr_g=3e-3, lr_d=9e-3, lr_decay=0.02, d_steps=1, r1_gamma=0.86, r1_every=1,
     ema_decay=0.999, log_every=500, sample_keep=0.85, mh_steps=20, sir_pool=20,
 )
 IMAGE_DEFAULTS = dict(
-    model="dcgan", latent_dim=100, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, r1_gamma=0.0, r1_every=4,
     ema_decay=0.999, log_every=100, sample_keep=0.85, mh_steps=5, sir_pool=5,
 )
@@ -180,6 +180,11 @@ def _resolve_config(args: argparse.Namespace) -> dict:
         backend=args.backend, device=args.device or ("cuda" if _cuda_available() else "cpu"),
         seed=args.seed if args.seed is not None else 0, fuse=args.fuse,
     )
+    if kind == "toy" and config["components"] is None:
+        from fastgan.data import toy_mixture
+
+        # The toy preset's mixture latent has one component per mode of the data (see README).
+        config["components"] = int(toy_mixture(data).centres.shape[0])
     if kind != "toy":
         config.setdefault("image_size", 32 if kind == "shapes" else 64)
         config["image_size"] = config.get("image_size") or (32 if kind == "shapes" else 64)
@@ -209,6 +214,11 @@ def _validate(config: dict) -> None:
         raise UsageError(f"--r1-gamma must be >= 0, got {config['r1_gamma']}")
     if not 0 < config.get("sample_keep", 1.0) <= 1:
         raise UsageError(f"--sample-keep must be in (0, 1], got {config['sample_keep']}")
+    components = config.get("components")
+    if components is not None and (not isinstance(components, int) or components < 0):
+        raise UsageError(f"--components must be a non-negative integer, got {components}")
+    if components and config["data_kind"] != "toy":
+        raise UsageError("--components (a mixture latent prior) applies to the MLP toy models only")
     for key in ("mh_steps", "sir_pool"):
         value = config.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -340,7 +350,8 @@ def _build(config: dict):
     if kind == "toy":
         data = data_module.toy_mixture(config["data"])
         extent = float(data.centres.abs().max()) + 3 * data.std
-        generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent)
+        generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent,
+                                        components=config.get("components") or 0)
         discriminator = models.MLPDiscriminator(2, config.get("d_hidden") or config["hidden"],
                                                 config.get("d_layers") or config["layers"], scale=extent)
         return data, generator, discriminator
@@ -809,6 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=("mlp", "dcgan"), help="mlp for toy data, dcgan for images (default: by data)")
     train.add_argument("--image-size", type=int, choices=(32, 64), help="DCGAN resolution (default 32 for shapes, 64 for your images)")
     train.add_argument("--latent-dim", type=int, help="latent dimension of z")
+    train.add_argument("--components", type=int,
+                       help="learnable Gaussian-mixture latent prior with this many components (toy MLPs; 0: plain "
+                            "N(0, I); default: one per mode of the toy mixture)")
     train.add_argument("--hidden", type=int, help="MLP hidden width, or DCGAN base width")
     train.add_argument("--layers", type=int, help="MLP hidden layers")
     train.add_argument("--d-hidden", type=int, help="the discriminator's width, when it differs from --hidden")
