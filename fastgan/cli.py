@@ -132,7 +132,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 TOY_DEFAULTS = dict(
     model="mlp", latent_dim=8, components=None, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
-    steps=12000, batch_size=128, lr_g=3e-3, lr_d=9e-3, lr_decay=0.02, d_steps=1, r1_gamma=0.86, r1_every=1,
+    steps=11000, batch_size=128, lr_g=3e-3, lr_d=9e-3, lr_decay=0.02, d_steps=1, r1_gamma=0.86, r1_every=1,
     ema_decay=0.999, log_every=500, sample_keep=0.85, mh_steps=20, sir_pool=20,
 )
 IMAGE_DEFAULTS = dict(
