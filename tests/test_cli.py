@@ -335,3 +335,19 @@ def test_info_and_help(capsys):
             cli.main([command, "--help"])
         assert exit.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 128), ("ring8", 8, 11000, 128),
+                                                         ("grid100", 100, 20000, 256)])
+def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
+    config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
+    assert (config["components"], config["steps"], config["batch_size"]) == (components, steps, batch)
+    flags = cli.build_parser().parse_args(["train", "--data", data, "--components", "0", "--steps", "7", "--device", "cpu"])
+    assert (cli._resolve_config(flags)["components"], cli._resolve_config(flags)["steps"]) == (0, 7)
+    _, generator, _ = cli._build(config)
+    assert generator.latent_dim == 9 and generator.prior.components == components
+
+
+def test_components_are_refused_for_images(capsys):
+    code = cli.main(["train", "--data", "shapes", "--components", "4", "--steps", "1"])
+    assert code == 2 and "--components (a mixture latent prior) applies to the MLP toy models only" in capsys.readouterr().err
