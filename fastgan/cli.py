@@ -137,7 +137,7 @@ TOY_DEFAULTS = dict(
 )
 # grid100's own preset: the toy preset with these changes (100 modes: twice the batch, so each
 # D step sees every mode about 2.5 times, and more steps; see README).
-GRID100_OVERRIDES = dict(steps=20000, batch_size=256)
+GRID100_OVERRIDES = dict(steps=30000, batch_size=256)
 IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, r1_gamma=0.0, r1_every=4,
