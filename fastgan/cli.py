@@ -731,7 +731,6 @@ def _load_run(run: str):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     if args.n < 1:
         raise UsageError(f"-n must be a positive integer, got {args.n}")
