@@ -4,22 +4,30 @@
 // Layout. Every tensor is seen as (N, C, S) with its own element strides; a position
 // p = n·S + s runs over the P = N·S samples of a channel. Offsets are always 64-bit; the
 // p → (n, s) division is done in 32 bits when P < 2^31 (a template switch), 64 bits otherwise.
+// The activations x, y, dy and dx share one element dtype T, a template parameter (one host
+// dispatch); per-channel vectors keep their own dtypes and are read once per thread.
 //
-// Block shape. A block is CT channels × PT position lanes (blockDim = (CT, PT), CT·PT = 256
-// threads, threadIdx.x = channel, threadIdx.y = lane), each thread owning one channel and
-// reading kVec positions per step, PT apart. A warp is 32 consecutive linear thread ids, so
-// with the channel index fastest:
-//   * planar tile (CT = 1, PT = 256), for NCHW-like tensors (unit stride along positions):
-//     a warp reads 32 consecutive positions of one channel;
-//   * channels-last tile (CT = 32, PT = 8), when stride_c is the smaller stride (channels_last,
-//     or (N, C) inputs): a warp reads 32 consecutive channels of one position.
-// Either way each warp load is one contiguous run; the tile is picked from x's strides
-// (grad_x is allocated like x, so 2 of the 3 backward tensors follow x).
+// Walks. A block is CT × PT threads (blockDim = (CT, PT), threadIdx.x across channels,
+// threadIdx.y a lane along positions); a warp is 32 consecutive linear thread ids, channel
+// index fastest. Each thread owns CPT channels and, per step, reads U units PT apart:
+//   * planar packed, tile (1, 256), CPT = 1, a unit = one 16-byte pack of W positions
+//     (W = 4 fp32, 8 fp16/bf16): for NCHW-like tensors with unit position stride, S a
+//     multiple of W and every other stride and base pointer 16-byte aligned, so no pack
+//     crosses an image; a warp moves 512 contiguous bytes of one channel;
+//   * channels-last packed, tile (8, 32), CPT = W, a unit = one position's W consecutive
+//     channels in one 16-byte pack: for unit channel stride, C a multiple of W and aligned
+//     strides/pointers; a warp moves 4 positions × 128 contiguous bytes;
+//   * strided, the fallback for everything else, one element per unit, U = 4: tile (1, 256)
+//     when positions are the smaller stride, (32, 8) when channels are (channels_last with C
+//     not a multiple of W, (N, C) inputs, misaligned views).
+// The walk is chosen once on the host from every tensor the kernel touches (x for the
+// statistics; x, y for the forward; x, dy (and dx) for the backward), and the packed walks
+// also need the reductions' split width to be a multiple of W (P is: S is).
 //
 // Forward (training): (1) per (channel, split) partial statistics (count, mean, M2) into
-// fp32 [splits, 3, C]: each thread keeps Welford/Chan state over two-pass tile statistics
-// of its kVec values (tile mean, then Σ(x − tile mean)²; never E[x²] − E[x]²), merged over
-// the block's lanes by a fixed shared-memory tree (deterministic); (2) one thread per
+// fp32 [splits, 3, C]: each thread keeps Welford/Chan state over two-pass statistics of each
+// step's values of a channel (step mean, then Σ(x − step mean)²; never E[x²] − E[x]²), merged
+// over the block's lanes by a fixed shared-memory tree (deterministic); (2) one thread per
 // channel merges the splits in order with Chan's formula, writes mean and
 // invstd = 1/sqrt(M2/P + eps), and updates the running statistics in place (unbiased
 // M2/(P − 1); factor momentum or 1/num_batches_tracked read on the device); (3) elementwise
@@ -41,13 +49,18 @@
 #include "device_utils.cuh"
 
 #include <cstdlib>
+#include <initializer_list>
+#include <type_traits>
 
 namespace fastgan {
 namespace {
 
-constexpr int kVec = 4;               // positions per thread per step (independent loads in flight)
-constexpr int kFinalizeThreads = 256; // finalize kernels: one thread per channel
+constexpr int kStridedUnits = 4;       // strided walk: positions per thread per step (loads in flight)
+constexpr int kPackedUnits = 2;        // packed walks: 16-byte packs per thread per step and tensor
+constexpr int kFinalizeThreads = 256;  // finalize kernels: one thread per channel
 constexpr int64_t kMaxGridY = 65535;
+
+enum class Walk { kStrided, kPlanarPacked, kChannelsLastPacked };
 
 template <int CT, int PT, bool WIDE>
 struct Tile {
@@ -57,6 +70,12 @@ struct Tile {
   static constexpr bool kWide = WIDE;   // 64-bit p → (n, s) division
   static_assert(CT * PT == 256 && (PT & (PT - 1)) == 0, "tile shape");
 };
+
+using PlanarTile = Tile<1, 256, false>;
+using PlanarTileWide = Tile<1, 256, true>;
+using ChannelsLastTile = Tile<32, 8, false>;
+using ChannelsLastTileWide = Tile<32, 8, true>;
+using ChannelsLastPackedTile = Tile<8, 32, false>;
 
 // p → (n, s) with p = n·S + s.
 template <bool WIDE>
@@ -77,6 +96,94 @@ __device__ __forceinline__ int64_t element_offset(const BnTensor& t, int64_t n, 
   return n * t.stride_n + c * t.stride_c + s * t.stride_s;
 }
 
+// How one thread walks its channels and positions (see the file header). Units are
+// positions (strided, channels-last packed) or packs of W positions (planar packed).
+//   kChannelsPerThread  CPT: channels c0 .. c0 + CPT − 1 of thread (blockIdx.x·CT + tx)·CPT
+//   kUnits              units per thread per step, kLanes apart
+//   kValues             values per channel per step (kUnits, or kUnits·W when planar)
+//   kPositionsPerUnit   1, or W when planar
+//   locate()            (n, s) of the step's units from `base`, and how many (a prefix) are < end
+//   load(), store()     one tensor's values of the step, v[channel][value]
+template <class T, class Tl, Walk WALK>
+struct Walker {
+  static constexpr int W = Pack<T>::kWidth;
+  static constexpr bool kPlanar = WALK == Walk::kPlanarPacked;
+  static constexpr int kChannelsPerThread = WALK == Walk::kChannelsLastPacked ? W : 1;
+  static constexpr int kUnits = WALK == Walk::kStrided ? kStridedUnits : kPackedUnits;
+  static constexpr int kPositionsPerUnit = kPlanar ? W : 1;
+  static constexpr int kValues = kUnits * kPositionsPerUnit;
+  static constexpr int64_t kStepUnits = static_cast<int64_t>(Tl::kLanes) * kUnits;
+  using Values = float[kChannelsPerThread][kValues];
+
+  static __device__ __forceinline__ int64_t first_channel() {
+    return (static_cast<int64_t>(blockIdx.x) * Tl::kChannels + threadIdx.x) * kChannelsPerThread;
+  }
+
+  static __device__ __forceinline__ int locate(int64_t base, int64_t end, const BnShape& shape, int64_t (&n)[kUnits],
+                                               int64_t (&s)[kUnits]) {
+    int valid = 0;
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const int64_t unit = base + static_cast<int64_t>(j) * Tl::kLanes;
+      n[j] = s[j] = 0;
+      if (unit < end) {
+        if (kPlanar) {  // pack → (n, first s): S/W packs per image
+          split_position<false>(unit, shape.spatial / W, n[j], s[j]);
+          s[j] *= W;
+        } else {
+          split_position<Tl::kWide>(unit, shape.spatial, n[j], s[j]);
+        }
+        ++valid;
+      }
+    }
+    return valid;
+  }
+
+  static __device__ __forceinline__ void load(const BnTensor& t, int64_t c0, const int64_t (&n)[kUnits],
+                                              const int64_t (&s)[kUnits], int valid, Values& v) {
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      float unit[kPlanar || WALK == Walk::kChannelsLastPacked ? W : 1];
+#pragma unroll
+      for (int k = 0; k < static_cast<int>(sizeof(unit) / sizeof(float)); ++k) unit[k] = 0.0f;
+      if (j < valid) {
+        const int64_t offset = element_offset(t, n[j], c0, s[j]);
+        if constexpr (WALK == Walk::kStrided) {
+          unit[0] = load_element<T>(t.ptr, offset);
+        } else {
+          load_pack<T>(t.ptr, offset, unit);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < static_cast<int>(sizeof(unit) / sizeof(float)); ++k) {
+        if (WALK == Walk::kChannelsLastPacked) {
+          v[k][j] = unit[k];
+        } else {
+          v[0][j * kPositionsPerUnit + k] = unit[k];
+        }
+      }
+    }
+  }
+
+  static __device__ __forceinline__ void store(const BnTensor& t, int64_t c0, const int64_t (&n)[kUnits],
+                                               const int64_t (&s)[kUnits], int valid, const Values& v) {
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      if (j < valid) {
+        const int64_t offset = element_offset(t, n[j], c0, s[j]);
+        if constexpr (WALK == Walk::kStrided) {
+          store_element<T>(t.ptr, offset, v[0][j]);
+        } else {
+          float unit[W];
+#pragma unroll
+          for (int k = 0; k < W; ++k) unit[k] = WALK == Walk::kChannelsLastPacked ? v[k][j] : v[0][j * W + k];
+          store_pack<T>(t.ptr, offset, unit);
+        }
+      }
+    }
+  }
+};
+
 struct Channel {
   float mean;
   float invstd;
@@ -86,11 +193,11 @@ struct Channel {
 
 __device__ __forceinline__ Channel load_channel(const BnChannelArgs& ch, int64_t c) {
   Channel result;
-  result.mean = load_as_float(ch.mean.ptr, ch.mean.dtype, c);
-  const float stat = load_as_float(ch.stat.ptr, ch.stat.dtype, c);
+  result.mean = load_scalar(ch.mean.ptr, ch.mean.dtype, c);
+  const float stat = load_scalar(ch.stat.ptr, ch.stat.dtype, c);
   result.invstd = ch.stat_is_invstd ? stat : 1.0f / sqrtf(stat + ch.eps);
-  result.w = ch.weight.ptr ? load_as_float(ch.weight.ptr, ch.weight.dtype, c) : 1.0f;
-  result.b = ch.bias.ptr ? load_as_float(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
+  result.w = ch.weight.ptr ? load_scalar(ch.weight.ptr, ch.weight.dtype, c) : 1.0f;
+  result.b = ch.bias.ptr ? load_scalar(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
   return result;
 }
 
@@ -126,71 +233,83 @@ struct AddSums {
 };
 
 // Combine the kLanes states of each channel column of the block (fixed tree order, so the
-// result is deterministic); the result is valid in the threads with threadIdx.y == 0.
+// result is deterministic); the result is valid in the threads with threadIdx.y == 0, the
+// only ones that read the shared row 0 afterwards, so calls may follow each other directly.
 // Every thread of the block must call it.
-template <class T, class State, class Combine>
+template <class Tl, class State, class Combine>
 __device__ __forceinline__ State reduce_lanes(State value, Combine combine) {
-  __shared__ State lanes[T::kLanes][T::kChannels];
+  __shared__ State lanes[Tl::kLanes][Tl::kChannels];
   const int tx = threadIdx.x, ty = threadIdx.y;
   lanes[ty][tx] = value;
   __syncthreads();
 #pragma unroll
-  for (int stride = T::kLanes / 2; stride > 0; stride >>= 1) {
+  for (int stride = Tl::kLanes / 2; stride > 0; stride >>= 1) {
     if (ty < stride) lanes[ty][tx] = combine(lanes[ty][tx], lanes[ty + stride][tx]);
     __syncthreads();
   }
-  return lanes[0][tx];
+  return ty == 0 ? lanes[0][tx] : value;
+}
+
+// The split's positions [start, end) as units [first, last) of the walk.
+template <class Wk>
+__device__ __forceinline__ void split_units(const BnShape& shape, int64_t& first, int64_t& last) {
+  const int64_t start = static_cast<int64_t>(blockIdx.y) * shape.positions_per_split;
+  const int64_t end = min(start + shape.positions_per_split, shape.positions);  // start >= end: empty split
+  first = start / Wk::kPositionsPerUnit;
+  last = end / Wk::kPositionsPerUnit;
 }
 
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
 
-template <class T>
-__global__ void __launch_bounds__(T::kThreads)
+template <class T, class Tl, Walk WALK>
+__global__ void __launch_bounds__(Tl::kThreads)
     bn_partial_statistics_kernel(BnTensor x, float* partials, BnShape shape) {
+  using Wk = Walker<T, Tl, WALK>;
+  constexpr int CPT = Wk::kChannelsPerThread;
   const int64_t C = shape.channels;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * T::kChannels + threadIdx.x;
-  const int64_t split = blockIdx.y;
-  const int64_t start = split * shape.positions_per_split;
-  const int64_t end = min(start + shape.positions_per_split, shape.positions);  // start >= end: empty split
-  Welford acc{0.0f, 0.0f, 0.0f};
-  if (c < C) {
-    for (int64_t base = start + threadIdx.y; base < end; base += T::kLanes * kVec) {
-      float v[kVec];
-      int valid = 0;  // positions base + j·kLanes < end form a prefix j < valid (>= 1 here)
+  const int64_t c0 = Wk::first_channel();
+  int64_t first, last;
+  split_units<Wk>(shape, first, last);
+  Welford acc[CPT];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const int64_t p = base + static_cast<int64_t>(j) * T::kLanes;
-        v[j] = 0.0f;
-        if (p < end) {
-          int64_t n, s;
-          split_position<T::kWide>(p, shape.spatial, n, s);
-          v[j] = load_as_float(x.ptr, x.dtype, element_offset(x, n, c, s));
-          ++valid;
+  for (int ch = 0; ch < CPT; ++ch) acc[ch] = {0.0f, 0.0f, 0.0f};
+  if (c0 < C) {
+    for (int64_t base = first + threadIdx.y; base < last; base += Wk::kStepUnits) {
+      int64_t n[Wk::kUnits], s[Wk::kUnits];
+      const int valid = Wk::locate(base, last, shape, n, s);  // >= 1 unit here
+      typename Wk::Values v;
+      Wk::load(x, c0, n, s, valid, v);
+      // Two-pass statistics of this step's values (a prefix of `count`; the rest are 0),
+      // then Chan's merge into the running state.
+      const int count = valid * Wk::kPositionsPerUnit;
+#pragma unroll
+      for (int ch = 0; ch < CPT; ++ch) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < Wk::kValues; ++j) sum += v[ch][j];
+        const float step_mean = sum / static_cast<float>(count);
+        float step_m2 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < Wk::kValues; ++j) {
+          const float centred = j < count ? v[ch][j] - step_mean : 0.0f;
+          step_m2 += centred * centred;
         }
+        acc[ch] = merge(acc[ch], Welford{static_cast<float>(count), step_mean, step_m2});
       }
-      // Two-pass statistics of this thread's tile, then Chan's merge into the running state.
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) sum += v[j];  // v[j] = 0 past the prefix
-      const float tile_count = static_cast<float>(valid);
-      const float tile_mean = sum / tile_count;
-      float tile_m2 = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const float centred = j < valid ? v[j] - tile_mean : 0.0f;
-        tile_m2 += centred * centred;
-      }
-      acc = merge(acc, Welford{tile_count, tile_mean, tile_m2});
     }
   }
-  acc = reduce_lanes<T>(acc, MergeWelford{});
-  if (threadIdx.y == 0 && c < C) {
-    float* out = partials + split * 3 * C + c;
-    out[0] = acc.count;
-    out[C] = acc.mean;
-    out[2 * C] = acc.m2;
+#pragma unroll
+  for (int ch = 0; ch < CPT; ++ch) {
+    const Welford total = reduce_lanes<Tl>(acc[ch], MergeWelford{});
+    const int64_t c = c0 + ch;
+    if (threadIdx.y == 0 && c < C) {
+      float* out = partials + static_cast<int64_t>(blockIdx.y) * 3 * C + c;
+      out[0] = total.count;
+      out[C] = total.mean;
+      out[2 * C] = total.m2;
+    }
   }
 }
 
@@ -238,48 +357,46 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   if (args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr) {
     const float factor =
         args.cumulative ? 1.0f / static_cast<float>(*args.num_batches_tracked) : args.momentum;
-    const float running_mean = load_as_float(args.running_mean.ptr, args.running_mean.dtype, c);
-    const float running_var = load_as_float(args.running_var.ptr, args.running_var.dtype, c);
+    const float running_mean = load_scalar(args.running_mean.ptr, args.running_mean.dtype, c);
+    const float running_var = load_scalar(args.running_var.ptr, args.running_var.dtype, c);
     const float unbiased = m2 / (count - 1.0f);
-    store_from_float(args.running_mean.ptr, args.running_mean.dtype, c, running_mean + factor * (mean - running_mean));
-    store_from_float(args.running_var.ptr, args.running_var.dtype, c, running_var + factor * (unbiased - running_var));
+    store_scalar(args.running_mean.ptr, args.running_mean.dtype, c, running_mean + factor * (mean - running_mean));
+    store_scalar(args.running_var.ptr, args.running_var.dtype, c, running_var + factor * (unbiased - running_var));
   }
 }
 
-// y = leaky_relu(x·a + b) over a grid of (channel tiles, position tiles of kLanes·kVec),
+// y = leaky_relu(x·a + b) over a grid of (channel tiles, position tiles of one step each),
 // grid-striding over the position tiles (grid.y is capped at 65535).
-template <class T>
-__global__ void __launch_bounds__(T::kThreads)
+template <class T, class Tl, Walk WALK>
+__global__ void __launch_bounds__(Tl::kThreads)
     bn_forward_elementwise_kernel(BnTensor x, BnTensor y, BnChannelArgs channel, BnShape shape, float slope) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * T::kChannels + threadIdx.x;
-  if (c >= shape.channels) return;  // no block-wide synchronisation below
-  const Channel ch = load_channel(channel, c);
-  const float scale = ch.w * ch.invstd;
-  const float shift = ch.b - ch.mean * scale;
-  const int64_t P = shape.positions;
-  constexpr int64_t kTilePositions = static_cast<int64_t>(T::kLanes) * kVec;
-  const int64_t tiles = (P + kTilePositions - 1) / kTilePositions;
+  using Wk = Walker<T, Tl, WALK>;
+  constexpr int CPT = Wk::kChannelsPerThread;
+  const int64_t c0 = Wk::first_channel();
+  if (c0 >= shape.channels) return;  // no block-wide synchronisation below
+  float scale[CPT], shift[CPT];
+#pragma unroll
+  for (int ch = 0; ch < CPT; ++ch) {
+    const Channel p = load_channel(channel, c0 + ch);
+    scale[ch] = p.w * p.invstd;
+    shift[ch] = p.b - p.mean * scale[ch];
+  }
+  const int64_t units = shape.positions / Wk::kPositionsPerUnit;
+  const int64_t tiles = (units + Wk::kStepUnits - 1) / Wk::kStepUnits;
   for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
-    const int64_t base = tile * kTilePositions + threadIdx.y;
-    float v[kVec];
-    int64_t n[kVec], s[kVec];
+    int64_t n[Wk::kUnits], s[Wk::kUnits];
+    const int valid = Wk::locate(tile * Wk::kStepUnits + threadIdx.y, units, shape, n, s);
+    typename Wk::Values v;
+    Wk::load(x, c0, n, s, valid, v);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const int64_t p = base + static_cast<int64_t>(j) * T::kLanes;
-      v[j] = 0.0f;
-      n[j] = s[j] = 0;
-      if (p < P) {
-        split_position<T::kWide>(p, shape.spatial, n[j], s[j]);
-        v[j] = load_as_float(x.ptr, x.dtype, element_offset(x, n[j], c, s[j]));
+    for (int ch = 0; ch < CPT; ++ch) {
+#pragma unroll
+      for (int j = 0; j < Wk::kValues; ++j) {
+        const float z = v[ch][j] * scale[ch] + shift[ch];
+        v[ch][j] = z > 0.0f ? z : z * slope;
       }
     }
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      if (base + static_cast<int64_t>(j) * T::kLanes < P) {
-        const float z = v[j] * scale + shift;
-        store_from_float(y.ptr, y.dtype, element_offset(y, n[j], c, s[j]), z > 0.0f ? z : z * slope);
-      }
-    }
+    Wk::store(y, c0, n, s, valid, v);
   }
 }
 
@@ -287,48 +404,53 @@ __global__ void __launch_bounds__(T::kThreads)
 // Backward
 // ---------------------------------------------------------------------------------------
 
-template <class T>
-__global__ void __launch_bounds__(T::kThreads) bn_backward_reduce_kernel(BatchNormBackwardArgs args) {
+template <class T, class Tl, Walk WALK>
+__global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchNormBackwardArgs args) {
+  using Wk = Walker<T, Tl, WALK>;
+  constexpr int CPT = Wk::kChannelsPerThread;
   const BnShape& shape = args.shape;
   const int64_t C = shape.channels;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * T::kChannels + threadIdx.x;
-  const int64_t split = blockIdx.y;
-  const int64_t start = split * shape.positions_per_split;
-  const int64_t end = min(start + shape.positions_per_split, shape.positions);  // start >= end: empty split
-  GradSums acc{0.0f, 0.0f};
-  if (c < C) {
-    const Channel ch = load_channel(args.channel, c);
-    for (int64_t base = start + threadIdx.y; base < end; base += T::kLanes * kVec) {
-      float xv[kVec], dy[kVec];
+  const int64_t c0 = Wk::first_channel();
+  int64_t first, last;
+  split_units<Wk>(shape, first, last);
+  GradSums acc[CPT];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const int64_t p = base + static_cast<int64_t>(j) * T::kLanes;
-        xv[j] = 0.0f;
-        dy[j] = 0.0f;
-        if (p < end) {
-          int64_t n, s;
-          split_position<T::kWide>(p, shape.spatial, n, s);
-          xv[j] = load_as_float(args.x.ptr, args.x.dtype, element_offset(args.x, n, c, s));
-          dy[j] = load_as_float(args.grad_out.ptr, args.grad_out.dtype, element_offset(args.grad_out, n, c, s));
-        }
-      }
+  for (int ch = 0; ch < CPT; ++ch) acc[ch] = {0.0f, 0.0f};
+  if (c0 < C) {
+    Channel p[CPT];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        if (base + static_cast<int64_t>(j) * T::kLanes < end) {
-          const float xhat = (xv[j] - ch.mean) * ch.invstd;
-          const float z = xhat * ch.w + ch.b;
-          const float dz = z > 0.0f ? dy[j] : dy[j] * args.slope;
-          acc.dz += dz;
-          acc.dz_xhat += dz * xhat;
+    for (int ch = 0; ch < CPT; ++ch) p[ch] = load_channel(args.channel, c0 + ch);
+    for (int64_t base = first + threadIdx.y; base < last; base += Wk::kStepUnits) {
+      int64_t n[Wk::kUnits], s[Wk::kUnits];
+      const int valid = Wk::locate(base, last, shape, n, s);
+      typename Wk::Values xv, dy;
+      Wk::load(args.x, c0, n, s, valid, xv);
+      Wk::load(args.grad_out, c0, n, s, valid, dy);
+      const int count = valid * Wk::kPositionsPerUnit;
+#pragma unroll
+      for (int ch = 0; ch < CPT; ++ch) {
+#pragma unroll
+        for (int j = 0; j < Wk::kValues; ++j) {
+          if (j < count) {
+            const float xhat = (xv[ch][j] - p[ch].mean) * p[ch].invstd;
+            const float z = xhat * p[ch].w + p[ch].b;
+            const float dz = z > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
+            acc[ch].dz += dz;
+            acc[ch].dz_xhat += dz * xhat;
+          }
         }
       }
     }
   }
-  acc = reduce_lanes<T>(acc, AddSums{});
-  if (threadIdx.y == 0 && c < C) {
-    float* out = args.partials + split * 2 * C + c;
-    out[0] = acc.dz;
-    out[C] = acc.dz_xhat;
+#pragma unroll
+  for (int ch = 0; ch < CPT; ++ch) {
+    const GradSums total = reduce_lanes<Tl>(acc[ch], AddSums{});
+    const int64_t c = c0 + ch;
+    if (threadIdx.y == 0 && c < C) {
+      float* out = args.partials + static_cast<int64_t>(blockIdx.y) * 2 * C + c;
+      out[0] = total.dz;
+      out[C] = total.dz_xhat;
+    }
   }
 }
 
@@ -344,56 +466,51 @@ __global__ void __launch_bounds__(kFinalizeThreads)
     sum_dz += row[0];
     sum_dz_xhat += row[C];
   }
-  if (args.grad_weight.ptr != nullptr) store_from_float(args.grad_weight.ptr, args.grad_weight.dtype, c, sum_dz_xhat);
-  if (args.grad_bias.ptr != nullptr) store_from_float(args.grad_bias.ptr, args.grad_bias.dtype, c, sum_dz);
+  if (args.grad_weight.ptr != nullptr) store_scalar(args.grad_weight.ptr, args.grad_weight.dtype, c, sum_dz_xhat);
+  if (args.grad_bias.ptr != nullptr) store_scalar(args.grad_bias.ptr, args.grad_bias.dtype, c, sum_dz);
   if (args.training) {
     args.coefficients[c] = sum_dz * inv_p;
     args.coefficients[C + c] = sum_dz_xhat * inv_p;
   }
 }
 
-template <class T, bool TRAINING>
-__global__ void __launch_bounds__(T::kThreads) bn_backward_input_kernel(BatchNormBackwardArgs args) {
+template <class T, class Tl, Walk WALK, bool TRAINING>
+__global__ void __launch_bounds__(Tl::kThreads) bn_backward_input_kernel(BatchNormBackwardArgs args) {
+  using Wk = Walker<T, Tl, WALK>;
+  constexpr int CPT = Wk::kChannelsPerThread;
   const BnShape& shape = args.shape;
   const int64_t C = shape.channels;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * T::kChannels + threadIdx.x;
-  if (c >= C) return;  // no block-wide synchronisation below
-  const Channel ch = load_channel(args.channel, c);
-  const float scale = ch.w * ch.invstd;
-  float mean_dz = 0.0f, mean_dz_xhat = 0.0f;
-  if (TRAINING) {
-    mean_dz = args.coefficients[c];
-    mean_dz_xhat = args.coefficients[C + c];
+  const int64_t c0 = Wk::first_channel();
+  if (c0 >= C) return;  // no block-wide synchronisation below
+  Channel p[CPT];
+  float scale[CPT], mean_dz[CPT], mean_dz_xhat[CPT];
+#pragma unroll
+  for (int ch = 0; ch < CPT; ++ch) {
+    p[ch] = load_channel(args.channel, c0 + ch);
+    scale[ch] = p[ch].w * p[ch].invstd;
+    mean_dz[ch] = TRAINING ? args.coefficients[c0 + ch] : 0.0f;
+    mean_dz_xhat[ch] = TRAINING ? args.coefficients[C + c0 + ch] : 0.0f;
   }
-  const int64_t P = shape.positions;
-  constexpr int64_t kTilePositions = static_cast<int64_t>(T::kLanes) * kVec;
-  const int64_t tiles = (P + kTilePositions - 1) / kTilePositions;
+  const int64_t units = shape.positions / Wk::kPositionsPerUnit;
+  const int64_t tiles = (units + Wk::kStepUnits - 1) / Wk::kStepUnits;
   for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
-    const int64_t base = tile * kTilePositions + threadIdx.y;
-    float xv[kVec], dy[kVec];
-    int64_t n[kVec], s[kVec];
+    int64_t n[Wk::kUnits], s[Wk::kUnits];
+    const int valid = Wk::locate(tile * Wk::kStepUnits + threadIdx.y, units, shape, n, s);
+    typename Wk::Values xv, dy;
+    Wk::load(args.x, c0, n, s, valid, xv);
+    Wk::load(args.grad_out, c0, n, s, valid, dy);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const int64_t p = base + static_cast<int64_t>(j) * T::kLanes;
-      xv[j] = 0.0f;
-      dy[j] = 0.0f;
-      n[j] = s[j] = 0;
-      if (p < P) {
-        split_position<T::kWide>(p, shape.spatial, n[j], s[j]);
-        xv[j] = load_as_float(args.x.ptr, args.x.dtype, element_offset(args.x, n[j], c, s[j]));
-        dy[j] = load_as_float(args.grad_out.ptr, args.grad_out.dtype, element_offset(args.grad_out, n[j], c, s[j]));
+    for (int ch = 0; ch < CPT; ++ch) {
+#pragma unroll
+      for (int j = 0; j < Wk::kValues; ++j) {
+        const float xhat = (xv[ch][j] - p[ch].mean) * p[ch].invstd;
+        const float z = xhat * p[ch].w + p[ch].b;
+        float dz = z > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
+        if (TRAINING) dz = dz - mean_dz[ch] - xhat * mean_dz_xhat[ch];
+        xv[ch][j] = dz * scale[ch];
       }
     }
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      if (base + static_cast<int64_t>(j) * T::kLanes < P) {
-        const float xhat = (xv[j] - ch.mean) * ch.invstd;
-        const float z = xhat * ch.w + ch.b;
-        float dz = z > 0.0f ? dy[j] : dy[j] * args.slope;
-        if (TRAINING) dz = dz - mean_dz - xhat * mean_dz_xhat;
-        store_from_float(args.grad_x.ptr, args.grad_x.dtype, element_offset(args.grad_x, n[j], c, s[j]), dz * scale);
-      }
-    }
+    Wk::store(args.grad_x, c0, n, s, valid, xv);
   }
 }
 
@@ -401,28 +518,74 @@ __global__ void __launch_bounds__(T::kThreads) bn_backward_input_kernel(BatchNor
 // Host side
 // ---------------------------------------------------------------------------------------
 
-using PlanarTile = Tile<1, 256, false>;
-using PlanarTileWide = Tile<1, 256, true>;
-using ChannelsLastTile = Tile<32, 8, false>;
-using ChannelsLastTileWide = Tile<32, 8, true>;
-
-// The channels-last tile when channels are the smaller stride (channels_last tensors, (N, C)
-// inputs), else the planar tile (NCHW-contiguous, and any layout where positions are closer).
+// The strided tile: channels-last when channels are the smaller stride (channels_last
+// tensors, (N, C) inputs), else planar (NCHW-contiguous, and any layout where positions are
+// closer).
 bool channels_last_tile(const BnTensor& t, const BnShape& shape) {
   if (shape.channels <= 1) return false;
   const int64_t position_stride = shape.spatial > 1 ? std::llabs(t.stride_s) : std::llabs(t.stride_n);
   return std::llabs(t.stride_c) < position_stride;
 }
 
-// Calls f(tile) with the tile type for this layout and index width.
-template <class F>
-void with_tile(const BnTensor& layout, const BnShape& shape, F&& f) {
-  const bool wide = shape.positions > 2147483647LL;  // p → (n, s) in 64 bits
-  if (channels_last_tile(layout, shape)) {
-    if (wide) f(ChannelsLastTileWide{}); else f(ChannelsLastTile{});
-  } else {
-    if (wide) f(PlanarTileWide{}); else f(PlanarTile{});
+// A stride that only matters when its dimension has more than one index.
+bool stride_multiple(int64_t stride, int64_t size, int width) { return size <= 1 || stride % width == 0; }
+
+// Whether every tensor in `tensors` (nullptr-terminated list of present ones) allows `walk`.
+bool packed_walk_fits(Walk walk, const BnTensor* const* tensors, int count, const BnShape& shape, int width) {
+  const int64_t N = shape.spatial > 0 ? shape.positions / shape.spatial : 0;
+  const int64_t C = shape.channels, S = shape.spatial;
+  for (int i = 0; i < count; ++i) {
+    const BnTensor& t = *tensors[i];
+    if (!aligned16(t.ptr) || !stride_multiple(t.stride_n, N, width)) return false;
+    if (walk == Walk::kPlanarPacked) {
+      if (t.stride_s != 1 || S % width != 0 || !stride_multiple(t.stride_c, C, width)) return false;
+    } else {
+      if (t.stride_c != 1 || C % width != 0 || !stride_multiple(t.stride_s, S, width)) return false;
+    }
   }
+  return true;
+}
+
+// Calls f(TypeTag<T>{}, Tile{}, std::integral_constant<Walk, ...>{}) for the walk the tensors
+// allow: packed when every tensor fits (and, for reductions, the split width is a multiple
+// of the pack width), else strided with the tile of `layout` (the first tensor, x).
+template <class F>
+void with_walk(std::initializer_list<const BnTensor*> tensors, const BnShape& shape, bool reduction, const char* op,
+               F&& f) {
+  const BnTensor& layout = **tensors.begin();
+  for (const BnTensor* t : tensors) {
+    if (t->dtype != layout.dtype) {
+      throw std::runtime_error(std::string("fastgan.") + op +
+                               ": the activations and their gradients must share one dtype");
+    }
+  }
+  dispatch_dtype(layout.dtype, op, [&](auto tag) {
+    const int width = pack_width(layout.dtype);
+    const bool wide = shape.positions > 2147483647LL;  // p → (n, s) in 64 bits
+    const bool splits_fit = !reduction || shape.positions_per_split % width == 0;
+    const bool cl = channels_last_tile(layout, shape);
+    const Walk packed = cl ? Walk::kChannelsLastPacked : Walk::kPlanarPacked;
+    if (!wide && splits_fit && packed_walk_fits(packed, tensors.begin(), static_cast<int>(tensors.size()), shape,
+                                                width)) {
+      if (cl) {
+        f(tag, ChannelsLastPackedTile{}, std::integral_constant<Walk, Walk::kChannelsLastPacked>{});
+      } else {
+        f(tag, PlanarTile{}, std::integral_constant<Walk, Walk::kPlanarPacked>{});
+      }
+    } else if (cl) {
+      if (wide) {
+        f(tag, ChannelsLastTileWide{}, std::integral_constant<Walk, Walk::kStrided>{});
+      } else {
+        f(tag, ChannelsLastTile{}, std::integral_constant<Walk, Walk::kStrided>{});
+      }
+    } else {
+      if (wide) {
+        f(tag, PlanarTileWide{}, std::integral_constant<Walk, Walk::kStrided>{});
+      } else {
+        f(tag, PlanarTile{}, std::integral_constant<Walk, Walk::kStrided>{});
+      }
+    }
+  });
 }
 
 void check_shape(const BnShape& shape, bool reductions, const char* op) {
@@ -443,32 +606,49 @@ void check_shape(const BnShape& shape, bool reductions, const char* op) {
   }
 }
 
-template <class T>
-dim3 reduction_grid(const BnShape& shape, const char* op) {
-  return dim3(grid_size((shape.channels + T::kChannels - 1) / T::kChannels, op), static_cast<unsigned int>(shape.splits));
+template <class T, class Tl, Walk WALK>
+dim3 block_of() {
+  return dim3(Tl::kChannels, Tl::kLanes);
 }
 
-template <class T>
+template <class T, class Tl, Walk WALK>
+unsigned int channel_blocks(const BnShape& shape, const char* op) {
+  constexpr int64_t per_block = static_cast<int64_t>(Tl::kChannels) * Walker<T, Tl, WALK>::kChannelsPerThread;
+  return grid_size((shape.channels + per_block - 1) / per_block, op);
+}
+
+template <class T, class Tl, Walk WALK>
+dim3 reduction_grid(const BnShape& shape, const char* op) {
+  return dim3(channel_blocks<T, Tl, WALK>(shape, op), static_cast<unsigned int>(shape.splits));
+}
+
+template <class T, class Tl, Walk WALK>
 dim3 elementwise_grid(const BnShape& shape, const char* op) {
-  const int64_t tile_positions = static_cast<int64_t>(T::kLanes) * kVec;
-  const int64_t tiles = (shape.positions + tile_positions - 1) / tile_positions;
-  return dim3(grid_size((shape.channels + T::kChannels - 1) / T::kChannels, op),
-              static_cast<unsigned int>(tiles < kMaxGridY ? tiles : kMaxGridY));
+  using Wk = Walker<T, Tl, WALK>;
+  const int64_t units = shape.positions / Wk::kPositionsPerUnit;
+  const int64_t tiles = (units + Wk::kStepUnits - 1) / Wk::kStepUnits;
+  return dim3(channel_blocks<T, Tl, WALK>(shape, op), static_cast<unsigned int>(tiles < kMaxGridY ? tiles : kMaxGridY));
 }
 
 unsigned int finalize_grid(const BnShape& shape, const char* op) {
   return grid_size((shape.channels + kFinalizeThreads - 1) / kFinalizeThreads, op);
 }
 
+#define FASTGAN_WALK_TYPES                     \
+  using T = typename decltype(tag)::type;     \
+  using Tl = decltype(tile);                  \
+  constexpr Walk WALK = decltype(walk)::value
+
 void launch_forward_elementwise(const BnTensor& x, const BnTensor& y, const BnChannelArgs& channel,
                                 const BnShape& shape, float slope, cudaStream_t stream, const char* op) {
   if (shape.channels == 0 || shape.positions == 0) return;
-  with_tile(x, shape, [&](auto tile) {
-    using T = decltype(tile);
-    bn_forward_elementwise_kernel<T>
-        <<<elementwise_grid<T>(shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(x, y, channel, shape, slope);
-    check_launch(op);
+  with_walk({&x, &y}, shape, false, op, [&](auto tag, auto tile, auto walk) {
+    FASTGAN_WALK_TYPES;
+    bn_forward_elementwise_kernel<T, Tl, WALK>
+        <<<elementwise_grid<T, Tl, WALK>(shape, op), block_of<T, Tl, WALK>(), 0, stream>>>(x, y, channel, shape,
+                                                                                         slope);
   });
+  check_launch(op);
 }
 
 void check_running(const BatchNormForwardTrainArgs& args) {
@@ -479,12 +659,13 @@ void check_running(const BatchNormForwardTrainArgs& args) {
 }
 
 void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream_t stream, const char* op) {
-  with_tile(args.x, args.shape, [&](auto tile) {
-    using T = decltype(tile);
-    bn_partial_statistics_kernel<T><<<reduction_grid<T>(args.shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(
-        args.x, args.partials, args.shape);
-    check_launch(op);
+  with_walk({&args.x}, args.shape, true, op, [&](auto tag, auto tile, auto walk) {
+    FASTGAN_WALK_TYPES;
+    bn_partial_statistics_kernel<T, Tl, WALK>
+        <<<reduction_grid<T, Tl, WALK>(args.shape, op), block_of<T, Tl, WALK>(), 0, stream>>>(args.x, args.partials,
+                                                                                            args.shape);
   });
+  check_launch(op);
 }
 
 // Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
@@ -503,29 +684,32 @@ void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* 
 }
 
 void launch_backward_sums(const BatchNormBackwardArgs& args, float inv_p, cudaStream_t stream, const char* op) {
-  with_tile(args.x, args.shape, [&](auto tile) {
-    using T = decltype(tile);
-    bn_backward_reduce_kernel<T><<<reduction_grid<T>(args.shape, op), dim3(T::kChannels, T::kLanes), 0, stream>>>(args);
-    check_launch(op);
+  with_walk({&args.x, &args.grad_out}, args.shape, true, op, [&](auto tag, auto tile, auto walk) {
+    FASTGAN_WALK_TYPES;
+    bn_backward_reduce_kernel<T, Tl, WALK>
+        <<<reduction_grid<T, Tl, WALK>(args.shape, op), block_of<T, Tl, WALK>(), 0, stream>>>(args);
   });
+  check_launch(op);
   bn_backward_finalize_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, inv_p);
   check_launch(op);
 }
 
 void launch_backward_input(const BatchNormBackwardArgs& args, cudaStream_t stream, const char* op) {
   if (args.grad_x.ptr == nullptr || args.shape.positions == 0) return;
-  with_tile(args.x, args.shape, [&](auto tile) {
-    using T = decltype(tile);
-    const dim3 grid = elementwise_grid<T>(args.shape, op);
-    const dim3 block(T::kChannels, T::kLanes);
+  with_walk({&args.x, &args.grad_out, &args.grad_x}, args.shape, false, op, [&](auto tag, auto tile, auto walk) {
+    FASTGAN_WALK_TYPES;
+    const dim3 grid = elementwise_grid<T, Tl, WALK>(args.shape, op);
+    const dim3 block = block_of<T, Tl, WALK>();
     if (args.training) {
-      bn_backward_input_kernel<T, true><<<grid, block, 0, stream>>>(args);
+      bn_backward_input_kernel<T, Tl, WALK, true><<<grid, block, 0, stream>>>(args);
     } else {
-      bn_backward_input_kernel<T, false><<<grid, block, 0, stream>>>(args);
+      bn_backward_input_kernel<T, Tl, WALK, false><<<grid, block, 0, stream>>>(args);
     }
-    check_launch(op);
   });
+  check_launch(op);
 }
+
+#undef FASTGAN_WALK_TYPES
 
 }  // namespace
 

@@ -12,6 +12,8 @@ struct StridedOperand {
   int64_t strides[4];  // in elements, outermost first; 0 for broadcast dimensions
 };
 
+// Every per-element operand (input, target, weight, pos_weight, the per-element loss and the
+// gradient) shares one dtype (the caller casts mixed operands); the reduced scalar loss may differ.
 struct BceForwardArgs {
   StridedOperand input;       // logits x
   StridedOperand target;      // targets y; ptr == nullptr: use target_value
@@ -30,6 +32,7 @@ struct BceForwardArgs {
   bool contiguous;            // every operand dense: offset == linear index
 };
 
+// grad_real has real's dtype, grad_fake_d/grad_fake_g fake's; the scalar losses any dtype.
 struct GanBceForwardArgs {
   const void* real;  // real logits [n_real], element i at real[i * real_stride]
   int real_dtype;
@@ -51,6 +54,8 @@ struct GanBceForwardArgs {
   int64_t n_fake;
   int64_t real_stride;  // 1 when dense; e.g. 2 for a slice d_out[:, 0] of a (N, 2) output
   int64_t fake_stride;
+  bool real_packed;     // set by gan_bce_forward: real (and grad_real) walked in 16-byte packs
+  bool fake_packed;     // likewise for fake, grad_fake_d and grad_fake_g
 };
 
 void bce_with_logits_forward(const BceForwardArgs& args, int64_t num_blocks, bool reduce, cudaStream_t stream);

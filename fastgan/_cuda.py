@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastgan import _backend
+from fastgan import _backend, _indexing
 
 # Keep in sync with DtypeCode in csrc/common.h.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -47,17 +47,34 @@ def stream_handle(tensor: Tensor) -> int:
 def launch_bce_with_logits_forward(
     input, target, weight, pos_weight, loss, partials, grad, *, target_value, grad_scale, loss_scale, reduce, plan, launch
 ):
-    """CUDA twin of ``fastgan.kernels.bce.launch_bce_with_logits_forward``."""
+    """CUDA twin of ``fastgan.kernels.bce.launch_bce_with_logits_forward``.
+
+    The kernels read every per-element operand in one dtype; mixed operands are cast (exactly)
+    to the loss dtype, their promotion, and a gradient of another dtype is written through a
+    buffer of that dtype, rounded once."""
+    common = loss.dtype
+    operands = (input, target, weight, pos_weight)
+    if any(t is not None and t.dtype != common for t in operands):
+        # A cast copy of a broadcast (expanded) operand is dense: plan the new strides.
+        input, target, weight, pos_weight = (t if t is None else t.to(common) for t in operands)
+        plan = _indexing.plan(input.shape, [input] + [input if t is None else t for t in (target, weight, pos_weight)])
+        if plan is None:  # more than 4 dimensions that do not merge: dense copies always plan
+            input, target, weight, pos_weight = (t if t is None else t.contiguous() for t in (input, target, weight,
+                                                                                              pos_weight))
+            plan = _indexing.plan(input.shape, [input] + [input if t is None else t for t in (target, weight, pos_weight)])
+    grad_buffer = grad if grad is None or grad.dtype == common else torch.empty_like(grad, dtype=common)
     in_s, tg_s, w_s, pw_s = plan.strides
     _backend.extension().bce_with_logits_forward(
         address(input), dtype_code(input), in_s,
         address(target), dtype_code(target), tg_s if target is not None else _NO_STRIDES,
         address(weight), dtype_code(weight), w_s if weight is not None else _NO_STRIDES,
         address(pos_weight), dtype_code(pos_weight), pw_s if pos_weight is not None else _NO_STRIDES,
-        address(loss), dtype_code(loss), address(partials), address(grad), dtype_code(grad),
+        address(loss), dtype_code(loss), address(partials), address(grad_buffer), dtype_code(grad_buffer),
         target_value, grad_scale, loss_scale, plan.numel, plan.sizes, plan.contiguous, reduce,
         launch.num_programs, stream_handle(input),
     )
+    if grad_buffer is not grad:
+        grad.copy_(grad_buffer)
 
 
 def launch_gan_bce_forward(
@@ -98,6 +115,17 @@ def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_in
 _NO_STRIDES_3D = (0, 0, 0)
 
 
+def _in_layout_of(grad_out: Tensor, x: Tensor) -> Tensor:
+    """The incoming gradient in x's dtype and, when x is dense, x's strides (a copy only when
+    they differ): the backward kernels then walk x, dy and dx in one layout, in 16-byte packs
+    where it allows, instead of reading dy across its rows."""
+    grad_out = grad_out.to(x.dtype)
+    if grad_out.stride() == x.stride():
+        return grad_out
+    like = torch.empty_like(x)
+    return like.copy_(grad_out) if like.stride() == x.stride() else grad_out
+
+
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
                                     partials, *, plan, momentum, cumulative, eps, slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_train`` (always 64-bit offsets)."""
@@ -135,6 +163,7 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
 
     The reduction and finalize run when ``training`` or a parameter gradient is asked for; the
     elementwise dx pass when ``grad_x`` is given."""
+    grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
     _backend.extension().batch_norm_backward(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
@@ -182,6 +211,7 @@ def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, 
 def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
                                     plan, eps, slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_sums``."""
+    grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
     _backend.extension().batch_norm_backward_sums(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
@@ -199,6 +229,7 @@ def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, gra
 def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
                                      slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_input``."""
+    grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
     _backend.extension().batch_norm_backward_input(
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),

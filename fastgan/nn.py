@@ -45,26 +45,13 @@ class BCEWithLogitsLoss(torch.nn.Module):
         return f"reduction={self.reduction!r}" + (f", backend={self.backend!r}" if self.backend else "")
 
 
-class _BatchNormLeakyReLU(torch.nn.modules.batchnorm._BatchNorm):
-    """``nn.BatchNorm*d`` followed by ``nn.LeakyReLU(negative_slope)``, fused
-    (:func:`fastgan.ops.batch_norm_leaky_relu`). Same constructor arguments, parameters,
-    buffers and state_dict keys as ``nn.BatchNorm*d``, so checkpoints load either way;
-    ``negative_slope=0`` gives BatchNorm → ReLU."""
+class _LeakyReLUFusion:
+    """The fused forward shared by the blocks below, mixed into the ``torch.nn`` BatchNorm each
+    block replaces: ``F.leaky_relu(bn(x), negative_slope)`` in one op
+    (:func:`fastgan.ops.batch_norm_leaky_relu`), with the BatchNorm's own parameters, buffers,
+    state_dict keys and train/eval semantics."""
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        negative_slope: float = 0.01,
-        backend: Optional[str] = None,
-    ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+    def _set_activation(self, negative_slope: float, backend: Optional[str]) -> None:
         self.negative_slope = float(negative_slope)
         self.backend = backend
 
@@ -99,23 +86,40 @@ class _BatchNormLeakyReLU(torch.nn.modules.batchnorm._BatchNorm):
         return extra + (f", backend={self.backend!r}" if self.backend else "")
 
 
-class BatchNormLeakyReLU1d(_BatchNormLeakyReLU):
-    """Fused ``nn.BatchNorm1d`` → ``nn.LeakyReLU`` for (N, C) and (N, C, L) inputs."""
+class BatchNorm1dLeakyReLU(_LeakyReLUFusion, torch.nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` → ``nn.LeakyReLU(negative_slope)`` fused, for (N, C) and (N, C, L)
+    inputs; ``negative_slope=0`` gives BatchNorm → ReLU. An ``nn.BatchNorm1d`` (``isinstance``
+    and the class name, so initialisation, weight-decay and freezing code that looks for
+    BatchNorms finds it) with its constructor arguments, parameters, buffers and state_dict
+    keys: checkpoints load either way. ``backend`` pins a backend for this module."""
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
-
-
-class BatchNormLeakyReLU2d(_BatchNormLeakyReLU):
-    """Fused ``nn.BatchNorm2d`` → ``nn.LeakyReLU`` for (N, C, H, W) inputs (contiguous or channels_last)."""
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, negative_slope: float = 0.01,
+                 backend: Optional[str] = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._set_activation(negative_slope, backend)
 
 
-class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
+class BatchNorm2dLeakyReLU(_LeakyReLUFusion, torch.nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` → ``nn.LeakyReLU(negative_slope)`` fused, for (N, C, H, W) inputs
+    (contiguous or channels_last); ``negative_slope=0`` gives BatchNorm → ReLU. An
+    ``nn.BatchNorm2d`` (``isinstance`` and the class name) with its constructor arguments,
+    parameters, buffers and state_dict keys: checkpoints load either way. ``backend`` pins a
+    backend for this module."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, negative_slope: float = 0.01,
+                 backend: Optional[str] = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._set_activation(negative_slope, backend)
+
+
+# The names these blocks had before they became nn.BatchNorm1d/2d subclasses.
+BatchNormLeakyReLU1d = BatchNorm1dLeakyReLU
+BatchNormLeakyReLU2d = BatchNorm2dLeakyReLU
+
+
+class SyncBatchNormLeakyReLU(_LeakyReLUFusion, torch.nn.modules.batchnorm._BatchNorm):
     """Fused ``nn.SyncBatchNorm`` → ``nn.LeakyReLU(negative_slope)``: in training, batch
     statistics over the batch concatenated across ``process_group`` (default: the whole world),
     with one collective per forward and one per backward
@@ -126,7 +130,9 @@ class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
     may differ, ``weight``/``bias`` gradients are this process's share (data parallelism
     averages them), and nothing is communicated in eval mode. Without an initialised
     ``torch.distributed``, or with a group of one process, it is exactly the unsynchronised
-    fused block."""
+    fused block. A ``_BatchNorm`` with "BatchNorm" in its class name, so code that looks for
+    BatchNorms finds it, but not an ``nn.SyncBatchNorm``: DistributedDataParallel refuses those
+    on the CPU, where this block runs too (gloo)."""
 
     def __init__(
         self,
@@ -142,8 +148,8 @@ class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
         negative_slope: float = 0.01,
         backend: Optional[str] = None,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         negative_slope=negative_slope, backend=backend)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._set_activation(negative_slope, backend)
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -160,7 +166,7 @@ class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
     @classmethod
     def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None) -> torch.nn.Module:
         """Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, and safe for fused blocks: every
-        :class:`BatchNormLeakyReLU1d`/``2d`` in ``module`` becomes a
+        :class:`BatchNorm1dLeakyReLU`/``2d`` in ``module`` becomes a
         :class:`SyncBatchNormLeakyReLU` and every plain ``nn.BatchNorm*d`` an ``nn.SyncBatchNorm``
         (``nn.SyncBatchNorm.convert_sync_batchnorm`` would turn the fused blocks, which are
         BatchNorm modules, into plain ``nn.SyncBatchNorm`` and drop their activation). The new
@@ -171,7 +177,7 @@ class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
         ``fastgan.fuse(module, sync=True)``.
         """
         converted = module
-        if type(module) in (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d):
+        if type(module) in (BatchNorm1dLeakyReLU, BatchNorm2dLeakyReLU):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
                             process_group, negative_slope=module.negative_slope, backend=module.backend)
             _adopt_state(module, converted)

@@ -214,7 +214,8 @@ class Trainer:
         self.fuse_report = None
         if fuse:
             sync = {"sync": True, "process_group": process_group} if self.distributed else {}
-            self.fuse_report = tuple(fuse_models(model, backend=backend, **sync) for model in (generator, discriminator))
+            self.fuse_report = tuple(fuse_models(model, backend=backend, report=True, **sync)[1]
+                                     for model in (generator, discriminator))
         if self.distributed:
             # Fused blocks become synchronised fused blocks, plain BatchNorms nn.SyncBatchNorm
             # (torch's own converter would strip the fused blocks' activations).

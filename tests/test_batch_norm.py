@@ -176,6 +176,66 @@ def test_half_precision_within_pytorchs_own_error(backend, device):
                 assert (ours.double() - ref).abs().max().item() <= allowed
 
 
+# Layouts that select each cuda walk: planar 16-byte packs (H·W a multiple of 8), channels-last
+# packs (C = 8, 16: a multiple of the pack width), and element by element (H·W = 7×5 planar,
+# C = 17 channels-last, and storage starting one element in, as x[1:] does).
+WALK_CASES = {
+    "planar_16x16": ((2, 8, 16, 16), False, False),
+    "planar_7x5": ((2, 16, 7, 5), False, False),
+    "channels_last_C8_16x16": ((2, 8, 16, 16), True, False),
+    "channels_last_C16_7x5": ((3, 16, 7, 5), True, False),
+    "channels_last_C17_16x16": ((2, 17, 16, 16), True, False),
+    "planar_offset_by_one": ((2, 8, 16, 16), False, True),
+    "channels_last_offset_by_one": ((3, 16, 7, 5), True, True),
+}
+
+
+def offset_by_one(x):
+    """x's values and strides in a storage that starts one element earlier (misaligned)."""
+    storage = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    moved = storage[1:].as_strided(x.shape, x.stride())
+    moved.copy_(x)
+    return moved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", list(WALK_CASES))
+def test_packed_and_element_walks_match_float64(backend, device, case, training, dtype):
+    """Every walk, forward and backward, with the incoming gradient in x's layout (so that
+    all three backward tensors share it); bfloat16 within PyTorch's own error."""
+    shape, channels_last, misaligned = WALK_CASES[case]
+    x = make_input(shape, channels_last, device, dtype, mean=3.0, scale=2.0)
+    if misaligned:
+        x = offset_by_one(x)
+    weight, bias, running_mean, running_var = make_params(shape[1], device)
+    running_mean.fill_(3.0), running_var.fill_(4.0)
+    x = x.detach().requires_grad_()
+    rm, rv = running_mean.clone(), running_var.clone()
+    y = batch_norm_leaky_relu(x, weight, bias, rm, rv, training, 0.1, 1e-5, 0.2, backend=backend)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    upstream = torch.empty_like(x, dtype=torch.float64).copy_(torch.randn(shape, dtype=torch.float64))
+    grads = torch.autograd.grad(y, (x, weight, bias), upstream.to(dtype))
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = weight.detach().double().requires_grad_(), bias.detach().double().requires_grad_()
+    rm64, rv64 = running_mean.double().clone(), running_var.double().clone()
+    y64 = eager64(x64, w64, b64, rm64, rv64, training, 0.1, 1e-5, 0.2)
+    grads64 = torch.autograd.grad(y64, (x64, w64, b64), upstream)
+    if dtype == torch.float32:
+        assert_matches((y, grads, rm, rv), (y64, grads64, rm64, rv64))
+        return
+    # PyTorch's own: the block in float32 on the same inputs, rounded to the dtype.
+    x32 = x.detach().float().requires_grad_()
+    w32, b32 = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    y32 = eager64(x32, w32, b32, running_mean.double().clone(), running_var.double().clone(), training, 0.1, 1e-5,
+                  0.2).to(dtype)
+    grads32 = torch.autograd.grad(y32, (x32, w32, b32), upstream.to(dtype))
+    eps = torch.finfo(dtype).eps
+    for ours, theirs, ref in ((y, y32, y64), *zip(grads, (grads32[0].to(dtype),) + grads32[1:], grads64)):
+        allowed = 2 * (theirs.double() - ref).abs().max().item() + 2 * eps * ref.abs().max().item()
+        assert (ours.double() - ref).abs().max().item() <= allowed
+
+
 def test_reference_gradcheck_and_double_backward():
     x = make_input((3, 2, 2, 2), False, "cpu", torch.float64, mean=1.0, scale=1.0).requires_grad_()
     weight, bias, running_mean, running_var = (t.detach().double() for t in make_params(2, "cpu"))
@@ -184,6 +244,20 @@ def test_reference_gradcheck_and_double_backward():
         def fn(x_, w_, b_):
             return batch_norm_leaky_relu_reference(x_, w_, b_, running_mean.clone(), running_var.clone(), training, 0.1,
                                                    1e-5, 0.2)
+
+        assert torch.autograd.gradcheck(fn, (x, weight, bias))
+        assert torch.autograd.gradgradcheck(fn, (x, weight, bias))
+
+
+def test_torch_backend_gradcheck_and_double_backward():
+    """The torch backend (PyTorch's native kernels, its own autograd Function) in float64."""
+    x = make_input((3, 2, 2, 2), False, "cpu", torch.float64, mean=1.0, scale=1.0).requires_grad_()
+    weight, bias, running_mean, running_var = (t.detach().double() for t in make_params(2, "cpu"))
+    weight.requires_grad_(), bias.requires_grad_()
+    for training in (True, False):
+        def fn(x_, w_, b_):
+            return batch_norm_leaky_relu(x_, w_, b_, running_mean.clone(), running_var.clone(), training, 0.1, 1e-5,
+                                         0.2, backend="torch")
 
         assert torch.autograd.gradcheck(fn, (x, weight, bias))
         assert torch.autograd.gradgradcheck(fn, (x, weight, bias))
@@ -198,15 +272,18 @@ def test_double_backward_r1_penalty(backend, device):
 
     def r1(backend_name):
         xx = x.detach().clone().requires_grad_()
-        out = batch_norm_leaky_relu(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2, backend=backend_name)
+        if backend_name == "reference":
+            out = batch_norm_leaky_relu_reference(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2)
+        else:
+            out = batch_norm_leaky_relu(xx, weight, bias, None, None, True, 0.1, 1e-5, 0.2, backend=backend_name)
         (gx,) = torch.autograd.grad((out * probe).sum(), xx, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), (xx, weight, bias))
 
-    for got, want in zip(r1(backend), r1("torch")):
+    for got, want in zip(r1(backend), r1("reference")):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_saves_one_activation_sized_tensor(kernel_backend, device):
+def test_saves_one_activation_sized_tensor(backend, device):
     x = make_input((4, 8, 6, 6), False, device).requires_grad_()
     weight, bias, running_mean, running_var = make_params(8, device)
     saved = []
@@ -216,7 +293,7 @@ def test_saves_one_activation_sized_tensor(kernel_backend, device):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=kernel_backend)
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
     assert sum(n == x.numel() for n in saved) == 1
     assert sum(n for n in saved if n != x.numel()) <= 4 * 8
     eager = []
@@ -388,12 +465,16 @@ def dcgan_discriminator(width=8):
 def test_fuse_dcgan_pair_matches_unfused(backend, device):
     generator, discriminator = dcgan_generator().to(device), dcgan_discriminator().to(device)
     fused_g, fused_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    assert fastgan.fuse(fused_g, backend=backend) is fused_g
+    report_g = fastgan.fuse(fused_g, backend=backend, report=True)[1]  # a second call finds nothing new
+    assert len(report_g) == 0
+    fused_g = copy.deepcopy(generator)
     g_params = list(fused_g.parameters())
-    report_g = fastgan.fuse(fused_g, backend=backend)
-    report_d = fastgan.fuse(fused_d, backend=backend)
+    fused_g, report_g = fastgan.fuse(fused_g, backend=backend, report=True)
+    fused_d, report_d = fastgan.fuse(fused_d, backend=backend, report=True)
     assert [p.path for p in report_g.fused] == ["1", "4", "7"]
     assert [p.path for p in report_d.fused] == ["3", "5.1"]
-    assert "BatchNormLeakyReLU2d" in str(report_d) and len(report_g) == 3
+    assert "BatchNorm2dLeakyReLU" in str(report_d) and len(report_g) == 3
     assert list(fused_g.parameters()) == g_params  # the same tensors: optimizers keep working
     assert isinstance(fused_g[2], nn.Identity) and fused_g[1].negative_slope == 0.0
     assert fused_d[3].negative_slope == 0.2
@@ -421,12 +502,85 @@ def test_fuse_dcgan_pair_matches_unfused(backend, device):
 
 def test_fuse_leaves_other_modules_alone():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.BatchNorm1d(4))
-    report = fastgan.fuse(model)
+    model, report = fastgan.fuse(model, report=True)
     assert len(report) == 0 and "nothing to fuse" in str(report)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, momentum=None, affine=False), nn.LeakyReLU(0.3))
     model[1].eval()
-    report = fastgan.fuse(model)
+    assert fastgan.fuse(model) is model
     assert isinstance(model[1], BatchNormLeakyReLU1d) and not model[1].training and model[1].momentum is None
     assert model[1].negative_slope == 0.3 and not model[1].affine
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         fastgan.fuse("model")
+
+
+# --------------------------------------------------------------------------------------
+# Memory and accuracy against eager PyTorch (BatchNorm → activation unfused)
+# --------------------------------------------------------------------------------------
+
+
+def saved_bytes(model, *inputs):
+    """Bytes of the distinct storages autograd saves for the backward of ``model(*inputs)``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    return sum(storages.values())
+
+
+def test_dcgan_saves_no_more_than_eager(backend, device):
+    """A whole DCGAN pair, fused, keeps no more for the backward than eager BatchNorm followed
+    by the examples' in-place activations (which already save only each block's input and
+    output, the output being the next layer's input anyway)."""
+    generator, discriminator = dcgan_generator().to(device), dcgan_discriminator().to(device)
+    fused_g = fastgan.fuse(copy.deepcopy(generator), backend=backend)
+    fused_d = fastgan.fuse(copy.deepcopy(discriminator), backend=backend)
+    z = torch.randn(8, 8, 1, 1, device=device, requires_grad=True)
+    images = torch.randn(8, 3, 32, 32, device=device, requires_grad=True)
+    for plain, fused, x in ((generator, fused_g, z), (discriminator, fused_d, images)):
+        eager, ours = saved_bytes(plain, x), saved_bytes(fused, x)
+        assert ours <= eager, (type(plain[0]).__name__, ours, eager)
+
+
+def relative_error(value, reference):
+    return ((value.double() - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mean,std", [(40.0, 3.0), (1e3, 1.0)])
+def test_error_within_twice_eager_float32(backend, device, mean, std, training, request):
+    """Against float64 on the same float32 inputs, the values and the x, weight and bias
+    gradients are no further off than eager PyTorch's own float32 BatchNorm → LeakyReLU
+    (at most twice its error), on inputs whose mean dwarfs their spread."""
+    if backend != "torch":
+        # Known, not yet fixed; not strict: how often the kernels lose depends on the inputs and
+        # on where they run (interpreter, emulator, GPU).
+        request.applymarker(pytest.mark.xfail(
+            reason="the kernels' float32 statistics and normalisation (kernels/batch_norm.py, csrc/) lose to "
+            "eager's when |mean| >> std"))
+    shape, channels = (6, 5, 7, 9), 5
+    for slope in (0.0, 0.2):
+        x = (torch.randn(shape, dtype=torch.float64) * std + mean).float().to(device)
+        weight, bias = (torch.randn(channels) + 1).to(device), torch.randn(channels).to(device)
+        running_mean = (mean + std * torch.randn(channels)).to(device)
+        running_var = (std**2 * (0.5 + torch.rand(channels))).to(device)
+        upstream = torch.randn(shape, device=device)
+
+        def run(op, dtype):
+            leaves = [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+            y = op(*leaves, running_mean.to(dtype).clone(), running_var.to(dtype).clone())
+            return (y, *torch.autograd.grad(y, leaves, upstream.to(dtype)))
+
+        def eager(x_, w_, b_, rm, rv):
+            return F.leaky_relu(F.batch_norm(x_, rm, rv, w_, b_, training, 0.1, 1e-5), slope)
+
+        def ours(x_, w_, b_, rm, rv):
+            return batch_norm_leaky_relu(x_, w_, b_, rm, rv, training, 0.1, 1e-5, slope, backend=backend)
+
+        exact, theirs, got = run(eager, torch.float64), run(eager, torch.float32), run(ours, torch.float32)
+        for name, mine, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), got, theirs, exact):
+            ours_error, eager_error = relative_error(mine, reference), relative_error(pytorch, reference)
+            assert ours_error <= 2 * eager_error, (name, slope, ours_error, eager_error)

@@ -13,8 +13,10 @@ from fastgan.ops.bce import bce_with_logits, bce_with_logits_reference, gan_bce_
 # (dtype, rtol, atol) for float32; half-precision tolerances come from PyTorch's own error.
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Odd sizes: 1, primes, 2^k +- 1, a size past the single-program limit (several programs
-# and the finishing kernel), and multi-dimensional shapes.
-SHAPES = [(1,), (7,), (1023,), (1025,), (3, 17), (5, 1, 13), (_launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 3,)]
+# and the finishing kernel), and multi-dimensional shapes; and multiples of the 16-byte pack
+# width (8 halves, 4 floats), walked in packs with no tail.
+SHAPES = [(1,), (7,), (1023,), (1025,), (3, 17), (5, 1, 13), (_launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 3,),
+          (16,), (4, 64)]
 REDUCTIONS = ["mean", "sum", "none"]
 
 
@@ -159,6 +161,65 @@ def test_bce_weight_and_pos_weight_broadcasting(backend, device, shape, weight_k
     assert_matches_reference(ours, None, ref, torch.float32, "loss")
     assert_matches_reference(our_grad, None, ref_grad, torch.float32, "grad")
     torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, y, w, reduction=reduction, pos_weight=pw))
+
+
+# Dense operands the cuda kernels walk in 16-byte packs (aligned; n = 64, or 67 with a
+# 3-element tail), and dense ones they walk element by element (one operand starting one
+# element into its storage, as x[1:] does), with every optional operand present.
+PACK_LAYOUTS = ["aligned_64", "aligned_67", "input_offset_by_one", "target_offset_by_one", "weight_offset_by_one"]
+
+
+def dense(values, offset_by_one):
+    """A dense copy of ``values``, starting one element into its storage when asked."""
+    if not offset_by_one:
+        return values.clone()
+    storage = torch.empty(values.numel() + 1, dtype=values.dtype, device=values.device)
+    view = storage[1:].view(values.shape)
+    view.copy_(values)
+    return view
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", PACK_LAYOUTS)
+def test_bce_packed_and_element_walks(backend, device, layout, reduction, dtype):
+    n = 67 if layout == "aligned_67" else 64
+    x = dense(logits((n,), device).to(dtype), layout == "input_offset_by_one").requires_grad_()
+    y = dense(torch.rand(n, device=device).to(dtype), layout == "target_offset_by_one")
+    w = dense((torch.rand(n, device=device) + 0.1).to(dtype), layout == "weight_offset_by_one")
+    pw = dense((torch.rand(n, device=device) * 3 + 0.2).to(dtype), False)
+    ours = bce_with_logits(x, y, w, pw, reduction=reduction, backend=backend)
+    (our_grad,) = torch.autograd.grad(ours.sum(), x)
+    xr = x.detach().double().requires_grad_()
+    ref = reference64(xr, y, w, pw, reduction)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    xt = x.detach().clone().requires_grad_()
+    torch_lowp = F.binary_cross_entropy_with_logits(xt, y, w, reduction=reduction, pos_weight=pw)
+    (torch_grad,) = torch.autograd.grad(torch_lowp.sum(), xt)
+    if dtype == torch.float32:
+        torch_lowp = torch_grad = None
+    assert_matches_reference(ours, torch_lowp, ref, dtype, "loss", scale=ref.abs().max().expand_as(ref))
+    grad_scale = ref_grad.abs().max().expand_as(ref_grad)
+    assert_matches_reference(our_grad, torch_grad, ref_grad, dtype, "grad", scale=grad_scale)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_mixed_operand_dtypes(backend, device, reduction):
+    """bfloat16 logits with float32 targets and float16 weights: the loss in the promoted
+    float32 (tight), the bfloat16 gradient within PyTorch's own error."""
+    x = logits((3, 40), device).to(torch.bfloat16).requires_grad_()
+    y = torch.rand(3, 40, device=device)
+    w = (torch.rand(40, device=device) + 0.1).to(torch.float16)
+    ours = bce_with_logits(x, y, w, reduction=reduction, backend=backend)
+    (our_grad,) = torch.autograd.grad(ours.sum(), x)
+    assert ours.dtype == torch.float32 and our_grad.dtype == torch.bfloat16
+    xr = x.detach().double().requires_grad_()
+    ref = reference64(xr, y, w, None, reduction)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    xt = x.detach().clone().requires_grad_()
+    (torch_grad,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(xt, y, w, reduction=reduction).sum(), xt)
+    assert_matches_reference(ours, None, ref, torch.float32, "loss")
+    assert_matches_reference(our_grad, torch_grad, ref_grad, torch.bfloat16, "grad")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -433,7 +494,7 @@ def test_gan_bce_losses_match_reference(backend, device, sizes, dtype, targets):
         assert_matches_reference(g, t, r, dtype, f"grad {name}", scale=torch.full_like(r, sc))
 
 
-@pytest.mark.parametrize("layout", ["column_slice", "every_other_row", "transposed_2d"])
+@pytest.mark.parametrize("layout", ["column_slice", "every_other_row", "transposed_2d", "offset_by_one"])
 def test_gan_bce_losses_strided_logits(backend, device, layout):
     """Logits sliced out of a wider output (d_out[:, 0]) are read in place, not as if dense."""
     base_real = logits((40, 3), device).float().requires_grad_()
@@ -442,6 +503,7 @@ def test_gan_bce_losses_strided_logits(backend, device, layout):
         "column_slice": lambda t: t[:, 1],
         "every_other_row": lambda t: t[::2, 0],
         "transposed_2d": lambda t: t.t(),
+        "offset_by_one": lambda t: t.reshape(-1)[1:],  # dense, one element into the storage
     }[layout]
     ours = gan_bce_losses(view(base_real), view(base_fake), real_target=0.9, backend=backend)
     ref = gan_bce_losses_reference(view(base_real).double(), view(base_fake).double(), 0.9)

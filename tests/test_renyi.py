@@ -118,6 +118,153 @@ def test_renyi_extreme_logits(backend, device, alpha):
     torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-6)
 
 
+INF = math.inf
+# Columns of ±∞ cases (reduced over dim 0): one +∞, one −∞, several of each, both signs,
+# all +∞, all −∞, and a finite control column.
+INFINITE_COLUMNS = {
+    "one_pos": [(3, INF)],
+    "one_neg": [(0, -INF)],
+    "several_pos": [(1, INF), (6, INF), (20, INF)],
+    "several_neg": [(2, -INF), (9, -INF), (36, -INF)],
+    "both": [(4, INF), (5, -INF), (11, -INF)],
+    "all_pos": "all+",
+    "all_neg": "all-",
+    "finite": [],
+}
+INFINITY_ALPHAS = [0.0, 0.5, 0.999, 1.0, 1.001, 2.0, 10.0]
+
+
+def logits_with_infinities(n, device, dtype=torch.float32):
+    """(n, 8) logits, column k the k-th case of INFINITE_COLUMNS."""
+    r = log_ratios((n, len(INFINITE_COLUMNS)), "cpu", torch.float64)
+    for k, placed in enumerate(INFINITE_COLUMNS.values()):
+        if placed in ("all+", "all-"):
+            r[:, k] = INF if placed == "all+" else -INF
+        else:
+            for row, value in placed:
+                r[row % n, k] = value
+    return r.to(device=device, dtype=dtype)
+
+
+def infinite_result(want):
+    return ~torch.isfinite(want)
+
+
+@pytest.mark.parametrize("alpha", INFINITY_ALPHAS, ids=str)
+@pytest.mark.parametrize("layout", ["columns", "rows"])
+def test_renyi_infinite_logits_match_float64(backend, device, alpha, layout):
+    """±∞ logits: the value is (logsumexp(β·r) − log N)/(α − 1) with logsumexp's infinities
+    (finite when only some β·r are −∞; ±∞ when the maximum is infinite; NaN for +∞ and −∞
+    together at α = 1), on every backend; the gradient matches wherever the value is finite
+    (and at α = 1, where it is −1/N whatever r is)."""
+    r = logits_with_infinities(37, device)
+    dim = 0
+    if layout == "rows":  # contiguous rows of 40 (packed kernel walk), not columns of a (37, 8) matrix
+        r = logits_with_infinities(40, device).t().contiguous()
+        dim = 1
+    r.requires_grad_()
+    got = renyi_divergence(r, alpha, dim, backend=backend)
+    upstream = torch.randn_like(got)
+    (grad,) = torch.autograd.grad(got, r, upstream)
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, dim)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    torch.testing.assert_close(got.double(), want.detach(), equal_nan=True, **tolerance(alpha, want))
+    finite_cases = torch.isfinite(want.detach()) | (alpha == 1.0)
+    pick = (lambda t: t[:, finite_cases]) if dim == 0 else (lambda t: t[finite_cases])
+    assert finite_cases.sum() >= 3
+    torch.testing.assert_close(pick(grad).double(), pick(want_grad), rtol=3e-5, atol=1e-6)
+
+
+def test_renyi_one_infinite_logit_example(backend, device):
+    """The issue's example: r = [0, 0, 0, +∞], α = 2 is log(3/4), in every kernel dtype."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        r = torch.tensor([0.0, 0.0, 0.0, INF], device=device, dtype=dtype)
+        got = renyi_divergence(r, 2.0, backend=backend)
+        torch.testing.assert_close(got.double(), torch.tensor(math.log(0.75), dtype=torch.float64, device=device),
+                                   rtol=torch.finfo(dtype).eps, atol=0.0)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_renyi_kernel_gradient_at_an_infinite_maximum_is_the_limit(kernel_backend, device, alpha):
+    """Where the maximum m of β·r is infinite (D = ±∞), the kernels take the gradient of the
+    limit of equal large logits: −g uniformly over the entries tied with m, 0 elsewhere."""
+    tie = INF if alpha < 1 else -INF
+    r = log_ratios((4, 19), device)
+    r[0, [2, 7, 11]] = tie  # three tied at the maximum, the rest below
+    r[1, :] = tie  # the whole row tied
+    r[2, 5] = tie
+    r[2, 6] = -tie  # one at the maximum, one at −∞·β
+    r[3, [0, 18]] = tie
+    r.requires_grad_()
+    got = renyi_divergence(r, alpha, dim=1, backend=kernel_backend)
+    assert torch.isinf(got).all()
+    upstream = torch.randn_like(got)
+    (grad,) = torch.autograd.grad(got, r, upstream)
+    tied = (r.detach() == tie).double()
+    want = -upstream.double().unsqueeze(1) * tied / tied.sum(1, keepdim=True)
+    torch.testing.assert_close(grad.double(), want, rtol=1e-6, atol=0.0)
+
+
+# Rows walked by the kernels in 16-byte packs (contiguous, aligned, a multiple of the pack
+# width, or one row with a tail, also split across programs), and the rows that are not (odd
+# row stride, a misaligned start, a strided column walk).
+LONG_ROW = 2 * _launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 5
+WALK_LAYOUTS = {
+    "rows_of_40": lambda base: base[:, :40].contiguous(),
+    "rows_of_37": lambda base: base[:, :37].contiguous(),
+    "one_row_of_13": lambda base: base[0, :13],
+    "one_split_row": lambda base: base.reshape(-1)[:LONG_ROW],
+    "offset_by_one": lambda base: base.reshape(-1)[1:202],
+    "strided_columns": lambda base: base[:, :40:2],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", list(WALK_LAYOUTS))
+def test_renyi_packed_tail_and_strided_walks(backend, device, layout, dtype):
+    base = log_ratios((6, 48) if layout != "one_split_row" else (LONG_ROW,), device, dtype)
+    r = WALK_LAYOUTS[layout](base).detach().requires_grad_()
+    dim = r.dim() - 1
+    for alpha in (0.5, 2.0):
+        got = renyi_divergence(r, alpha, dim, backend=backend)
+        upstream = torch.randn_like(got)
+        (grad,) = torch.autograd.grad(got, r, upstream)
+        r64 = r.detach().double().requires_grad_()
+        want = textbook64(r64, alpha, dim)
+        (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+        eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-5
+        # Computed in fp32 on the exact inputs; rounded once to the dtype.
+        torch.testing.assert_close(got.double(), want.detach(), rtol=eps, atol=eps * 1e-1)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=eps, atol=eps * 1e-2)
+
+
+def test_renyi_plans_cover_every_column():
+    """The launch plan the op passes: splits × cols_per_split ≥ n, and no empty split."""
+    for n in (1, 7, 1024, 16384, 16385, 100_003, 2**20 + 1):
+        for rows in (1, 3, 64):
+            splits, cols_per_split, _ = renyi_module._row_layout(torch.empty((rows, n), device="meta"))
+            assert splits * cols_per_split >= n > (splits - 1) * cols_per_split
+            assert cols_per_split % _launch.BLOCK == 0
+
+
+def test_renyi_cuda_host_rejects_a_plan_that_misses_columns(kernel_backend, device):
+    if kernel_backend != "cuda":
+        pytest.skip("checks the cuda extension's host code")
+    from fastgan import _backend, _cuda
+
+    rows = log_ratios((2, 100), device)
+    out = torch.empty(2, device=device)
+    stats = torch.empty(2, dtype=torch.float32, device=device)
+    partials = torch.empty(2 * 3 * 5, dtype=torch.float32, device=device)
+    for splits, cols_per_split in ((1, 64), (3, 32), (2, 0)):
+        with pytest.raises(RuntimeError, match="renyi_divergence: .*do not cover"):
+            _backend.extension().renyi_forward(
+                rows.data_ptr(), 0, 2, 100, 100, 1, out.data_ptr(), 0, stats.data_ptr(), stats.data_ptr(),
+                partials.data_ptr(), -1.0, -1.0, math.log(100), cols_per_split, splits, _cuda.stream_handle(rows),
+            )
+
+
 def test_renyi_non_contiguous(backend, device):
     base = log_ratios((12, 40), device).requires_grad_()
     for view, dim in ((lambda t: t.t(), 0), (lambda t: t[:, ::3], 1), (lambda t: t[::2].t()[5:], 0)):

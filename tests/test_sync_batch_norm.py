@@ -399,8 +399,8 @@ def test_fuse_sync(backend):
                                   nn.Conv2d(4, 4, 3), nn.SyncBatchNorm(4), nn.LeakyReLU(0.2))
     plain_g, plain_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
     parameters = list(generator.parameters())
-    report_g = fastgan.fuse(generator, backend=backend, sync=True)
-    report_d = fastgan.fuse(discriminator, backend=backend, sync=True)
+    report_g = fastgan.fuse(generator, backend=backend, sync=True, report=True)[1]
+    report_d = fastgan.fuse(discriminator, backend=backend, sync=True, report=True)[1]
     assert [p.path for p in report_g.fused] == ["1", "4"]
     assert {p.fused for p in report_g.fused + report_d.fused} == {"SyncBatchNormLeakyReLU"}
     assert [(p.path, bool(p.activation)) for p in report_d.fused] == [("3", True), ("1", False)]
@@ -418,10 +418,10 @@ def test_fuse_sync(backend):
     want = F.leaky_relu(F.batch_norm(plain_d[2](plain_d[1](plain_d[0](images))), None, None,
                                      plain_d[3].weight, plain_d[3].bias, True), 0.2)
     torch.testing.assert_close(discriminator(images), want, rtol=1e-4, atol=1e-5)
-    assert "nothing to fuse" in str(fastgan.fuse(discriminator, sync=True))
+    assert "nothing to fuse" in str(fastgan.fuse(discriminator, sync=True, report=True)[1])
     # Unsynchronised fusing keeps an nn.SyncBatchNorm pair synchronised.
     model = nn.Sequential(nn.SyncBatchNorm(3), nn.ReLU())
-    report = fastgan.fuse(model)
+    report = fastgan.fuse(model, report=True)[1]
     assert type(model[0]) is SyncBatchNormLeakyReLU and len(report) == 1
     with pytest.raises(ValueError, match="process_group is only used with sync=True"):
         fastgan.fuse(model, process_group=object())

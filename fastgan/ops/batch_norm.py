@@ -13,8 +13,10 @@ kernels and the backward derivation):
     eval:     μ, σ² = running_mean, running_var
     y = leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias, negative_slope)
 
-Memory: the kernel path saves x and two fp32 vectors of C for the backward (eager PyTorch
-saves the BatchNorm input and the LeakyReLU input: two activation-sized tensors). The
+Memory: the kernel path and the torch backend (PyTorch's ``native_batch_norm`` and
+``native_batch_norm_backward`` with the activation in place, the activation's mask
+recomputed from x in the backward) save x and two vectors of C for the backward; eager
+PyTorch saves the BatchNorm input and the activation's output (in place) or input. The
 in-place-ABN alternative (save y, invert the activation and the affine map to recover x̂)
 is not used: it cannot invert ReLU (slope 0), divides by the weight, and makes an exact
 double backward impossible because x would no longer be in the graph. Saving x keeps the
@@ -87,6 +89,7 @@ class BatchNormPlan(NamedTuple):
     block_c: int
     block_p: int
     needs_int64: bool
+    channels_last: bool = False  # the tile's contiguous (long) dimension is the channels
 
 
 # --------------------------------------------------------------------------------------
@@ -178,6 +181,93 @@ def batch_norm_leaky_relu_reference(
     else:
         mean, var = running_mean.to(x32.dtype), running_var.to(x32.dtype)
     return _normalise_activate(x32, weight, bias, mean, var, eps, negative_slope).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# The torch backend: PyTorch's own batch-norm kernels, the activation in place
+# --------------------------------------------------------------------------------------
+
+
+def _as_compute(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
+                    momentum: Optional[float], eps: float, slope: float):
+    """(y, saved mean, saved invstd) through ``aten::native_batch_norm`` (centred statistics,
+    as eager BatchNorm computes them) and an in-place leaky_relu. Half inputs run in float32;
+    running statistics of another dtype, and the cumulative average (momentum=None, whose
+    factor 1/num_batches_tracked stays on the device), are updated through float32 batch
+    statistics taken with momentum 1."""
+    dtype = _compute_dtype(x.dtype)
+    x_c, weight_c, bias_c = (_as_compute(t, dtype) for t in (x, weight, bias))
+    cumulative = training and running_mean is not None and momentum is None
+    direct = running_mean is not None and running_mean.dtype == dtype and running_var.dtype == dtype and not cumulative
+    if direct or running_mean is None or not training:
+        mean_in, var_in = _as_compute(running_mean, dtype), _as_compute(running_var, dtype)
+    else:
+        mean_in, var_in = x_c.new_zeros(x.shape[1]), x_c.new_zeros(x.shape[1])
+    native_momentum = (momentum if direct else 1.0) if training and running_mean is not None else 0.0
+    y, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x_c, weight_c, bias_c, mean_in, var_in, training,
+                                                                 native_momentum, eps)
+    if training and running_mean is not None and not direct:
+        # mean_in/var_in now hold the batch mean and unbiased variance.
+        factor = _running_factor(momentum, num_batches_tracked)
+        with torch.no_grad():
+            running_mean.copy_(running_mean + factor * (mean_in.to(running_mean.dtype) - running_mean))
+            running_var.copy_(running_var + factor * (var_in.to(running_var.dtype) - running_var))
+    y = torch.relu_(y) if slope == 0 else torch.ops.aten.leaky_relu_(y, slope)
+    return y.to(x.dtype), save_mean, save_invstd
+
+
+class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
+    """Autograd for the torch backend (no process group). Saves what the kernel path saves:
+    x and two vectors of C (batch mean and invstd in training, the running statistics in
+    eval, as eager BatchNorm does); the activation's mask is recomputed from x in the
+    backward. Under ``create_graph`` the backward is the differentiable reference's, so
+    second-order gradients stay exact."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, slope):
+        y, save_mean, save_invstd = _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                                    training, momentum, eps, slope)
+        ctx.set_materialize_grads(False)
+        if training:
+            ctx.save_for_backward(x, weight, bias, save_mean, save_invstd)
+        else:
+            ctx.save_for_backward(x, weight, bias, running_mean, running_var)
+        ctx.training, ctx.eps, ctx.slope = training, eps, slope
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, stat = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        if grad_out is None:
+            return (None,) * 10
+        if torch.is_grad_enabled():
+            running = (None, None) if ctx.training else (mean, stat)
+            grads = _differentiable_backward(grad_out, x, weight, bias, *running, ctx.eps, ctx.slope,
+                                             (need_x, need_weight, need_bias))
+            return grads + (None,) * 7
+        dtype = _compute_dtype(x.dtype)
+        x_c, weight_c, bias_c, mean_c, stat_c = (_as_compute(t, dtype) for t in (x, weight, bias, mean, stat))
+        invstd = stat_c if ctx.training else torch.rsqrt(stat_c + ctx.eps)
+        # z = w·(x − μ)·invstd + bias, as the forward's affine map, for the activation's mask.
+        scale = invstd * weight_c if weight_c is not None else invstd
+        shift = -mean_c * scale + (bias_c if bias_c is not None else 0)
+        z = torch.addcmul(_channel_view(shift, x.dim()), x_c, _channel_view(scale, x.dim()))
+        grad_z = torch.ops.aten.leaky_relu_backward.grad_input(_as_compute(grad_out, dtype), z, ctx.slope, False,
+                                                                grad_input=z)
+        running, saved = ((None, None), (mean_c, stat_c)) if ctx.training else ((mean_c, stat_c), (None, None))
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_z, x_c, weight_c, *running, *saved, ctx.training, ctx.eps,
+            [need_x, need_weight and weight is not None, need_bias and bias is not None],
+        )
+        grads = tuple(g.to(t.dtype) if wanted and t is not None else None
+                      for g, t, wanted in zip((grad_x, grad_weight, grad_bias), (x, weight, bias),
+                                              (need_x, need_weight, need_bias)))
+        return grads + (None,) * 7
 
 
 # --------------------------------------------------------------------------------------
@@ -300,7 +390,8 @@ def _largest_offset(*tensors: Tensor) -> int:
 def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
     n, c, s = x3.shape
     positions = n * s
-    block_c, block_p = _CHANNELS_LAST_TILE if x3.stride(1) == 1 and c > 1 else _CHANNELS_FIRST_TILE
+    channels_last = x3.stride(1) == 1 and c > 1
+    block_c, block_p = _CHANNELS_LAST_TILE if channels_last else _CHANNELS_FIRST_TILE
     block_c = min(block_c, _launch.triton_next_power_of_2(max(c, 1)))
     block_c = max(block_c, 2)
     channel_blocks = -(-c // block_c)
@@ -310,7 +401,15 @@ def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
     positions_per_split = -(-position_blocks // splits) * block_p
     splits = max(1, -(-positions // positions_per_split))
     return BatchNormPlan(splits, positions_per_split, block_c, block_p,
-                         _indexing.needs_int64(_largest_offset(x3, *others)))
+                         _indexing.needs_int64(_largest_offset(x3, *others)), channels_last)
+
+
+def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` with ``like``'s strides (copied once when they differ), so the kernels read x and
+    its incoming gradient with one tile orientation and both with vector accesses."""
+    if all(st == sl for st, sl, size in zip(t.stride(), like.stride(), like.shape) if size > 1):
+        return t
+    return _launch.output_like(like).copy_(t)
 
 
 def _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
@@ -365,6 +464,7 @@ def _batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num
 def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat_is_invstd: bool, eps: float,
                    slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str):
     channels = x3.shape[1]
+    grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
@@ -435,7 +535,7 @@ def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
                                          (need_x, need_weight, need_bias))
     else:
         outputs = _batch_norm_leaky_relu_backward_op(
-            grad_out3, x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
+            _in_layout_of(grad_out3, x3), x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
             need_x, need_weight and weight is not None, need_bias and bias is not None, ctx.backend,
         )
         grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
@@ -494,6 +594,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     all-reduced over ``group``; the all-reduce runs even when grad_x is not wanted here, since
     the other processes' input gradients need this process's sums."""
     channels = x3.shape[1]
+    grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
@@ -606,7 +707,7 @@ class _SyncBatchNormLeakyReLUFunction(torch.autograd.Function):
                                              (need_x, need_weight, need_bias), group=_resolve_group(ctx.group_name))
         else:
             outputs = _sync_batch_norm_leaky_relu_backward_op(
-                grad_out3, x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
+                _in_layout_of(grad_out3, x3), x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
                 ctx.backend, ctx.group_name,
             )
             grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
@@ -683,11 +784,16 @@ def batch_norm_leaky_relu(
     name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, unsupported[0] if unsupported else x.dtype)
     # An empty synchronised batch still runs the kernel path: its collectives must match the
     # other processes' (the reference's differ in shape).
-    if name == "torch" or (x.numel() == 0 and group is None):
+    if (name == "torch" and group is not None) or (x.numel() == 0 and group is None):
         return batch_norm_leaky_relu_reference(
             x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
             num_batches_tracked=num_batches_tracked, process_group=process_group,
         )
+    if name == "torch":
+        if training:
+            _advance(num_batches_tracked, running_mean)
+        return _NativeBatchNormLeakyReLUFunction.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                                       training, momentum, float(eps), float(negative_slope))
     # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
     # copy stays in the autograd graph); running statistics are updated in place, so refuse.
     weight = weight.contiguous() if weight is not None else None
