@@ -131,16 +131,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 
 TOY_DEFAULTS = dict(
-    model="mlp", latent_dim=8, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
-    steps=12000, batch_size=128, lr_g=3e-3, lr_d=9e-3, lr_decay=0.02, d_steps=1, r1_gamma=0.86, r1_every=1,
-    ema_decay=0.999, log_every=500, sample_keep=0.85,
+    model="mlp", latent_dim=8, components=None, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    steps=11000, batch_size=128, lr_g=3e-3, lr_d=9e-3, lr_decay=0.02, d_steps=1, r1_gamma=0.86, r1_every=1,
+    ema_decay=0.999, log_every=500, sample_keep=0.85, mh_steps=20, sir_pool=20,
 )
+# grid100's own preset: the toy preset with these changes (100 modes: twice the batch, so each
+# D step sees every mode about 2.5 times, and more steps; see README).
+GRID100_OVERRIDES = dict(steps=30000, batch_size=256)
 IMAGE_DEFAULTS = dict(
-    model="dcgan", latent_dim=100, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
+    model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, lr_decay=1.0, d_steps=1, r1_gamma=0.0, r1_every=4,
-    ema_decay=0.999, log_every=100, sample_keep=1.0,
+    ema_decay=0.999, log_every=100, sample_keep=0.85, mh_steps=5, sir_pool=5,
 )
 SAMPLES = 2500  # the PacGAN/VEEGAN protocol
+SAMPLERS_CHOICES = ("none", "jacobian", "rejection", "mh", "sir")  # fastgan.sampling.SAMPLERS (imported lazily)
+# The samplers a run reports beside the generator alone (fastgan.sampling).
+REPORTED_SAMPLERS = ("jacobian", "rejection", "mh", "sir")
+# Rejection sampling gives up after this many candidates per sample (its acceptance rate is
+# exp(-max log-ratio); a sharper discriminator makes it slower, not wrong).
+REJECTION_PROPOSALS_PER_SAMPLE = 50
 
 # Reference scores on grid25 (modes / high-quality % / reverse KL), printed beside a run's.
 GRID25_REFERENCES = (
@@ -165,6 +174,8 @@ def _resolve_config(args: argparse.Namespace) -> dict:
     data = args.data or "grid25"
     kind = _data_kind(data)
     config = dict(TOY_DEFAULTS if kind == "toy" else IMAGE_DEFAULTS)
+    if data == "grid100":
+        config.update(GRID100_OVERRIDES)
     for key in list(config) + ["image_size"]:
         value = getattr(args, key, None)
         if value is not None:
@@ -174,6 +185,11 @@ def _resolve_config(args: argparse.Namespace) -> dict:
         backend=args.backend, device=args.device or ("cuda" if _cuda_available() else "cpu"),
         seed=args.seed if args.seed is not None else 0, fuse=args.fuse,
     )
+    if kind == "toy" and config["components"] is None:
+        from fastgan.data import toy_mixture
+
+        # The toy preset's mixture latent has one component per mode of the data (see README).
+        config["components"] = int(toy_mixture(data).centres.shape[0])
     if kind != "toy":
         config.setdefault("image_size", 32 if kind == "shapes" else 64)
         config["image_size"] = config.get("image_size") or (32 if kind == "shapes" else 64)
@@ -203,6 +219,15 @@ def _validate(config: dict) -> None:
         raise UsageError(f"--r1-gamma must be >= 0, got {config['r1_gamma']}")
     if not 0 < config.get("sample_keep", 1.0) <= 1:
         raise UsageError(f"--sample-keep must be in (0, 1], got {config['sample_keep']}")
+    components = config.get("components")
+    if components is not None and (not isinstance(components, int) or components < 0):
+        raise UsageError(f"--components must be a non-negative integer, got {components}")
+    if components and config["data_kind"] != "toy":
+        raise UsageError("--components (a mixture latent prior) applies to the MLP toy models only")
+    for key in ("mh_steps", "sir_pool"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
     if not 0 < config["lr_decay"] <= 1:
         raise UsageError(f"--lr-decay must be in (0, 1], got {config['lr_decay']}")
     if config["ema_decay"] is not None and not 0 <= config["ema_decay"] < 1:
@@ -233,7 +258,8 @@ _CONFIG_KEYS = ("data", "data_kind", "model", "latent_dim", "hidden", "layers", 
                 "batch_size", "lr_g", "lr_d", "lr_decay", "d_steps", "r1_gamma", "r1_every", "ema_decay", "log_every",
                 "precision", "cuda_graphs", "backend", "device", "seed", "fuse")
 # Flags a resumed run may change: how far and how it runs, not what it trains.
-_RESUME_MAY_CHANGE = ("steps", "log_every", "sample_keep", "device", "precision", "cuda_graphs", "backend")
+_RESUME_MAY_CHANGE = ("steps", "log_every", "sample_keep", "mh_steps", "sir_pool", "device", "precision",
+                      "cuda_graphs", "backend")
 _SETTING_CHOICES = {"data_kind": ("toy", "shapes", "images"), "model": ("mlp", "dcgan"), "precision": ("fp32", "bf16"),
                     "cuda_graphs": ("auto", "on", "off"), "backend": (None, "auto", "cuda", "triton", "torch"),
                     "fuse": (True, False)}
@@ -329,7 +355,8 @@ def _build(config: dict):
     if kind == "toy":
         data = data_module.toy_mixture(config["data"])
         extent = float(data.centres.abs().max()) + 3 * data.std
-        generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent)
+        generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent,
+                                        components=config.get("components") or 0)
         discriminator = models.MLPDiscriminator(2, config.get("d_hidden") or config["hidden"],
                                                 config.get("d_layers") or config["layers"], scale=extent)
         return data, generator, discriminator
@@ -417,15 +444,56 @@ def _evaluate(config: dict, samples) -> dict:
 
 
 def _figure_title(config: dict, result: dict, steps: int) -> str:
-    """The run and its metrics in one line, for the samples figure."""
-    parts = [os.path.basename(os.path.normpath(config["data"])), f"{steps} steps"]
+    """The run and its metrics in one line, for the samples figure (the generator alone)."""
+    parts = [os.path.basename(os.path.normpath(config["data"])), f"{steps} steps", "generator alone"]
     if result:
         parts += [f"modes {result['modes']}/{result['num_modes']}", f"high-quality {100 * result['high_quality']:.1f} %",
                   f"reverse KL {result['reverse_kl']:.3f}"]
-        keep = config.get("sample_keep", 1.0)
-        if keep < 1:
-            parts.append(f"sampler keep {keep:g}")
     return " · ".join(parts)
+
+
+def _sampler_options(config: dict, sampler: str, n: int) -> dict:
+    """The options of ``sampler`` (fastgan.sampling) for n samples under a run's configuration."""
+    if sampler == "jacobian":
+        return {"keep": config.get("sample_keep", 0.85)}
+    if sampler == "rejection":
+        return {"burn_in": 10_000 if config["data_kind"] == "toy" else 1_000,
+                "max_proposals": REJECTION_PROPOSALS_PER_SAMPLE * n}
+    if sampler == "mh":
+        return {"steps": config.get("mh_steps", 20)}
+    if sampler == "sir":
+        return {"pool": config.get("sir_pool", 20)}
+    return {}
+
+
+def _draw(trainer, config: dict, sampler: str, n: int, seed: int, **options):
+    """A :class:`fastgan.sampling.SampleResult` of n samples from a trained run: its EMA
+    generator (or G) through ``sampler``, the discriminator's logit as the log-ratio."""
+    import torch
+
+    from fastgan.sampling import sample_models
+
+    generator = trainer.ema if trainer.ema is not None else trainer.generator
+    options = {**_sampler_options(config, sampler, n), **options}
+    return sample_models(generator, trainer.discriminator if sampler not in ("none", "jacobian") else None, n,
+                         sampler=sampler, rng=torch.Generator(trainer.device).manual_seed(seed),
+                         device=trainer.device, latent_dim=trainer.latent_dim, **options)
+
+
+def _evaluate_samplers(trainer, config: dict, n: int, seed: int) -> dict:
+    """Each of :data:`REPORTED_SAMPLERS`: its metrics, acceptance, generator draws and seconds
+    (or the error that stopped it), from the same seed as the generator's own samples."""
+    reports = {}
+    for sampler in REPORTED_SAMPLERS:
+        started = time.perf_counter()
+        try:
+            result = _draw(trainer, config, sampler, n, seed)
+        except RuntimeError as error:  # rejection sampling that gave up
+            reports[sampler] = {"error": str(error), "seconds": round(time.perf_counter() - started, 2)}
+            continue
+        reports[sampler] = {**_evaluate(config, result.samples), "acceptance": round(result.acceptance, 4),
+                            "proposals": result.proposals, "seconds": round(time.perf_counter() - started, 2)}
+    return reports
 
 
 def _save_samples(out: str, config: dict, samples, title: str = "") -> None:
@@ -458,28 +526,42 @@ def _save_training_curves(out: str, config: dict, log_path: str) -> None:
         plots.training_curves_png(os.path.join(out, "training.png"), records, title=title)
 
 
+_SAMPLER_NAMES = {"jacobian": "Jacobian truncation, keep {keep:g}", "rejection": "rejection (DRS)",
+                  "mh": "Metropolis-Hastings, {mh_steps} steps", "sir": "SIR, pool {sir_pool} x n"}
+
+
+def _number(value, form: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, form)
+
+
 def _format_metrics(config: dict, result: dict) -> str:
+    """The generator's own metrics, then (a run's) every sampler's beside them, then (grid25)
+    the published references."""
     if not result:
         return ""
     line = (
-        f"modes {result['modes']}/{result['num_modes']} (>= 20 samples: {result['modes_strict']}), "
-        f"high-quality {100 * result['high_quality']:.1f} %, reverse KL {result['reverse_kl']:.4f}"
+        f"the generator alone: modes {result['modes']}/{result['num_modes']} (>= 20 samples: {result['modes_strict']}), "
+        f"high-quality {100 * result['high_quality']:.1f} %, reverse KL {_number(result['reverse_kl'], '.4f')}"
     )
-    raw = result.get("raw_generator")
-    keep = config.get("sample_keep", 1.0)
-    if raw:
-        line += (f"\n  (Jacobian-truncated sampler keeping {100 * keep:.0f} % of latents; the raw generator: "
-                 f"modes {raw['modes']} (>= 20: {raw['modes_strict']}), high-quality {100 * raw['high_quality']:.1f} %, "
-                 f"reverse KL {raw['reverse_kl']:.4f})")
-    if config["data"] == "grid25":
-        def row(name, scores):
-            return f"  {name:<32} {scores['modes']:>5} {100 * scores['high_quality']:>7.1f} {scores['reverse_kl']:>8.3f}"
+    samplers = result.get("samplers") or {}
 
-        rows = [row(f"this run, sampler keep {keep:g}" if raw else "this run", result)]
-        if raw:
-            rows.append(row("this run, raw generator", raw))
-        rows += [f"  {name:<32} {m:>5} {hq:>7} {kl:>8}" for name, m, hq, kl in GRID25_REFERENCES]
-        line += "\n" + f"  {'grid25':<32} {'modes':>5} {'HQ %':>7} {'rev KL':>8}\n" + "\n".join(rows)
+    def row(name, scores, extra=""):
+        return (f"  {name:<36} {scores['modes']:>5} {scores['modes_strict']:>5} {100 * scores['high_quality']:>7.1f} "
+                f"{_number(scores['reverse_kl'], '.3f'):>8}{extra}")
+
+    if samplers or config["data"] == "grid25":
+        settings = {"keep": config.get("sample_keep", 0.85), "mh_steps": config.get("mh_steps", 20),
+                    "sir_pool": config.get("sir_pool", 20)}
+        rows = [row("this run, the generator alone", result)]
+        for name, report in samplers.items():
+            label = "  + " + _SAMPLER_NAMES.get(name, name).format(**settings)
+            if "error" in report:
+                rows.append(f"  {label:<36} gave up: {report['error']}")
+            else:
+                rows.append(row(label, report, f"   acceptance {report['acceptance']:.3f}, {report['seconds']:.1f} s"))
+        if config["data"] == "grid25":
+            rows += [f"  {name:<36} {m:>5} {'':>5} {hq:>7} {kl:>8}" for name, m, hq, kl in GRID25_REFERENCES]
+        line += "\n" + f"  {config['data'] if config['data_kind'] == 'toy' else 'samples':<36} {'modes':>5} {'>=20':>5} {'HQ %':>7} {'rev KL':>8}\n" + "\n".join(rows)
     return line
 
 
@@ -612,12 +694,12 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     progress.close()
     if not main_process:  # rank 0 evaluates and writes; the models are the same everywhere
         return 0
-    keep = config.get("sample_keep", 1.0)
-    samples = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2), keep=keep)
+    # The generator alone is the headline (samples.npy, metrics.json's top level); every sampler
+    # of fastgan.sampling is reported beside it, never instead of it.
+    samples = _draw(trainer, config, "none", SAMPLES, config["seed"] + 2).samples
     result = _evaluate(config, samples)
-    if result and keep < 1:  # what the generator alone gives, for comparison
-        raw = trainer.sample(SAMPLES, generator=torch.Generator(trainer.device).manual_seed(config["seed"] + 2))
-        result["raw_generator"] = _evaluate(config, raw)
+    if result:
+        result["samplers"] = _evaluate_samplers(trainer, config, SAMPLES, config["seed"] + 2)
     _save_samples(out, config, samples, _figure_title(config, result, trainer.step))
     _save_training_curves(out, config, log_path)
     seconds = time.perf_counter() - started
@@ -649,7 +731,6 @@ def _load_run(run: str):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     if args.n < 1:
         raise UsageError(f"-n must be a positive integer, got {args.n}")
@@ -664,13 +745,35 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
         raise UsageError(f"{os.path.join(args.run, 'checkpoint.pt')}: its weights do not fit its saved config "
                          f"({summarise_error(error)})") from None
-    keep = args.keep if args.keep is not None else config.get("sample_keep", 1.0)
-    if not 0 < keep <= 1:
-        raise UsageError(f"--keep must be in (0, 1], got {keep}")
-    samples = trainer.sample(args.n, generator=torch.Generator(trainer.device).manual_seed(args.seed), keep=keep)
+    sampler = args.sampler or ("jacobian" if args.keep is not None else "none")
+    options = {}
+    if args.keep is not None:
+        if sampler != "jacobian":
+            raise UsageError(f"--keep applies to --sampler jacobian only (got --sampler {sampler})")
+        if not 0 < args.keep <= 1:
+            raise UsageError(f"--keep must be in (0, 1], got {args.keep}")
+        options["keep"] = args.keep
+    for flag, key, name in (("mh_steps", "steps", "mh"), ("sir_pool", "pool", "sir"), ("gamma", "gamma", "rejection")):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if sampler != name:
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --sampler {name} only (got --sampler {sampler})")
+        if flag != "gamma" and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+        if flag == "gamma" and not math.isfinite(value):
+            raise UsageError(f"--gamma must be a finite number, got {value}")
+        options[key] = value
+    try:
+        result = _draw(trainer, config, sampler, args.n, args.seed, **options)
+    except RuntimeError as error:
+        raise UsageError(f"--sampler {sampler}: {error}") from None
+    samples = result.samples
     out = args.out or os.path.join(args.run, "samples-extra.npy")
     np.save(out, samples.cpu().numpy())
-    print(f"fastgan sample: {args.n} samples of shape {tuple(samples.shape[1:])} → {out}")
+    described = "the generator alone" if sampler == "none" else (
+        f"sampler {sampler}, acceptance {result.acceptance:.3f}, {result.proposals} generator draws")
+    print(f"fastgan sample: {args.n} samples of shape {tuple(samples.shape[1:])} ({described}) → {out}")
     return 0
 
 
@@ -714,13 +817,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a GAN into a run directory",
         description="Train a GAN. With no arguments: the tuned MLP GAN on the embedded grid25 mixture (CPU, about a minute). "
         "Unset flags take the preset of the data kind. Toy mixtures: "
-        + _preset_text(TOY_DEFAULTS) + ". Images (DCGAN): " + _preset_text(IMAGE_DEFAULTS) + ".",
+        + _preset_text(TOY_DEFAULTS) + " (grid100: " + _preset_text(GRID100_OVERRIDES) + "). Images (DCGAN): " + _preset_text(IMAGE_DEFAULTS) + ".",
     )
     train.add_argument("--data",
                        help="grid25 | ring8 | grid100 | shapes (embedded) | a folder of PNG/JPEG | a .npy/.npz array (default grid25)")
     train.add_argument("--model", choices=("mlp", "dcgan"), help="mlp for toy data, dcgan for images (default: by data)")
     train.add_argument("--image-size", type=int, choices=(32, 64), help="DCGAN resolution (default 32 for shapes, 64 for your images)")
     train.add_argument("--latent-dim", type=int, help="latent dimension of z")
+    train.add_argument("--components", type=int,
+                       help="learnable Gaussian-mixture latent prior with this many components (toy MLPs; 0: plain "
+                            "N(0, I); default: one per mode of the toy mixture)")
     train.add_argument("--hidden", type=int, help="MLP hidden width, or DCGAN base width")
     train.add_argument("--layers", type=int, help="MLP hidden layers")
     train.add_argument("--d-hidden", type=int, help="the discriminator's width, when it differs from --hidden")
@@ -749,8 +855,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "flags only " + ", ".join("--" + key.replace("_", "-") for key in _RESUME_MAY_CHANGE)
                             + " may change them (any other flag that differs is refused)")
     train.add_argument("--sample-keep", type=float,
-                       help="Jacobian-truncation sampler for the final samples: keep this fraction of latents, "
-                            "dropping those where G stretches space most (1: raw generator; see fastgan.sampling)")
+                       help="the Jacobian-truncation sampler reported beside the generator: keep this fraction of "
+                            "latents, dropping those where G stretches space most (see fastgan.sampling)")
+    train.add_argument("--mh-steps", type=int, help="steps of the reported Metropolis-Hastings sampler")
+    train.add_argument("--sir-pool", type=int, help="proposals per sample of the reported SIR sampler")
     train.add_argument("--log-every", type=int, help="steps between log records (the only host synchronisations)")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: at the end and on Ctrl-C)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for the toy MLPs, else torch's default)")
@@ -765,7 +873,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", help="output .npy (default RUN/samples-extra.npy)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
     sample.add_argument("--device", help="device to sample on (default cpu)")
-    sample.add_argument("--keep", type=float, help="Jacobian-truncation fraction (default: the run's --sample-keep)")
+    sample.add_argument("--sampler", choices=SAMPLERS_CHOICES,
+                        help="none: the generator alone (default); jacobian: Jacobian truncation; rejection: "
+                             "discriminator rejection sampling; mh: Metropolis-Hastings over generator proposals; "
+                             "sir: sampling-importance-resampling (see fastgan.sampling)")
+    sample.add_argument("--keep", type=float,
+                        help="Jacobian-truncation fraction (implies --sampler jacobian; default the run's --sample-keep)")
+    sample.add_argument("--mh-steps", type=int, help="Metropolis-Hastings steps per sample (default the run's)")
+    sample.add_argument("--sir-pool", type=int, help="SIR proposals per sample (default the run's)")
+    sample.add_argument("--gamma", type=float, help="rejection sampling's shift γ (0: exact; > 0: rejects more)")
     sample.set_defaults(handler=_cmd_sample)
 
     evaluate = commands.add_parser("eval", help="mode-coverage metrics of a run's samples or a .npy file")

@@ -1,7 +1,8 @@
 """Reference generator and discriminator architectures.
 
 * :class:`MLPGenerator` / :class:`MLPDiscriminator`: small multilayer perceptrons for the
-  2-D toy mixtures (``fastgan.data``).
+  2-D toy mixtures (``fastgan.data``); the generator optionally draws its latent from a
+  learnable Gaussian mixture (:class:`MixtureLatent`).
 * :class:`DCGANGenerator` / :class:`DCGANDiscriminator`: the DCGAN architecture (Radford et
   al., 2016) for 32×32 and 64×64 images, built on the fused BatchNorm → ReLU (generator) and
   BatchNorm → LeakyReLU(0.2) (discriminator) blocks of :mod:`fastgan.nn`.
@@ -12,6 +13,7 @@ log p_data(x)/p_g(x) the losses in :mod:`fastgan.losses` read.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 
 from fastgan.nn import BatchNormLeakyReLU2d
 
-__all__ = ["DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator"]
+__all__ = ["DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator", "MixtureLatent"]
 
 
 def _check_positive(value, name: str) -> int:
@@ -38,21 +40,63 @@ def _mlp(inputs: int, hidden: int, layers: int, outputs: int, activation) -> nn.
     return nn.Sequential(*modules)
 
 
+class MixtureLatent(nn.Module):
+    """A learnable Gaussian-mixture latent prior (DeLiGAN, Gurumurthy et al., CVPR 2017),
+    driven by standard normal noise: z (N, 1 + latent_dim) → (N, latent_dim).
+
+    ``z[:, 0]`` picks one of ``components`` equally likely components through the normal CDF
+    (k = ⌊Φ(z₀)·K⌋, so the trainer's plain N(0, I) draws are all it needs), and the rest is
+    reparametrised as μ_k + σ_k ⊙ z[:, 1:], with learnable means (initialised uniform in
+    [−1, 1]) and log-scales (initialised at ``init_scale``). Why: a continuous generator of a
+    connected Gaussian latent must put mass between disconnected modes; with a discrete
+    component per mode it need not. The choice is a one-hot product, so it is deterministic
+    and never synchronises with the host.
+    """
+
+    def __init__(self, latent_dim: int, components: int, init_scale: float = 0.2):
+        super().__init__()
+        self.components = _check_positive(components, "components")
+        self.output_dim = _check_positive(latent_dim, "latent_dim")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        self.means = nn.Parameter(torch.rand(components, latent_dim) * 2 - 1)
+        self.log_scales = nn.Parameter(torch.full((components, latent_dim), math.log(init_scale)))
+
+    def component(self, z: Tensor) -> Tensor:
+        """The component index (N,) int64 that ``z`` (N, 1 + latent_dim) selects."""
+        uniform = torch.special.ndtr(z[:, 0].float())
+        return torch.clamp((uniform * self.components).long(), 0, self.components - 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        one_hot = nn.functional.one_hot(self.component(z), self.components).to(self.means.dtype)
+        return one_hot @ self.means + (one_hot @ self.log_scales).exp() * z[:, 1:]
+
+
 class MLPGenerator(nn.Module):
     """z (N, latent_dim) → x (N, data_dim): ``layers`` hidden ReLU layers of ``hidden`` units.
 
     ``scale`` multiplies the output, so the network works at unit scale whatever the data's
-    extent (the toy grids span ±4 or ±9).
+    extent (the toy grids span ±4 or ±9). ``components`` > 0 puts a learnable
+    :class:`MixtureLatent` of that many components in front of the MLP: then the noise the
+    generator takes, ``self.latent_dim``, is ``latent_dim + 1`` wide (one coordinate picks the
+    component).
     """
 
-    def __init__(self, latent_dim: int = 8, data_dim: int = 2, hidden: int = 128, layers: int = 3, scale: float = 1.0):
+    def __init__(self, latent_dim: int = 8, data_dim: int = 2, hidden: int = 128, layers: int = 3, scale: float = 1.0,
+                 components: int = 0):
         super().__init__()
-        self.latent_dim = _check_positive(latent_dim, "latent_dim")
+        _check_positive(latent_dim, "latent_dim")
+        if isinstance(components, bool) or not isinstance(components, int) or components < 0:
+            raise ValueError(f"components must be a non-negative integer, got {components!r}")
+        self.prior = MixtureLatent(latent_dim, components) if components else None
+        self.latent_dim = latent_dim + (1 if components else 0)
         self.net = _mlp(latent_dim, _check_positive(hidden, "hidden"), _check_positive(layers, "layers"),
                         _check_positive(data_dim, "data_dim"), nn.ReLU)
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def forward(self, z: Tensor) -> Tensor:
+        if self.prior is not None:
+            z = self.prior(z)
         return self.net(z) * self.scale
 
 

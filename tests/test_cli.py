@@ -53,10 +53,18 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert {"d_loss", "g_loss", "divergence", "d_real", "d_fake", "saturated_fraction", "it_per_s"} <= set(log[0])
     metrics = strict_json(open(os.path.join(out, "metrics.json")).read())
     assert {"modes", "modes_strict", "high_quality", "reverse_kl", "wall_seconds"} <= set(metrics)
-    # The toy preset samples with Jacobian truncation and reports the raw generator beside it.
+    # The generator alone is the headline; every density-ratio sampler and Jacobian truncation
+    # is reported beside it, with its acceptance and cost.
     assert config["sample_keep"] == 0.85
-    assert set(metrics["raw_generator"]) >= {"modes", "modes_strict", "high_quality", "reverse_kl"}
-    assert "raw generator" in stdout and "sampler keep 0.85" in stdout
+    assert set(metrics["samplers"]) == {"jacobian", "rejection", "mh", "sir"}
+    for name, report in metrics["samplers"].items():
+        assert {"seconds"} <= set(report)
+        if "error" not in report:  # rejection may give up on a barely trained D; it says so
+            assert {"modes", "modes_strict", "high_quality", "reverse_kl", "acceptance", "proposals"} <= set(report)
+    assert metrics["samplers"]["jacobian"]["acceptance"] == 0.85
+    assert metrics["samplers"]["mh"]["proposals"] == 2500 * 21 and metrics["samplers"]["sir"]["proposals"] == 2500 * 20
+    assert "the generator alone" in stdout and "Jacobian truncation, keep 0.85" in stdout
+    assert "rejection (DRS)" in stdout and "Metropolis-Hastings, 20 steps" in stdout and "SIR, pool 20" in stdout
     assert np.load(os.path.join(out, "samples.npy")).shape == (2500, 2)
     assert_png_figure(os.path.join(out, "samples.png"), 400, 400)
     assert_png_figure(os.path.join(out, "training.png"), 400, 400)
@@ -84,7 +92,7 @@ def test_undefined_metrics_are_null_in_strict_json(tmp_path, capsys, monkeypatch
     assert code == 0
     metrics = strict_json(open(os.path.join(out, "metrics.json")).read())
     assert metrics["high_quality"] == 0 and metrics["reverse_kl"] is None
-    assert metrics["raw_generator"]["reverse_kl"] is None
+    assert all(report["reverse_kl"] is None for report in metrics["samplers"].values() if "error" not in report)
     far = np.full((100, 2), 1000.0, np.float32)
     np.save(tmp_path / "far.npy", far)
     code, stdout, _ = run(["eval", str(tmp_path / "far.npy"), "--data", "grid25", "--json"], capsys)
@@ -122,11 +130,21 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path, capsys, monke
 def test_sample_and_eval(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert run(["train", "--steps", "10", "--out", out, *SMALL], capsys)[0] == 0
-    code, stdout, _ = run(["sample", out, "-n", "100", "--out", str(tmp_path / "s.npy")], capsys)
-    assert code == 0 and np.load(tmp_path / "s.npy").shape == (100, 2)
-    code, stdout, _ = run(["sample", out, "-n", "100", "--keep", "1", "--out", str(tmp_path / "raw.npy")], capsys)
-    assert code == 0 and np.load(tmp_path / "raw.npy").shape == (100, 2)
-    assert not np.array_equal(np.load(tmp_path / "raw.npy"), np.load(tmp_path / "s.npy"))
+    code, stdout, _ = run(["sample", out, "-n", "100", "--out", str(tmp_path / "raw.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "raw.npy").shape == (100, 2) and "the generator alone" in stdout
+    code, stdout, _ = run(["sample", out, "-n", "100", "--keep", "1", "--out", str(tmp_path / "keep1.npy")], capsys)
+    assert code == 0 and np.array_equal(np.load(tmp_path / "keep1.npy"), np.load(tmp_path / "raw.npy"))
+    drawn = {}
+    for sampler, extra in (("jacobian", []), ("rejection", ["--gamma", "0.5"]), ("mh", ["--mh-steps", "3"]),
+                           ("sir", ["--sir-pool", "4"])):
+        path = tmp_path / f"{sampler}.npy"
+        code, stdout, _ = run(["sample", out, "-n", "100", "--sampler", sampler, *extra, "--out", str(path)], capsys)
+        assert code == 0 and f"sampler {sampler}, acceptance" in stdout
+        drawn[sampler] = np.load(path)
+        assert drawn[sampler].shape == (100, 2) and np.isfinite(drawn[sampler]).all()
+        assert not np.array_equal(drawn[sampler], np.load(tmp_path / "raw.npy"))
+    assert "400 generator draws" in run(["sample", out, "-n", "100", "--sampler", "sir", "--sir-pool", "4",
+                                         "--out", str(tmp_path / "x.npy")], capsys)[1]
     code, stdout, _ = run(["eval", out, "--json"], capsys)
     assert code == 0 and json.loads(stdout)["num_modes"] == 25
     true = torch.load  # noqa: F841 (keep torch imported for the fixture below)
@@ -148,6 +166,8 @@ def test_sample_and_eval(tmp_path, capsys):
         (["train", "--g-loss", "renyi"], "needs --alpha"),
         (["train", "--lr-g", "0"], "--lr-g must be > 0"),
         (["train", "--sample-keep", "0"], "--sample-keep must be in (0, 1]"),
+        (["train", "--mh-steps", "0"], "--mh-steps must be a positive integer"),
+        (["train", "--sir-pool", "-1"], "--sir-pool must be a positive integer"),
         (["train", "--precision", "fp8"], "invalid choice"),
         (["train", "--resume"], "--resume needs --out"),
         (["eval", "/no/such.npy", "--data", "grid25"], "no such samples file"),
@@ -170,6 +190,23 @@ def finished_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("finished") / "run")
     assert cli.main(["train", "--steps", "10", "--out", out, *SMALL]) == 0
     return out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--sampler", "mh", "--keep", "0.5"], "--keep applies to --sampler jacobian only (got --sampler mh)"),
+    (["--sampler", "rejection", "--mh-steps", "3"], "--mh-steps applies to --sampler mh only"),
+    (["--sampler", "mh", "--mh-steps", "0"], "--mh-steps must be a positive integer"),
+    (["--sampler", "sir", "--sir-pool", "0"], "--sir-pool must be a positive integer"),
+    (["--sampler", "rejection", "--gamma", "inf"], "--gamma must be a finite number"),
+    (["--sampler", "gibbs"], "invalid choice"),
+])
+def test_bad_sampler_flags_are_one_line_and_exit_2(finished_run, flags, message, capsys):
+    try:
+        code = cli.main(["sample", finished_run, "-n", "10", *flags])
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def _damaged_copy(finished_run, tmp_path, damage):
@@ -260,7 +297,7 @@ def test_resume_applies_the_flags_it_may_change(finished_run, tmp_path, capsys):
     assert config["steps"] == 14 and config["log_every"] == 2 and config["sample_keep"] == 1
     steps = [strict_json(line)["step"] for line in open(os.path.join(out, "log.jsonl"))]
     assert steps == [10, 12, 14]
-    assert "raw_generator" not in strict_json(open(os.path.join(out, "metrics.json")).read())
+    assert strict_json(open(os.path.join(out, "metrics.json")).read())["samplers"]["jacobian"]["acceptance"] == 1
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
@@ -298,3 +335,19 @@ def test_info_and_help(capsys):
             cli.main([command, "--help"])
         assert exit.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 128), ("ring8", 8, 11000, 128),
+                                                         ("grid100", 100, 30000, 256)])
+def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
+    config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
+    assert (config["components"], config["steps"], config["batch_size"]) == (components, steps, batch)
+    flags = cli.build_parser().parse_args(["train", "--data", data, "--components", "0", "--steps", "7", "--device", "cpu"])
+    assert (cli._resolve_config(flags)["components"], cli._resolve_config(flags)["steps"]) == (0, 7)
+    _, generator, _ = cli._build(config)
+    assert generator.latent_dim == 9 and generator.prior.components == components
+
+
+def test_components_are_refused_for_images(capsys):
+    code = cli.main(["train", "--data", "shapes", "--components", "4", "--steps", "1"])
+    assert code == 2 and "--components (a mixture latent prior) applies to the MLP toy models only" in capsys.readouterr().err

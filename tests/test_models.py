@@ -1,0 +1,63 @@
+"""fastgan.models additions: the learnable mixture latent prior (MixtureLatent) against a
+float64 indexing reference, its components equally likely under N(0, 1) noise, gradients
+that reach only the chosen components, and MLPGenerator's wider noise when it has one."""
+
+import math
+
+import pytest
+import torch
+
+from fastgan import models
+
+
+def test_mixture_latent_matches_an_indexing_reference():
+    torch.manual_seed(0)
+    prior = models.MixtureLatent(5, 7, init_scale=0.3).double()
+    with torch.no_grad():
+        prior.log_scales.normal_(-1.0, 0.5)  # distinct scales per component and coordinate
+    z = torch.randn(301, 6, dtype=torch.float64) * 1.5 + 0.2
+    index = torch.clamp((torch.special.ndtr(z[:, 0]) * 7).floor().long(), 0, 6)
+    expected = prior.means[index] + prior.log_scales[index].exp() * z[:, 1:]
+    torch.testing.assert_close(prior(z), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(prior.component(z), index)
+
+
+def test_mixture_components_are_equally_likely():
+    prior = models.MixtureLatent(3, 25)
+    counts = torch.bincount(prior.component(torch.randn(100_000, 4, generator=torch.Generator().manual_seed(1))),
+                            minlength=25).double()
+    expected = 100_000 / 25
+    assert ((counts - expected).abs() < 5 * math.sqrt(expected * (1 - 1 / 25))).all(), counts
+    # Extreme noise maps to the end components, not out of range.
+    assert prior.component(torch.tensor([[-1e4, 0, 0, 0], [1e4, 0, 0, 0]])).tolist() == [0, 24]
+
+
+def test_gradients_reach_only_the_chosen_components():
+    prior = models.MixtureLatent(2, 10)
+    z = torch.randn(3, 3, generator=torch.Generator().manual_seed(2))
+    prior(z).square().sum().backward()
+    chosen = set(prior.component(z).tolist())
+    for k in range(10):
+        touched = bool(prior.means.grad[k].abs().sum() > 0) or bool(prior.log_scales.grad[k].abs().sum() > 0)
+        assert touched == (k in chosen), k
+
+
+def test_mlp_generator_with_a_mixture_takes_one_more_noise_coordinate():
+    plain = models.MLPGenerator(8, 2, 16, 2)
+    mixed = models.MLPGenerator(8, 2, 16, 2, components=25)
+    assert plain.latent_dim == 8 and plain.prior is None
+    assert mixed.latent_dim == 9 and mixed.prior.components == 25
+    assert mixed(torch.randn(11, 9)).shape == (11, 2)
+
+
+@pytest.mark.parametrize("components", [-1, 1.5, True])
+def test_bad_components_are_named(components):
+    with pytest.raises(ValueError, match="components must be a non-negative integer"):
+        models.MLPGenerator(4, 2, 8, 1, components=components)
+
+
+def test_bad_mixture_arguments_are_named():
+    with pytest.raises(ValueError, match="init_scale must be > 0"):
+        models.MixtureLatent(3, 4, init_scale=0.0)
+    with pytest.raises(ValueError, match="components must be a positive integer"):
+        models.MixtureLatent(3, 0)
