@@ -482,6 +482,16 @@ def bce_with_logits(
         _CHECKED_ARGUMENTS[key] = dtype
     name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
     if name == "torch":
+        if dtype in (torch.float32, torch.float64) and all(
+                t is None or t.dtype == dtype for t in (target_tensor, weight, pos_weight)) and (
+                weight is None or not weight.requires_grad):
+            # PyTorch's own op is the fastest torch form and as accurate as eager (it is eager);
+            # half precision, mixed dtypes and a weight that needs a gradient (PyTorch's op
+            # gives none) take the reference, computed in float32.
+            if target_tensor is None:
+                target_tensor = torch.full((), target_value, dtype=dtype, device=input.device).expand(input.shape)
+            return F.binary_cross_entropy_with_logits(input, target_tensor, weight, reduction=reduction,
+                                                      pos_weight=pos_weight)
         return bce_with_logits_reference(input, target, weight, pos_weight, reduction)
     write_grad = torch.is_grad_enabled() and input.requires_grad
     if torch.compiler.is_compiling():
