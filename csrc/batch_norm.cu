@@ -201,6 +201,13 @@ __device__ __forceinline__ Channel load_channel(const BnChannelArgs& ch, int64_t
   return result;
 }
 
+// The channel's statistics pivot K_c = x[0, c, 0] (0 for an empty batch): the reductions
+// accumulate x − K_c, whose mean is O(std) rather than O(|mean|), so float32 loses nothing to
+// |mean| ≫ std; every split and block of a channel reads the same K_c.
+__device__ __forceinline__ float channel_pivot(const BnTensor& x, const BnShape& shape, int64_t c) {
+  return shape.positions > 0 ? load_scalar(x.ptr, x.dtype, element_offset(x, 0, c, 0)) : 0.0f;
+}
+
 struct Welford {
   float count;
   float mean;
@@ -276,16 +283,21 @@ __global__ void __launch_bounds__(Tl::kThreads)
 #pragma unroll
   for (int ch = 0; ch < CPT; ++ch) acc[ch] = {0.0f, 0.0f, 0.0f};
   if (c0 < C) {
+    float pivot[CPT];
+#pragma unroll
+    for (int ch = 0; ch < CPT; ++ch) pivot[ch] = channel_pivot(x, shape, c0 + ch);  // CPT > 1: C % CPT == 0
     for (int64_t base = first + threadIdx.y; base < last; base += Wk::kStepUnits) {
       int64_t n[Wk::kUnits], s[Wk::kUnits];
       const int valid = Wk::locate(base, last, shape, n, s);  // >= 1 unit here
       typename Wk::Values v;
       Wk::load(x, c0, n, s, valid, v);
-      // Two-pass statistics of this step's values (a prefix of `count`; the rest are 0),
-      // then Chan's merge into the running state.
+      // Two-pass statistics of this step's shifted values x − K (a prefix of `count`), then
+      // Chan's merge into the running state.
       const int count = valid * Wk::kPositionsPerUnit;
 #pragma unroll
       for (int ch = 0; ch < CPT; ++ch) {
+#pragma unroll
+        for (int j = 0; j < Wk::kValues; ++j) v[ch][j] = j < count ? v[ch][j] - pivot[ch] : 0.0f;
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < Wk::kValues; ++j) sum += v[ch][j];
@@ -314,13 +326,23 @@ __global__ void __launch_bounds__(Tl::kThreads)
 }
 
 // Chan's merge of the `rows` (count, mean, M2) rows of fp32 [rows, 3, C] for channel c, in
-// order (deterministic); rows with count 0 (an empty split or device) change nothing.
-__device__ __forceinline__ Welford merge_rows(const float* rows, int64_t count_rows, int64_t C, int64_t c) {
-  float count = 0.0f, mean = 0.0f, m2 = 0.0f;
+// order (deterministic); rows with count 0 (an empty split or device) change nothing. The
+// means are merged relative to the first non-empty row's (`origin`, returned apart from the
+// relative mean), so that device rows with |mean| ≫ std lose no more than their own rounding.
+struct MergedRows {
+  float count;
+  float origin;
+  float mean;  // relative to origin
+  float m2;
+};
+
+__device__ __forceinline__ MergedRows merge_rows(const float* rows, int64_t count_rows, int64_t C, int64_t c) {
+  float count = 0.0f, origin = 0.0f, mean = 0.0f, m2 = 0.0f;
   for (int64_t index = 0; index < count_rows; ++index) {
     const float* row = rows + index * 3 * C + c;
     const float n_b = row[0];
-    const float mean_b = row[C];
+    if (count == 0.0f) origin = row[C];
+    const float mean_b = row[C] - origin;
     const float m2_b = row[2 * C];
     const float total = count + n_b;
     const float delta = mean_b - mean;
@@ -329,28 +351,34 @@ __device__ __forceinline__ Welford merge_rows(const float* rows, int64_t count_r
     m2 += m2_b + delta * delta * count * ratio;
     count = total;
   }
-  return {count, mean, m2};
+  return {count, origin, mean, m2};
 }
 
-// One device's splits merged into its (count, mean, M2) row [3, C] (synchronised training).
+// One device's splits merged into its (count, mean, M2) row [3, C] (synchronised training),
+// the mean un-shifted (K + shifted mean, rounded once) so that rows of devices with
+// different pivots merge as they are.
 __global__ void __launch_bounds__(kFinalizeThreads)
-    bn_merge_partials_kernel(const float* partials, int64_t splits, int64_t C, float* merged) {
+    bn_merge_partials_kernel(BnTensor x, BnShape shape, const float* partials, float* merged) {
+  const int64_t C = shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  const Welford total = merge_rows(partials, splits, C, c);
+  const MergedRows total = merge_rows(partials, shape.splits, C, c);
   merged[c] = total.count;
-  merged[C + c] = total.mean;
+  merged[C + c] = channel_pivot(x, shape, c) + (total.origin + total.mean);
   merged[2 * C + c] = total.m2;
 }
 
-// statistics: fp32 [rows, 3, C], the splits (args.partials) or every device's merged row.
-__global__ void __launch_bounds__(kFinalizeThreads)
-    bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args, const float* statistics, int64_t rows) {
+// statistics: fp32 [rows, 3, C], the splits (args.partials, means shifted by the pivot:
+// `shifted`) or every device's merged row (un-shifted).
+__global__ void __launch_bounds__(kFinalizeThreads) bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args,
+                                                                                  const float* statistics,
+                                                                                  int64_t rows, bool shifted) {
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  const Welford total = merge_rows(statistics, rows, C, c);
-  const float count = total.count, mean = total.mean, m2 = total.m2;
+  const MergedRows total = merge_rows(statistics, rows, C, c);
+  const float pivot = shifted ? channel_pivot(args.x, args.shape, c) : 0.0f;
+  const float count = total.count, mean = pivot + (total.origin + total.mean), m2 = total.m2;
   const float invstd = 1.0f / sqrtf(m2 / count + args.eps);
   args.mean[c] = mean;
   args.invstd[c] = invstd;
@@ -374,12 +402,13 @@ __global__ void __launch_bounds__(Tl::kThreads)
   constexpr int CPT = Wk::kChannelsPerThread;
   const int64_t c0 = Wk::first_channel();
   if (c0 >= shape.channels) return;  // no block-wide synchronisation below
-  float scale[CPT], shift[CPT];
+  float mean[CPT], scale[CPT], bias[CPT];
 #pragma unroll
   for (int ch = 0; ch < CPT; ++ch) {
     const Channel p = load_channel(channel, c0 + ch);
+    mean[ch] = p.mean;
     scale[ch] = p.w * p.invstd;
-    shift[ch] = p.b - p.mean * scale[ch];
+    bias[ch] = p.b;
   }
   const int64_t units = shape.positions / Wk::kPositionsPerUnit;
   const int64_t tiles = (units + Wk::kStepUnits - 1) / Wk::kStepUnits;
@@ -392,7 +421,8 @@ __global__ void __launch_bounds__(Tl::kThreads)
     for (int ch = 0; ch < CPT; ++ch) {
 #pragma unroll
       for (int j = 0; j < Wk::kValues; ++j) {
-        const float z = v[ch][j] * scale[ch] + shift[ch];
+        // Centred first: x·scale + (bias − mean·scale) cancels catastrophically when |mean| ≫ std.
+        const float z = (v[ch][j] - mean[ch]) * scale[ch] + bias[ch];
         v[ch][j] = z > 0.0f ? z : z * slope;
       }
     }
@@ -670,8 +700,9 @@ void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream
 
 // Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
 void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
-                            cudaStream_t stream, const char* op) {
-  bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows);
+                            bool shifted, cudaStream_t stream, const char* op) {
+  bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows,
+                                                                                                 shifted);
   check_launch(op);
   BnChannelArgs channel{};
   channel.mean = {args.mean, kFloat32};
@@ -723,7 +754,7 @@ void batch_norm_forward_train(const BatchNormForwardTrainArgs& args, cudaStream_
   }
   check_running(args);
   launch_partial_statistics(args, stream, op);
-  finalize_and_normalise(args, args.partials, shape.splits, stream, op);
+  finalize_and_normalise(args, args.partials, shape.splits, true, stream, op);
 }
 
 void batch_norm_statistics(const BatchNormForwardTrainArgs& args, float* merged, cudaStream_t stream) {
@@ -732,8 +763,8 @@ void batch_norm_statistics(const BatchNormForwardTrainArgs& args, float* merged,
   check_shape(shape, true, op);
   if (shape.channels == 0) return;
   launch_partial_statistics(args, stream, op);  // an empty x: every split row is zero
-  bn_merge_partials_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args.partials, shape.splits,
-                                                                                     shape.channels, merged);
+  bn_merge_partials_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args.x, shape, args.partials,
+                                                                                     merged);
   check_launch(op);
 }
 
@@ -744,7 +775,7 @@ void batch_norm_forward_from_statistics(const BatchNormForwardTrainArgs& args, c
   if (rows < 1) throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: no statistics rows to merge");
   if (args.shape.channels == 0) return;
   check_running(args);
-  finalize_and_normalise(args, statistics, rows, stream, op);
+  finalize_and_normalise(args, statistics, rows, false, stream, op);
 }
 
 void batch_norm_forward_eval(const BatchNormForwardEvalArgs& args, cudaStream_t stream) {
