@@ -187,19 +187,36 @@ struct Walker {
 struct Channel {
   float mean;
   float invstd;
-  float w;
+  float scale;  // w·invstd
   float b;
 };
+
+// invstd of channel c in double: the saved float32 invstd, or 1/sqrt(var + eps) (per-channel
+// work, so double costs nothing that matters, and what is derived from it is rounded once).
+__device__ __forceinline__ double channel_invstd(const BnChannelArgs& ch, int64_t c) {
+  const double stat = load_scalar(ch.stat.ptr, ch.stat.dtype, c);
+  return ch.stat_is_invstd ? stat : 1.0 / sqrt(stat + ch.eps);
+}
 
 __device__ __forceinline__ Channel load_channel(const BnChannelArgs& ch, int64_t c) {
   Channel result;
   result.mean = load_scalar(ch.mean.ptr, ch.mean.dtype, c);
-  const float stat = load_scalar(ch.stat.ptr, ch.stat.dtype, c);
-  result.invstd = ch.stat_is_invstd ? stat : 1.0f / sqrtf(stat + ch.eps);
-  result.w = ch.weight.ptr ? load_scalar(ch.weight.ptr, ch.weight.dtype, c) : 1.0f;
-  result.b = ch.bias.ptr ? load_scalar(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
+  const double invstd = channel_invstd(ch, c);
+  const double w = ch.weight.ptr ? load_scalar(ch.weight.ptr, ch.weight.dtype, c) : 1.0f;
+  result.invstd = static_cast<float>(invstd);
+  const double scale = w * invstd;
+  result.scale = static_cast<float>(scale);
+  const double bias = ch.bias.ptr ? load_scalar(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
+  const double residual = ch.mean_residual ? ch.mean_residual[c] : 0.0f;
+  result.b = static_cast<float>(bias - residual * scale);  // (x − mean − residual)·scale + bias
   return result;
 }
+
+// The LeakyReLU's input z = (x − mean)·w·invstd + bias, centred first: the folded
+// x·scale + (bias − mean·scale) cancels catastrophically when |mean| ≫ std. The backward
+// computes it alike (without the forward's mean residual, a change far below float32's
+// resolution of z, like eager's float32 saved mean).
+__device__ __forceinline__ float activation_input(float x, const Channel& p) { return (x - p.mean) * p.scale + p.b; }
 
 // The channel's statistics pivot K_c = x[0, c, 0] (0 for an empty batch): the reductions
 // accumulate x − K_c, whose mean is O(std) rather than O(|mean|), so float32 loses nothing to
@@ -224,9 +241,41 @@ __device__ __forceinline__ Welford merge(const Welford& a, const Welford& b) {
   return {total, a.mean + delta * ratio, a.m2 + b.m2 + delta * delta * a.count * ratio};
 }
 
+// A float32 sum carried with its rounding error (Knuth's TwoSum, exact products by FMA), so
+// that the gradient sums, which cancel, come out close to correctly rounded as eager's
+// double accumulation does; deterministic like any fixed-order sum.
+struct Compensated {
+  float sum;
+  float error;
+};
+
+__device__ __forceinline__ Compensated two_sum(float a, float b) {
+  const float sum = a + b;
+  const float b_part = sum - a;
+  return {sum, (a - (sum - b_part)) + (b - b_part)};
+}
+
+__device__ __forceinline__ void add_to(Compensated& acc, float value) {
+  const Compensated step = two_sum(acc.sum, value);
+  acc.sum = step.sum;
+  acc.error += step.error;
+}
+
+__device__ __forceinline__ void add_product_to(Compensated& acc, float a, float b) {
+  const float product = a * b;
+  add_to(acc, product);
+  acc.error += fmaf(a, b, -product);
+}
+
+__device__ __forceinline__ Compensated add(const Compensated& a, const Compensated& b) {
+  Compensated result = two_sum(a.sum, b.sum);
+  result.error += a.error + b.error;
+  return result;
+}
+
 struct GradSums {
-  float dz;       // Σ dz
-  float dz_xhat;  // Σ dz·x̂
+  Compensated dz;     // Σ dz
+  Compensated dz_xc;  // Σ dz·(x − mean); × invstd once per channel gives Σ dz·x̂
 };
 
 struct MergeWelford {
@@ -235,7 +284,7 @@ struct MergeWelford {
 
 struct AddSums {
   __device__ __forceinline__ GradSums operator()(const GradSums& a, const GradSums& b) const {
-    return {a.dz + b.dz, a.dz_xhat + b.dz_xhat};
+    return {add(a.dz, b.dz), add(a.dz_xc, b.dz_xc)};
   }
 };
 
@@ -370,16 +419,24 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 
 // statistics: fp32 [rows, 3, C], the splits (args.partials, means shifted by the pivot:
 // `shifted`) or every device's merged row (un-shifted).
-__global__ void __launch_bounds__(kFinalizeThreads) bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args,
-                                                                                  const float* statistics,
-                                                                                  int64_t rows, bool shifted) {
+//
+// residual (optional fp32 [C]): mean − float32 mean, written after this thread's channel of
+// `statistics` is read, so it may be the count slots of statistics' first row.
+__global__ void __launch_bounds__(kFinalizeThreads)
+    bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args, const float* statistics, int64_t rows, bool shifted,
+                                  float* residual) {
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
   const MergedRows total = merge_rows(statistics, rows, C, c);
   const float pivot = shifted ? channel_pivot(args.x, args.shape, c) : 0.0f;
-  const float count = total.count, mean = pivot + (total.origin + total.mean), m2 = total.m2;
-  const float invstd = 1.0f / sqrtf(m2 / count + args.eps);
+  // mean = pivot + origin + relative mean, rounded to float32 once; the residual keeps what
+  // that rounding dropped (exactly, by TwoSum) for the forward's elementwise pass.
+  const Compensated mean_parts = two_sum(pivot, total.origin + total.mean);
+  const float count = total.count, mean = mean_parts.sum, m2 = total.m2;
+  if (residual != nullptr) residual[c] = mean_parts.error;
+  // Once per channel, so in double: invstd rounded once, as eager's.
+  const float invstd = static_cast<float>(1.0 / sqrt(static_cast<double>(m2) / count + args.eps));
   args.mean[c] = mean;
   args.invstd[c] = invstd;
   if (args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr) {
@@ -402,14 +459,9 @@ __global__ void __launch_bounds__(Tl::kThreads)
   constexpr int CPT = Wk::kChannelsPerThread;
   const int64_t c0 = Wk::first_channel();
   if (c0 >= shape.channels) return;  // no block-wide synchronisation below
-  float mean[CPT], scale[CPT], bias[CPT];
+  Channel p[CPT];
 #pragma unroll
-  for (int ch = 0; ch < CPT; ++ch) {
-    const Channel p = load_channel(channel, c0 + ch);
-    mean[ch] = p.mean;
-    scale[ch] = p.w * p.invstd;
-    bias[ch] = p.b;
-  }
+  for (int ch = 0; ch < CPT; ++ch) p[ch] = load_channel(channel, c0 + ch);
   const int64_t units = shape.positions / Wk::kPositionsPerUnit;
   const int64_t tiles = (units + Wk::kStepUnits - 1) / Wk::kStepUnits;
   for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
@@ -421,8 +473,7 @@ __global__ void __launch_bounds__(Tl::kThreads)
     for (int ch = 0; ch < CPT; ++ch) {
 #pragma unroll
       for (int j = 0; j < Wk::kValues; ++j) {
-        // Centred first: x·scale + (bias − mean·scale) cancels catastrophically when |mean| ≫ std.
-        const float z = (v[ch][j] - mean[ch]) * scale[ch] + bias[ch];
+        const float z = activation_input(v[ch][j], p[ch]);
         v[ch][j] = z > 0.0f ? z : z * slope;
       }
     }
@@ -445,7 +496,7 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
   split_units<Wk>(shape, first, last);
   GradSums acc[CPT];
 #pragma unroll
-  for (int ch = 0; ch < CPT; ++ch) acc[ch] = {0.0f, 0.0f};
+  for (int ch = 0; ch < CPT; ++ch) acc[ch] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
   if (c0 < C) {
     Channel p[CPT];
 #pragma unroll
@@ -462,11 +513,9 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
 #pragma unroll
         for (int j = 0; j < Wk::kValues; ++j) {
           if (j < count) {
-            const float xhat = (xv[ch][j] - p[ch].mean) * p[ch].invstd;
-            const float z = xhat * p[ch].w + p[ch].b;
-            const float dz = z > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
-            acc[ch].dz += dz;
-            acc[ch].dz_xhat += dz * xhat;
+            const float dz = activation_input(xv[ch][j], p[ch]) > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
+            add_to(acc[ch].dz, dz);
+            add_product_to(acc[ch].dz_xc, dz, xv[ch][j] - p[ch].mean);
           }
         }
       }
@@ -478,8 +527,8 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
     const int64_t c = c0 + ch;
     if (threadIdx.y == 0 && c < C) {
       float* out = args.partials + static_cast<int64_t>(blockIdx.y) * 2 * C + c;
-      out[0] = total.dz;
-      out[C] = total.dz_xhat;
+      out[0] = total.dz.sum + total.dz.error;
+      out[C] = total.dz_xc.sum + total.dz_xc.error;
     }
   }
 }
@@ -490,12 +539,15 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  float sum_dz = 0.0f, sum_dz_xhat = 0.0f;
+  Compensated dz = {0.0f, 0.0f}, dz_xc = {0.0f, 0.0f};
   for (int64_t split = 0; split < args.shape.splits; ++split) {  // in order: deterministic
     const float* row = args.partials + split * 2 * C + c;
-    sum_dz += row[0];
-    sum_dz_xhat += row[C];
+    add_to(dz, row[0]);
+    add_to(dz_xc, row[C]);
   }
+  const float sum_dz = dz.sum + dz.error;
+  const float sum_dz_xhat =
+      static_cast<float>((static_cast<double>(dz_xc.sum) + dz_xc.error) * channel_invstd(args.channel, c));
   if (args.grad_weight.ptr != nullptr) store_scalar(args.grad_weight.ptr, args.grad_weight.dtype, c, sum_dz_xhat);
   if (args.grad_bias.ptr != nullptr) store_scalar(args.grad_bias.ptr, args.grad_bias.dtype, c, sum_dz);
   if (args.training) {
@@ -513,11 +565,10 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_input_kernel(BatchNo
   const int64_t c0 = Wk::first_channel();
   if (c0 >= C) return;  // no block-wide synchronisation below
   Channel p[CPT];
-  float scale[CPT], mean_dz[CPT], mean_dz_xhat[CPT];
+  float mean_dz[CPT], mean_dz_xhat[CPT];
 #pragma unroll
   for (int ch = 0; ch < CPT; ++ch) {
     p[ch] = load_channel(args.channel, c0 + ch);
-    scale[ch] = p[ch].w * p[ch].invstd;
     mean_dz[ch] = TRAINING ? args.coefficients[c0 + ch] : 0.0f;
     mean_dz_xhat[ch] = TRAINING ? args.coefficients[C + c0 + ch] : 0.0f;
   }
@@ -533,11 +584,9 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_input_kernel(BatchNo
     for (int ch = 0; ch < CPT; ++ch) {
 #pragma unroll
       for (int j = 0; j < Wk::kValues; ++j) {
-        const float xhat = (xv[ch][j] - p[ch].mean) * p[ch].invstd;
-        const float z = xhat * p[ch].w + p[ch].b;
-        float dz = z > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
-        if (TRAINING) dz = dz - mean_dz[ch] - xhat * mean_dz_xhat[ch];
-        xv[ch][j] = dz * scale[ch];
+        float dz = activation_input(xv[ch][j], p[ch]) > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
+        if (TRAINING) dz = dz - mean_dz[ch] - (xv[ch][j] - p[ch].mean) * p[ch].invstd * mean_dz_xhat[ch];
+        xv[ch][j] = dz * p[ch].scale;
       }
     }
     Wk::store(args.grad_x, c0, n, s, valid, xv);
@@ -701,10 +750,15 @@ void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream
 // Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
 void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
                             bool shifted, cudaStream_t stream, const char* op) {
+  // One device: the residual goes to the splits' first row (count slots), read by this
+  // channel's finalize thread alone before; several: the gathered rows' means are each
+  // rounded already, so the fp32 mean is used as it is.
+  float* residual = shifted ? args.partials : nullptr;
   bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows,
-                                                                                                 shifted);
+                                                                                                 shifted, residual);
   check_launch(op);
   BnChannelArgs channel{};
+  channel.mean_residual = residual;
   channel.mean = {args.mean, kFloat32};
   channel.stat = {args.invstd, kFloat32};
   channel.weight = args.weight;

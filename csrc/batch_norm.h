@@ -29,6 +29,9 @@ struct BnChannelArgs {
   BnVector bias;        // optional
   bool stat_is_invstd;
   float eps;
+  // Optional fp32 [C]: what rounding the batch mean to float32 left off (mean − fp32 mean),
+  // folded into the bias of the forward's elementwise pass (training, one device).
+  const float* mean_residual;
 };
 
 struct BnShape {
