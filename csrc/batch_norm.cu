@@ -261,8 +261,19 @@ __device__ __forceinline__ void add_to(Compensated& acc, float value) {
   acc.error += step.error;
 }
 
+// a·b rounded on its own: nvcc contracts a·b + c into one FMA unless told not to, which
+// would leave the sum and fmaf(a, b, −product) describing different products. (The
+// emulation's host compiler targets no FMA instructions and contracts nothing.)
+__device__ __forceinline__ float uncontracted_product(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 __device__ __forceinline__ void add_product_to(Compensated& acc, float a, float b) {
-  const float product = a * b;
+  const float product = uncontracted_product(a, b);
   add_to(acc, product);
   acc.error += fmaf(a, b, -product);
 }
