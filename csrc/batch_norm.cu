@@ -24,26 +24,38 @@
 // statistics; x, y for the forward; x, dy (and dx) for the backward), and the packed walks
 // also need the reductions' split width to be a multiple of W (P is: S is).
 //
-// Forward (training): (1) per (channel, split) partial statistics (count, mean, M2) into
-// fp32 [splits, 3, C]: each thread keeps Welford/Chan state over two-pass statistics of each
-// step's values of a channel (step mean, then Σ(x − step mean)²; never E[x²] − E[x]²), merged
-// over the block's lanes by a fixed shared-memory tree (deterministic); (2) one thread per
-// channel merges the splits in order with Chan's formula, writes mean and
-// invstd = 1/sqrt(M2/P + eps), and updates the running statistics in place (unbiased
-// M2/(P − 1); factor momentum or 1/num_batches_tracked read on the device); (3) elementwise
-// y = leaky_relu(x·a + b), a = w·invstd, b = bias − mean·a. Eval is (3) alone.
+// Accuracy when |mean| ≫ std (eager PyTorch's CPU float32 is the yardstick: it accumulates
+// in double): the statistics are of x − K, K = x[0, c, 0] the channel's pivot, which every
+// split reads, so float32 keeps the spread instead of the mean's digits; per-channel scalars
+// (invstd, w·invstd, the bias) are computed in double and rounded once; every elementwise
+// pass centres first, (x − mean)·w·invstd + bias, never x·a + (bias − mean·a), which cancels;
+// the gradient sums are compensated (TwoSum, FMA-exact products).
 //
-// Backward: x̂ = (x − mean)·invstd, z = w·x̂ + bias, dz = dy if z > 0 else slope·dy.
-// (1) per-split Σdz, Σdz·x̂ into fp32 [splits, 2, C]; (2) per channel: grad_weight = Σdz·x̂,
-// grad_bias = Σdz, and in training the coefficients (Σdz/P, Σdz·x̂/P); (3) elementwise
+// Forward (training): (1) per (channel, split) partial statistics (count, mean − K, M2) into
+// fp32 [splits, 3, C]: each thread keeps Welford/Chan state over two-pass statistics of each
+// step's values x − K of a channel (step mean, then Σ(x − K − step mean)²; never
+// E[x²] − E[x]²), merged over the block's lanes by a fixed shared-memory tree
+// (deterministic); (2) one thread per channel merges the splits in order with Chan's formula,
+// writes mean = K + (mean − K) rounded once, invstd = 1/sqrt(M2/P + eps), the mean's rounding
+// residual (into the splits' first row, which it has read), and updates the running statistics
+// in place (unbiased M2/(P − 1); factor momentum or 1/num_batches_tracked read on the
+// device); (3) elementwise y = leaky_relu((x − mean)·a + b), a = w·invstd,
+// b = bias − residual·a. Eval is (3) alone, from the running statistics.
+//
+// Backward: z = (x − mean)·w·invstd + bias, dz = dy if z > 0 else slope·dy.
+// (1) per-split compensated Σdz, Σdz·(x − mean) with their rounding errors into fp32
+// [splits, 4, C]; (2) per channel: grad_bias = Σdz, grad_weight = Σdz·x̂ = invstd·Σdz·(x − mean),
+// and in training the coefficients (Σdz/P, Σdz·x̂/P); (3) elementwise
 // dx = w·invstd·(dz − Σdz/P − x̂·Σdz·x̂/P) in training, w·invstd·dz in eval.
 //
 // Synchronised (multi-device) training runs these as separately launched stages so that the
 // caller can combine devices in between: forward (1) then a merge of the splits into one
-// (count, mean, M2) row [3, C] per device, all-gathered by the caller into [devices, 3, C],
-// which (2) merges like splits (Chan's merge is associative) before (3); backward (1) and (2)
-// with the raw sums (scale 1 instead of 1/P), summed over the devices and divided by the
-// global P by the caller, then (3) from those coefficients.
+// (count, mean, M2) row [3, C] per device, the mean un-shifted (K + (mean − K), rounded once)
+// so that devices with different pivots combine as they are, all-gathered by the caller into
+// [devices, 3, C], which (2) merges like splits (Chan's merge is associative; means relative to
+// the first non-empty row's) before (3); backward (1) and (2) with the raw sums (scale 1
+// instead of 1/P), summed over the devices and divided by the global P by the caller, then
+// (3) from those coefficients.
 #include "batch_norm.h"
 
 #include "device_utils.cuh"
@@ -537,9 +549,11 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
     const GradSums total = reduce_lanes<Tl>(acc[ch], AddSums{});
     const int64_t c = c0 + ch;
     if (threadIdx.y == 0 && c < C) {
-      float* out = args.partials + static_cast<int64_t>(blockIdx.y) * 2 * C + c;
-      out[0] = total.dz.sum + total.dz.error;
-      out[C] = total.dz_xc.sum + total.dz_xc.error;
+      float* out = args.partials + static_cast<int64_t>(blockIdx.y) * 4 * C + c;
+      out[0] = total.dz.sum;
+      out[C] = total.dz_xc.sum;
+      out[2 * C] = total.dz.error;
+      out[3 * C] = total.dz_xc.error;
     }
   }
 }
@@ -552,9 +566,9 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   if (c >= C) return;
   Compensated dz = {0.0f, 0.0f}, dz_xc = {0.0f, 0.0f};
   for (int64_t split = 0; split < args.shape.splits; ++split) {  // in order: deterministic
-    const float* row = args.partials + split * 2 * C + c;
-    add_to(dz, row[0]);
-    add_to(dz_xc, row[C]);
+    const float* row = args.partials + split * 4 * C + c;
+    dz = add(dz, {row[0], row[2 * C]});
+    dz_xc = add(dz_xc, {row[C], row[3 * C]});
   }
   const float sum_dz = dz.sum + dz.error;
   const float sum_dz_xhat =

@@ -80,7 +80,7 @@ struct BatchNormBackwardArgs {
   BnChannelArgs channel; // mean, stat, weight, bias, stat_is_invstd, eps
   BnVector grad_weight;  // optional: Σ dz·x̂, in its dtype
   BnVector grad_bias;    // optional: Σ dz
-  float* partials;       // fp32 [splits, 2, C]: per split Σdz and Σdz·x̂
+  float* partials;       // fp32 [splits, 4, C]: per split Σdz, Σdz·(x − mean) and their rounding errors
   float* coefficients;   // fp32 [2, C]: Σdz/P and Σdz·x̂/P (training only; raw sums in batch_norm_backward_sums)
   bool training;
   float slope;

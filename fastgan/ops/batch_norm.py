@@ -458,7 +458,7 @@ def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
     plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
-    partials = x3.new_empty((plan.splits, 2, channels), dtype=torch.float32)
+    partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
     _launcher(backend, "batch_norm_backward")(
         grad_out3, x3, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials, coefficients,
@@ -587,7 +587,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
     plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
-    partials = x3.new_empty((plan.splits, 2, channels), dtype=torch.float32)
+    partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     sums = x3.new_empty((2, channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_backward_sums")(
         grad_out3, x3, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan, eps=eps,
