@@ -71,6 +71,8 @@ constexpr int kStridedUnits = 4;       // strided walk: positions per thread per
 constexpr int kPackedUnits = 2;        // packed walks: 16-byte packs per thread per step and tensor
 constexpr int kFinalizeThreads = 256;  // finalize kernels: one thread per channel
 constexpr int64_t kMaxGridY = 65535;
+constexpr int kSplitRow = 3;   // a split's statistics row: (count, mean − K, M2)
+constexpr int kDeviceRow = 4;  // a device's: (count, mean, M2, mean residual)
 
 enum class Walk { kStrided, kPlanarPacked, kChannelsLastPacked };
 
@@ -397,28 +399,32 @@ __global__ void __launch_bounds__(Tl::kThreads)
   }
 }
 
-// Chan's merge of the `rows` (count, mean, M2) rows of fp32 [rows, 3, C] for channel c, in
-// order (deterministic); rows with count 0 (an empty split or device) change nothing. The
+// Chan's merge of the `rows` rows of fp32 [rows, kSplitRow or kDeviceRow, C] for channel c,
+// in order (deterministic); rows with count 0 (an empty split or device) change nothing. The
 // means are merged relative to the first non-empty row's (`origin`, returned apart from the
-// relative mean), so that device rows with |mean| ≫ std lose no more than their own rounding.
+// relative mean), device rows' with their residuals, so that the merged mean of devices
+// with |mean| ≫ std is as exact as one device's.
+// In double: one thread per channel over a few rows, and M2 carries the δ² cross terms of
+// every merge, which float32 would round at each step (invstd then off by more than an ulp).
 struct MergedRows {
-  float count;
-  float origin;
-  float mean;  // relative to origin
-  float m2;
+  double count;
+  double origin;
+  double mean;  // relative to origin
+  double m2;
 };
 
+template <int ROW>
 __device__ __forceinline__ MergedRows merge_rows(const float* rows, int64_t count_rows, int64_t C, int64_t c) {
-  float count = 0.0f, origin = 0.0f, mean = 0.0f, m2 = 0.0f;
+  double count = 0.0, origin = 0.0, mean = 0.0, m2 = 0.0;
   for (int64_t index = 0; index < count_rows; ++index) {
-    const float* row = rows + index * 3 * C + c;
-    const float n_b = row[0];
-    if (count == 0.0f) origin = row[C];
-    const float mean_b = row[C] - origin;
-    const float m2_b = row[2 * C];
-    const float total = count + n_b;
-    const float delta = mean_b - mean;
-    const float ratio = total > 0.0f ? n_b / fmaxf(total, 1.0f) : 0.0f;
+    const float* row = rows + index * ROW * C + c;
+    const double n_b = row[0];
+    if (count == 0.0) origin = row[C];
+    const double mean_b = ROW == kDeviceRow ? (row[C] - origin) + row[3 * C] : row[C] - origin;
+    const double m2_b = row[2 * C];
+    const double total = count + n_b;
+    const double delta = mean_b - mean;
+    const double ratio = total > 0.0 ? n_b / total : 0.0;
     mean += delta * ratio;
     m2 += m2_b + delta * delta * count * ratio;
     count = total;
@@ -426,40 +432,44 @@ __device__ __forceinline__ MergedRows merge_rows(const float* rows, int64_t coun
   return {count, origin, mean, m2};
 }
 
-// One device's splits merged into its (count, mean, M2) row [3, C] (synchronised training),
-// the mean un-shifted (K + shifted mean, rounded once) so that rows of devices with
-// different pivots merge as they are.
+// One device's splits merged into its (count, mean, M2, mean residual) row [4, C]
+// (synchronised training), the mean un-shifted as K + shifted mean rounded once plus what that
+// rounding dropped, so that rows of devices with different pivots merge as they are.
 __global__ void __launch_bounds__(kFinalizeThreads)
     bn_merge_partials_kernel(BnTensor x, BnShape shape, const float* partials, float* merged) {
   const int64_t C = shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  const MergedRows total = merge_rows(partials, shape.splits, C, c);
-  merged[c] = total.count;
-  merged[C + c] = channel_pivot(x, shape, c) + (total.origin + total.mean);
-  merged[2 * C + c] = total.m2;
+  const MergedRows total = merge_rows<kSplitRow>(partials, shape.splits, C, c);
+  const double mean = channel_pivot(x, shape, c) + (total.origin + total.mean);
+  const float mean_rounded = static_cast<float>(mean);
+  merged[c] = static_cast<float>(total.count);
+  merged[C + c] = mean_rounded;
+  merged[2 * C + c] = static_cast<float>(total.m2);
+  merged[3 * C + c] = static_cast<float>(mean - mean_rounded);
 }
 
-// statistics: fp32 [rows, 3, C], the splits (args.partials, means shifted by the pivot:
-// `shifted`) or every device's merged row (un-shifted).
+// statistics: the splits (args.partials, fp32 [rows, kSplitRow, C], means shifted by the
+// pivot: `shifted`) or every device's merged row (fp32 [rows, kDeviceRow, C], un-shifted).
 //
-// residual (optional fp32 [C]): mean − float32 mean, written after this thread's channel of
-// `statistics` is read, so it may be the count slots of statistics' first row.
+// residual (fp32 [C]): mean − float32 mean, written after this thread's channel of
+// `statistics` is read, so it may be a slot row of `statistics` itself.
 __global__ void __launch_bounds__(kFinalizeThreads)
     bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args, const float* statistics, int64_t rows, bool shifted,
                                   float* residual) {
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  const MergedRows total = merge_rows(statistics, rows, C, c);
+  const MergedRows total =
+      shifted ? merge_rows<kSplitRow>(statistics, rows, C, c) : merge_rows<kDeviceRow>(statistics, rows, C, c);
   const float pivot = shifted ? channel_pivot(args.x, args.shape, c) : 0.0f;
   // mean = pivot + origin + relative mean, rounded to float32 once; the residual keeps what
-  // that rounding dropped (exactly, by TwoSum) for the forward's elementwise pass.
-  const Compensated mean_parts = two_sum(pivot, total.origin + total.mean);
-  const float count = total.count, mean = mean_parts.sum, m2 = total.m2;
-  if (residual != nullptr) residual[c] = mean_parts.error;
+  // that rounding dropped for the forward's elementwise pass.
+  const double exact_mean = pivot + (total.origin + total.mean);
+  const float mean = static_cast<float>(exact_mean);
+  residual[c] = static_cast<float>(exact_mean - mean);
   // Once per channel, so in double: invstd rounded once, as eager's.
-  const float invstd = static_cast<float>(1.0 / sqrt(static_cast<double>(m2) / count + args.eps));
+  const float invstd = static_cast<float>(1.0 / sqrt(total.m2 / total.count + args.eps));
   args.mean[c] = mean;
   args.invstd[c] = invstd;
   if (args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr) {
@@ -467,7 +477,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
         args.cumulative ? 1.0f / static_cast<float>(*args.num_batches_tracked) : args.momentum;
     const float running_mean = load_scalar(args.running_mean.ptr, args.running_mean.dtype, c);
     const float running_var = load_scalar(args.running_var.ptr, args.running_var.dtype, c);
-    const float unbiased = m2 / (count - 1.0f);
+    const float unbiased = static_cast<float>(total.m2 / (total.count - 1.0));
     store_scalar(args.running_mean.ptr, args.running_mean.dtype, c, running_mean + factor * (mean - running_mean));
     store_scalar(args.running_var.ptr, args.running_var.dtype, c, running_var + factor * (unbiased - running_var));
   }
@@ -775,10 +785,9 @@ void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream
 // Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
 void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
                             bool shifted, cudaStream_t stream, const char* op) {
-  // One device: the residual goes to the splits' first row (count slots), read by this
-  // channel's finalize thread alone before; several: the gathered rows' means are each
-  // rounded already, so the fp32 mean is used as it is.
-  float* residual = shifted ? args.partials : nullptr;
+  // The residual goes to the first row's count slots (the splits') or residual slots (the
+  // devices'), read before by this channel's finalize thread alone; the caller reads neither.
+  float* residual = shifted ? const_cast<float*>(statistics) : const_cast<float*>(statistics) + 3 * args.shape.channels;
   bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows,
                                                                                                  shifted, residual);
   check_launch(op);

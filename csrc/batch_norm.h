@@ -92,10 +92,12 @@ void batch_norm_backward(const BatchNormBackwardArgs& args, cudaStream_t stream)
 
 // The stages of a synchronised (multi-device) training step; the caller runs the collectives
 // between them (fastgan/ops/batch_norm.py). Forward: batch_norm_statistics writes the split
-// partials and merges them into `merged` (fp32 [3, C], this device's (count, mean, M2));
-// batch_norm_forward_from_statistics merges the `rows` rows of `statistics` (fp32 [rows, 3, C],
-// every device's `merged`), updates the running statistics and writes mean, invstd and y
-// (args.partials unused; args.shape.positions may be 0 or 1 on one device). Backward:
+// partials and merges them into `merged` (fp32 [4, C], this device's (count, mean, M2, mean
+// residual): mean + residual is the mean beyond float32); batch_norm_forward_from_statistics
+// merges the `rows` rows of `statistics` (fp32 [rows, 4, C], every device's `merged`; its
+// first row's residual slots are overwritten, the counts are kept), updates the running
+// statistics and writes mean, invstd and y (args.partials unused; args.shape.positions may be
+// 0 or 1 on one device). Backward:
 // batch_norm_backward_sums writes grad_weight, grad_bias (this device's) and the raw sums
 // (Σdz, Σdz·x̂) into args.coefficients; batch_norm_backward_input writes grad_x from
 // args.coefficients, which by then hold the global (Σdz/P, Σdz·x̂/P).

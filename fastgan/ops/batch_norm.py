@@ -556,6 +556,11 @@ def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_
 # --------------------------------------------------------------------------------------
 
 
+# Each device's statistics row: (count, mean, M2), and in the CUDA kernels the mean's float32
+# rounding residual as a fourth entry, so that the merged mean is as exact as one device's.
+_DEVICE_ROW = {"cuda": 4, "triton": 3}
+
+
 def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum: float,
                        cumulative: bool, eps: float, slope: float, backend: str, group):
     """Training forward over the batch concatenated across ``group``; returns y3, the global
@@ -564,9 +569,9 @@ def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_
     y3 = _launch.output_like(x3)
     plan = _plan(x3, y3)
     partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
-    local = x3.new_empty((1, 3, channels), dtype=torch.float32)
+    local = x3.new_empty((1, _DEVICE_ROW[backend], channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_statistics")(x3, partials, local[0], plan=plan)
-    gathered = x3.new_empty((dist.get_world_size(group), 3, channels), dtype=torch.float32)
+    gathered = x3.new_empty((dist.get_world_size(group), _DEVICE_ROW[backend], channels), dtype=torch.float32)
     all_gather_into(gathered, local, group)
     mean = _launch.output(x3, (channels,), torch.float32)
     invstd = _launch.output(x3, (channels,), torch.float32)
