@@ -31,8 +31,10 @@ with δ = μ_b − μ_a, n = n_a + n_b,
 
     μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n     (associative; M2 never E[x²]−E[x]²)
 
-so each process merges its splits into one row (P_k, μ_k, M2_k) ``[3, C]``, ONE all-gather
-fills a preallocated ``[K, 3, C]``, and every process runs the same finalize over those K rows:
+so each process merges its splits into one row (P_k, μ_k, M2_k) ``[3, C]`` (the CUDA kernels
+add μ_k's float32 rounding residual: ``[4, C]``, so that |mean| ≫ std loses nothing in the
+merge), ONE all-gather fills a preallocated ``[K, 3 or 4, C]``, and every process runs the
+same finalize over those K rows:
 μ, σ² = M2/P and the running statistics with the unbiased M2/(P − 1) of the global P, as
 ``nn.SyncBatchNorm`` updates them. Backward: with dz and x̂ as in the kernels,
 
