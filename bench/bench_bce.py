@@ -70,21 +70,3 @@ def bench_gan_bce_losses_fwd_bwd(measure, provider, device, synchronize, n, dtyp
 
     element = torch.finfo(dtype).bits // 8
     measure(step, unsynchronised=call, compulsory_bytes=4 * n * element, group=f"gan_bce_losses fwd+bwd {dtype_name} n={n}")
-
-
-@pytest.mark.parametrize("path", ["eager", "fastgan-host-path"])
-def bench_bce_with_logits_host_overhead(benchmark, path, monkeypatch):
-    """Host time per fwd+bwd call at 256 logits with fastgan's kernel launch stubbed out:
-    the Python cost of validation, backend selection, planning, allocation and autograd that
-    every kernel-backed call pays before its launch (eager: the whole CPU op, for scale)."""
-    from fastgan.ops import bce as bce_module
-
-    benchmark.group = "bce_with_logits host overhead n=256"
-    x = torch.randn(256, requires_grad=True)
-    y = torch.rand(256)
-    if path == "eager":
-        benchmark(lambda: F.binary_cross_entropy_with_logits(x, y).backward())
-        return
-    monkeypatch.setattr(bce_module, "_launcher", lambda backend, name: lambda *args, **kwargs: None)
-    monkeypatch.setattr(bce_module._backend, "select_backend", lambda *args: "triton")
-    benchmark(lambda: bce_with_logits(x, y).backward())

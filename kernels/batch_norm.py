@@ -42,14 +42,53 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64: tl.constexpr):
-    """Element offsets of a (BLOCK_C, BLOCK_P) tile; positions p = n·S + s."""
+def _aligned(value, ALIGN: tl.constexpr):
+    """``value`` itself, written so the compiler knows it is a multiple of ALIGN (the launcher
+    guarantees it is): masks and offsets built from it then keep runs of ALIGN elements
+    contiguous and aligned, which is what 128-bit accesses need."""
+    return (value // ALIGN) * ALIGN
+
+
+@triton.jit
+def _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64: tl.constexpr,
+                  CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr):
+    """Element offsets of a (BLOCK_C, BLOCK_P) tile; positions p = n·S + s. ALIGN divides the
+    sizes and strides the contiguous dimension's addresses depend on (see _layout_alignment)."""
     if INT64:
         positions = positions.to(tl.int64)
         channels = channels.to(tl.int64)
+    if CHANNELS_LAST:
+        stride_n = _aligned(stride_n, ALIGN)
+        stride_s = _aligned(stride_s, ALIGN)
+    else:
+        S = _aligned(S, ALIGN)
+        stride_n = _aligned(stride_n, ALIGN)
+        stride_c = _aligned(stride_c, ALIGN)
     n = positions // S
     s = positions - n * S
     return n[None, :] * stride_n + channels[:, None] * stride_c + s[None, :] * stride_s
+
+
+@triton.jit
+def _channel_count(C, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr):
+    """C, written as a multiple of ALIGN for channels_last (where the launcher guarantees it),
+    so that the per-channel vectors and their rows in [k, C] buffers are accessed whole
+    vectors at a time too."""
+    if CHANNELS_LAST:
+        C = _aligned(C, ALIGN)
+    return C
+
+
+@triton.jit
+def _tile_mask(channels, positions, C, end, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr):
+    """In-bounds lanes of a tile: channels < C and positions < end, with the bound of the
+    contiguous dimension written as a multiple of ALIGN so that the mask is constant over
+    whole vectors."""
+    if CHANNELS_LAST:
+        C = _aligned(C, ALIGN)
+    else:
+        end = _aligned(end, ALIGN)
+    return (channels < C)[:, None] & (positions < end)[None, :]
 
 
 @triton.jit
@@ -82,11 +121,14 @@ def bn_partial_statistics_kernel(
     stride_n, stride_c, stride_s,
     positions_per_split,   # positions each split covers (a multiple of BLOCK_P)
     INT64: tl.constexpr,   # 64-bit offsets (tensors beyond 2^31 elements)
+    CHANNELS_LAST: tl.constexpr,  # channels are the contiguous dimension (else positions are)
+    ALIGN: tl.constexpr,   # power of two dividing the contiguous dimension's sizes and strides
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     split = tl.program_id(1)
     channels = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     start = split * positions_per_split
     end = tl.minimum(start + positions_per_split, P)
@@ -95,8 +137,8 @@ def bn_partial_statistics_kernel(
     m2 = tl.zeros([BLOCK_C], tl.float32)
     for p0 in range(start, end, BLOCK_P):
         positions = p0 + tl.arange(0, BLOCK_P)
-        mask = c_mask[:, None] & (positions < end)[None, :]
-        offsets = _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64)
+        mask = _tile_mask(channels, positions, C, end, CHANNELS_LAST, ALIGN)
+        offsets = _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64, CHANNELS_LAST, ALIGN)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         tile_count = tl.minimum(end - p0, BLOCK_P).to(tl.float32)
         tile_mean = tl.sum(x, axis=1) / tile_count
@@ -192,22 +234,26 @@ def bn_leaky_relu_forward_kernel(
     eps,                   # used only when the stat is a variance
     slope,                 # LeakyReLU negative slope (0: ReLU)
     STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     positions = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
-    mask = c_mask[:, None] & (positions < P)[None, :]
+    mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
     mean, invstd, w, b = _normalise_coefficients(
         channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
     )
     scale = w * invstd
     shift = b - mean * scale
-    x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64),
+    x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64,
+                                      CHANNELS_LAST, ALIGN),
                 mask=mask, other=0.0).to(tl.float32)
     z = x * scale[:, None] + shift[:, None]
     y = tl.where(z > 0, z, z * slope)
-    tl.store(y_ptr + _tile_offsets(channels, positions, S, y_stride_n, y_stride_c, y_stride_s, INT64),
+    tl.store(y_ptr + _tile_offsets(channels, positions, S, y_stride_n, y_stride_c, y_stride_s, INT64,
+                                   CHANNELS_LAST, ALIGN),
              y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -229,28 +275,36 @@ def bn_leaky_relu_backward_reduce_kernel(
     x_stride_n, x_stride_c, x_stride_s,
     positions_per_split, eps, slope,
     STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mean, invstd, w, b = _normalise_coefficients(
         channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
     )
     start = split * positions_per_split
     end = tl.minimum(start + positions_per_split, P)
-    sum_dz = tl.zeros([BLOCK_C], tl.float32)
-    sum_dz_xhat = tl.zeros([BLOCK_C], tl.float32)
+    # Per-lane sums, reduced across the tile once after the loop: a cross-thread reduction
+    # per tile would cost shared memory and registers in every iteration.
+    acc_dz = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    acc_dz_xhat = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
     for p0 in range(start, end, BLOCK_P):
         positions = p0 + tl.arange(0, BLOCK_P)
-        mask = c_mask[:, None] & (positions < end)[None, :]
-        x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64),
+        mask = _tile_mask(channels, positions, C, end, CHANNELS_LAST, ALIGN)
+        x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64,
+                                          CHANNELS_LAST, ALIGN),
                     mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64),
+        dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64,
+                                                  CHANNELS_LAST, ALIGN),
                      mask=mask, other=0.0).to(tl.float32)
         xhat, dz = _activation_grad(x, dy, mean, invstd, w, b, slope)
-        sum_dz += tl.sum(dz, axis=1)
-        sum_dz_xhat += tl.sum(tl.where(mask, dz * xhat, 0.0), axis=1)
+        acc_dz += dz
+        acc_dz_xhat += tl.where(mask, dz * xhat, 0.0)
+    sum_dz = tl.sum(acc_dz, axis=1)
+    sum_dz_xhat = tl.sum(acc_dz_xhat, axis=1)
     out = partials_ptr + split * 2 * C + channels
     tl.store(out, sum_dz, mask=c_mask)
     tl.store(out + C, sum_dz_xhat, mask=c_mask)
@@ -294,18 +348,22 @@ def bn_leaky_relu_backward_input_kernel(
     dx_stride_n, dx_stride_c, dx_stride_s,
     eps, slope,
     TRAINING: tl.constexpr, STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     positions = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
-    mask = c_mask[:, None] & (positions < P)[None, :]
+    mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
     mean, invstd, w, b = _normalise_coefficients(
         channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
     )
-    x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64),
+    x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64,
+                                      CHANNELS_LAST, ALIGN),
                 mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64),
+    dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64,
+                                              CHANNELS_LAST, ALIGN),
                  mask=mask, other=0.0).to(tl.float32)
     xhat, dz = _activation_grad(x, dy, mean, invstd, w, b, slope)
     if TRAINING:
@@ -313,7 +371,8 @@ def bn_leaky_relu_backward_input_kernel(
         mean_dz_xhat = tl.load(coefficients_ptr + C + channels, mask=c_mask, other=0.0)
         dz = dz - mean_dz[:, None] - xhat * mean_dz_xhat[:, None]
     dx = dz * (w * invstd)[:, None]
-    tl.store(grad_x_ptr + _tile_offsets(channels, positions, S, dx_stride_n, dx_stride_c, dx_stride_s, INT64),
+    tl.store(grad_x_ptr + _tile_offsets(channels, positions, S, dx_stride_n, dx_stride_c, dx_stride_s, INT64,
+                                        CHANNELS_LAST, ALIGN),
              dx.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
@@ -321,6 +380,38 @@ def bn_leaky_relu_backward_input_kernel(
 # Launchers: 3-d (N, C, S) views and a plan from fastgan.ops.batch_norm; the CUDA twins in
 # fastgan._cuda take the same arguments.
 # --------------------------------------------------------------------------------------
+
+
+# Warps per program: the channels_last tile (32 x 64) over 8 warps holds half the values per
+# thread that 4 would, which keeps the backward reduction near 50 registers (fp32) instead
+# of 72 and raises its occupancy; the channels-first tile (2 x 512) is small enough for 4.
+_CHANNELS_LAST_WARPS = 8
+_CHANNELS_FIRST_WARPS = 4
+
+
+def _tile_launch(plan, *tensors) -> dict:
+    """The launch keywords of a tile kernel: num_warps (see above), CHANNELS_LAST (the tile's
+    contiguous dimension is the channels) and ALIGN, the largest
+    power of two up to 16 dividing every size and stride the contiguous dimension's addresses
+    depend on, for all of ``tensors`` (N, C, S views): the channel count and the position
+    strides for channels_last, the spatial size and the sample/channel strides otherwise.
+    Strides of size-1 dimensions are left out (that coordinate is always 0). 1 when the
+    contiguous dimension is not unit-stride in every tensor."""
+    n, c, s = tensors[0].shape
+    channels_last = plan.channels_last
+    unit = 1 if channels_last else 2
+    warps = _CHANNELS_LAST_WARPS if channels_last else _CHANNELS_FIRST_WARPS
+    if any(t.stride(unit) != 1 for t in tensors if t.shape[unit] > 1):
+        return dict(CHANNELS_LAST=channels_last, ALIGN=1, num_warps=warps)
+    values = [c] if channels_last else [s]
+    for t in tensors:
+        others = (0, 2) if channels_last else (0, 1)
+        values += [t.stride(d) for d in others if t.shape[d] > 1]
+    align = 16
+    for value in values:
+        while value % align:
+            align //= 2
+    return dict(CHANNELS_LAST=channels_last, ALIGN=align, num_warps=warps)
 
 
 def _finalize_block(channels: int) -> int:
@@ -374,7 +465,7 @@ def _launch_partial_statistics(x, partials, plan):
     n, c, s = x.shape
     bn_partial_statistics_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
         x, partials, c, s, n * s, *x.stride(), plan.positions_per_split,
-        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, x),
     )
 
 
@@ -388,7 +479,7 @@ def _launch_elementwise(x, y, mean, stat, weight, bias, *, plan, eps, slope, sta
         x, y, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
         c, s, p, *x.stride(), *y.stride(), eps, slope,
         STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, x, y),
     )
 
 
@@ -422,9 +513,10 @@ def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, in
                            stat_is_invstd=True, eps=eps, slope=slope)
 
 
-def _backward_constants(weight, bias, plan, stat_is_invstd):
+def _backward_constants(weight, bias, plan, stat_is_invstd, *tensors):
     return dict(STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p)
+                INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+                **_tile_launch(plan, *tensors))
 
 
 def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients, *,
@@ -433,7 +525,7 @@ def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, gr
     bn_leaky_relu_backward_reduce_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
         grad_out, x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean, partials,
         c, s, n * s, *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope,
-        **_backward_constants(weight, bias, plan, stat_is_invstd),
+        **_backward_constants(weight, bias, plan, stat_is_invstd, grad_out, x),
     )
     block = _finalize_block(c)
     bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
@@ -458,5 +550,5 @@ def _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coeffi
         grad_out, x, grad_x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
         coefficients if coefficients is not None else mean,
         c, s, p, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps, slope,
-        TRAINING=training, **_backward_constants(weight, bias, plan, stat_is_invstd),
+        TRAINING=training, **_backward_constants(weight, bias, plan, stat_is_invstd, grad_out, x, grad_x),
     )

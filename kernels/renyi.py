@@ -40,6 +40,19 @@ def _merge_lanes(m, e, s, count, total):
 
 
 @triton.jit
+def _merge_two(m_a, e_a, s_a, count_a, total_a, m_b, e_b, s_b, count_b, total_b):
+    """Merge two merged states (as _merge_lanes merges lanes); a state that saw nothing
+    (m = -inf, E = S = count = 0) changes nothing."""
+    big_m = tl.maximum(m_a, m_b)
+    rel_a = _offset(m_a, big_m)
+    rel_b = _offset(m_b, big_m)
+    e_all = e_a * tl.exp(rel_a) + e_b * tl.exp(rel_b)
+    s_all = (s_a * tl.exp(rel_a) + count_a * tl.where(count_a > 0, _expm1(rel_a), 0.0)
+             + s_b * tl.exp(rel_b) + count_b * tl.where(count_b > 0, _expm1(rel_b), 0.0))
+    return big_m, e_all, s_all, count_a + count_b, total_a + total_b
+
+
+@triton.jit
 def _offset(x, m):
     """x − m, with equal values (also the same infinity) at distance 0: values tied with an
     infinite maximum weigh 1, the limit of equal large logits, instead of giving NaN."""
@@ -77,6 +90,38 @@ def _log1p(x):
 
 
 @triton.jit
+def _online_update(m, e, s, count, total, row_ptr, col, bound, col_stride, beta, MASKED: tl.constexpr):
+    """Fold the columns ``col`` (those below ``bound`` when MASKED) into the per-lane state."""
+    mask = col < bound
+    if MASKED:
+        r = tl.load(row_ptr + col * col_stride, mask=mask, other=0.0).to(tl.float32)
+    else:
+        r = tl.load(row_ptr + col * col_stride).to(tl.float32)
+    x = tl.where(beta == 0.0, 0.0, beta * r)  # β = 0: uniform weights
+    if MASKED:
+        x = tl.where(mask, x, float("-inf"))
+    m_new = tl.maximum(m, x)
+    delta = _offset(m, m_new)  # ≤ 0; -inf when a lane's first value above -inf arrives
+    rel = _offset(x, m_new)
+    if MASKED:
+        rel = tl.where(mask, rel, 0.0)
+    rescale = tl.exp(delta)
+    fresh_e = tl.exp(rel)
+    fresh_s = _expm1(rel)
+    if MASKED:
+        fresh_e = tl.where(mask, fresh_e, 0.0)
+        fresh_s = tl.where(mask, fresh_s, 0.0)
+    e = e * rescale + fresh_e
+    s = s * rescale + count * tl.where(count > 0, _expm1(delta), 0.0) + fresh_s
+    if MASKED:
+        count += mask.to(tl.float32)
+    else:
+        count += 1.0
+    total += r
+    return m_new, e, s, count, total
+
+
+@triton.jit
 def renyi_forward_kernel(
     rows_ptr,  # logits r, a (rows, n) view: element (i, j) at rows_ptr + i*row_stride + j*col_stride
     out_ptr,  # SINGLE_SPLIT: D_α per row [rows], output dtype
@@ -84,42 +129,55 @@ def renyi_forward_kernel(
     expsum_ptr,  # SINGLE_SPLIT: fp32 per-row E = Σ exp(β·r − m), saved for the backward
     partial_ptr,  # several splits: fp32 [rows, splits, 5] of (m, E, S, count, Σr)
     n,  # columns per row (the reduced dimension), > 0
-    row_stride,  # elements between rows
+    n_vec,  # n rounded down to a multiple of 16 (masks against it stay vectorisable)
+    row_stride_units,  # elements between rows / ROW_ALIGN (0 for a single row)
     col_stride,  # elements between columns
     beta,  # fp32 β = 1 − α
     inv_beta,  # fp32 1/β (0 when β = 0; unused then)
     log_n,  # fp32 log n
-    cols_per_split,  # columns each split covers (a multiple of BLOCK)
-    blocks_per_split,  # cols_per_split / BLOCK
+    blocks_per_split,  # columns each split covers / BLOCK
     SINGLE_SPLIT: tl.constexpr,  # one program per row: finish the row here
+    HAS_TAIL: tl.constexpr,  # n % BLOCK != 0
+    HAS_REMAINDER: tl.constexpr,  # n % 16 != 0
+    ROW_ALIGN: tl.constexpr,  # a power of two dividing the row stride, so row starts keep their alignment
     INT64: tl.constexpr,  # 64-bit offsets
-    BLOCK: tl.constexpr,  # columns per iteration (power of two)
+    BLOCK: tl.constexpr,  # columns per iteration (power of two, >= 16)
 ):
+    # Full blocks without masks; the row's one partial block (the tail, in the split that
+    # holds it) masked against n_vec so that it stays vectorised, then its last n % 16
+    # columns (the remainder) masked against n.
     row = tl.program_id(0)
     split = tl.program_id(1)
     if INT64:
         row = row.to(tl.int64)
         split = split.to(tl.int64)
+    row_ptr = rows_ptr + row * (row_stride_units * ROW_ALIGN)
     m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
     e = tl.zeros([BLOCK], dtype=tl.float32)
     s = tl.zeros([BLOCK], dtype=tl.float32)
     count = tl.zeros([BLOCK], dtype=tl.float32)
     total = tl.zeros([BLOCK], dtype=tl.float32)
-    for it in range(0, blocks_per_split):
-        col = split * cols_per_split + it * BLOCK + tl.arange(0, BLOCK)
-        mask = col < n
-        r = tl.load(rows_ptr + row * row_stride + col * col_stride, mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(mask, tl.where(beta == 0.0, 0.0, beta * r), float("-inf"))  # β = 0: uniform weights
-        m_new = tl.maximum(m, x)
-        delta = _offset(m, m_new)  # ≤ 0; -inf when a lane's first value above -inf arrives
-        rel = tl.where(mask, _offset(x, m_new), 0.0)
-        rescale = tl.exp(delta)
-        e = e * rescale + tl.where(mask, tl.exp(rel), 0.0)
-        s = s * rescale + count * tl.where(count > 0, _expm1(delta), 0.0) + tl.where(mask, _expm1(rel), 0.0)
-        count += mask.to(tl.float32)
-        total += r
-        m = m_new
+    full_blocks = n // BLOCK
+    first = split * blocks_per_split
+    last = tl.minimum(first + blocks_per_split, full_blocks)
+    for block in range(first, last):
+        m, e, s, count, total = _online_update(m, e, s, count, total, row_ptr, block * BLOCK + tl.arange(0, BLOCK),
+                                               n, col_stride, beta, False)
+    if HAS_TAIL:
+        if split == full_blocks // blocks_per_split:
+            m, e, s, count, total = _online_update(m, e, s, count, total, row_ptr,
+                                                   full_blocks * BLOCK + tl.arange(0, BLOCK), n_vec, col_stride,
+                                                   beta, True)
     big_m, e_all, s_all, count_all, total_all = _merge_lanes(m, e, s, count, total)
+    if HAS_REMAINDER:  # the last n % 16 columns, on 16 lanes of their own, merged in after
+        if split == full_blocks // blocks_per_split:
+            rest = _online_update(tl.full([16], float("-inf"), dtype=tl.float32), tl.zeros([16], dtype=tl.float32),
+                                  tl.zeros([16], dtype=tl.float32), tl.zeros([16], dtype=tl.float32),
+                                  tl.zeros([16], dtype=tl.float32), row_ptr, n_vec + tl.arange(0, 16), n, col_stride,
+                                  beta, True)
+            rest_m, rest_e, rest_s, rest_count, rest_total = _merge_lanes(*rest)
+            big_m, e_all, s_all, count_all, total_all = _merge_two(
+                big_m, e_all, s_all, count_all, total_all, rest_m, rest_e, rest_s, rest_count, rest_total)
     if SINGLE_SPLIT:
         result = _finalize(big_m, e_all, s_all, total_all, n, beta, inv_beta, log_n)
         tl.store(out_ptr + row, result.to(out_ptr.dtype.element_ty))
@@ -164,6 +222,21 @@ def renyi_finish_kernel(
 
 
 @triton.jit
+def _renyi_grad_block(row_ptr, grad_row_ptr, col, bound, col_stride, g, shift, expsum, beta, MASKED: tl.constexpr):
+    mask = col < bound
+    if MASKED:
+        r = tl.load(row_ptr + col * col_stride, mask=mask, other=0.0).to(tl.float32)
+    else:
+        r = tl.load(row_ptr + col * col_stride).to(tl.float32)
+    grad = -g * tl.exp(_offset(tl.where(beta == 0.0, 0.0, beta * r), shift)) / expsum
+    grad = grad.to(grad_row_ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(grad_row_ptr + col, grad, mask=mask)
+    else:
+        tl.store(grad_row_ptr + col, grad)
+
+
+@triton.jit
 def renyi_backward_kernel(
     rows_ptr,  # logits r, the (rows, n) view the forward read
     grad_out_ptr,  # incoming gradient per row, element i at grad_out_ptr + i * grad_out_stride
@@ -171,11 +244,15 @@ def renyi_backward_kernel(
     expsum_ptr,  # fp32 per-row E from the forward
     grad_ptr,  # contiguous (rows, n) gradient −g·exp(β·r − m)/E, input dtype
     n,
-    row_stride,
+    n_vec,  # n rounded down to a multiple of 16
+    row_stride_units,  # rows' row stride / ROW_ALIGN (0 for a single row)
+    grad_row_stride_units,  # n / ROW_ALIGN (0 for a single row)
     col_stride,
     grad_out_stride,
     beta,  # fp32 β
     blocks_per_row,  # ceil(n / BLOCK); the 1-d grid covers rows x blocks_per_row
+    HAS_REMAINDER: tl.constexpr,  # n % 16 != 0
+    ROW_ALIGN: tl.constexpr,  # a power of two dividing both row strides
     INT64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -184,24 +261,51 @@ def renyi_backward_kernel(
         pid = pid.to(tl.int64)
     row = pid // blocks_per_row
     block = pid % blocks_per_row
-    col = block * BLOCK + tl.arange(0, BLOCK)
-    mask = col < n
-    r = tl.load(rows_ptr + row * row_stride + col * col_stride, mask=mask, other=0.0).to(tl.float32)
+    row_ptr = rows_ptr + row * (row_stride_units * ROW_ALIGN)
+    grad_row_ptr = grad_ptr + row * (grad_row_stride_units * ROW_ALIGN)
     g = tl.load(grad_out_ptr + row * grad_out_stride).to(tl.float32)
     shift = tl.load(shift_ptr + row)
     expsum = tl.load(expsum_ptr + row)
-    grad = -g * tl.exp(_offset(tl.where(beta == 0.0, 0.0, beta * r), shift)) / expsum
-    tl.store(grad_ptr + row * n + col, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    col = block * BLOCK + tl.arange(0, BLOCK)
+    if block < n // BLOCK:
+        _renyi_grad_block(row_ptr, grad_row_ptr, col, n, col_stride, g, shift, expsum, beta, False)
+    else:
+        _renyi_grad_block(row_ptr, grad_row_ptr, col, n_vec, col_stride, g, shift, expsum, beta, True)
+        if HAS_REMAINDER:
+            _renyi_grad_block(row_ptr, grad_row_ptr, n_vec + tl.arange(0, 16), n, col_stride, g, shift, expsum,
+                              beta, True)
+
+
+VECTOR_GROUP = 16  # tails are masked in groups of 16 columns (whole 128-bit vectors of any dtype here)
+
+
+def _reduction_warps(rows) -> int:
+    """Warps per program of the forward: 8 for float32 (4 values, one 128-bit vector, per
+    thread and block; half the registers of 4 warps, so twice the occupancy), 4 for 16-bit
+    dtypes (8 per thread, which 8 warps would cut to 64-bit accesses)."""
+    return 8 if rows.element_size() >= 4 else 4
+
+
+def _row_align(*strides: int) -> int:
+    """The largest power of two (at most 16) dividing every row stride; 16 when there are none."""
+    align = 16
+    for stride in strides:
+        while stride % align:
+            align //= 2
+    return align
 
 
 def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
                          needs_int64, block):
     """Launch the forward (and, for split rows, the finishing kernel) on a (rows, n) view."""
     num_rows, n = rows.shape
+    row_stride = rows.stride(0) if num_rows > 1 else 0
+    align = _row_align(row_stride)
     renyi_forward_kernel[(num_rows, splits)](
         rows, out, shift, expsum, partials if partials is not None else shift,
-        n, rows.stride(0), rows.stride(1), beta, inv_beta, log_n, cols_per_split, cols_per_split // block,
-        SINGLE_SPLIT=splits == 1, INT64=needs_int64, BLOCK=block,
+        n, n - n % VECTOR_GROUP, row_stride // align, rows.stride(1), beta, inv_beta, log_n, cols_per_split // block,
+        SINGLE_SPLIT=splits == 1, HAS_TAIL=n % block != 0, HAS_REMAINDER=n % VECTOR_GROUP != 0, ROW_ALIGN=align,
+        INT64=needs_int64, BLOCK=block, num_warps=_reduction_warps(rows),
     )
     if splits > 1:
         renyi_finish_kernel[(num_rows,)](
@@ -214,7 +318,10 @@ def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_in
     """Launch the backward on the forward's (rows, n) view; ``grad`` is contiguous (rows, n)."""
     num_rows, n = rows.shape
     blocks_per_row = triton.cdiv(n, block)
+    row_stride, grad_row_stride = (rows.stride(0), n) if num_rows > 1 else (0, 0)
+    align = _row_align(row_stride, grad_row_stride)
     renyi_backward_kernel[(num_rows * blocks_per_row,)](
-        rows, grad_out, shift, expsum, grad, n, rows.stride(0), rows.stride(1), grad_out.stride(0), beta,
-        blocks_per_row, INT64=needs_int64, BLOCK=block,
+        rows, grad_out, shift, expsum, grad, n, n - n % VECTOR_GROUP, row_stride // align, grad_row_stride // align,
+        rows.stride(1), grad_out.stride(0), beta, blocks_per_row,
+        HAS_REMAINDER=n % VECTOR_GROUP != 0, ROW_ALIGN=align, INT64=needs_int64, BLOCK=block,
     )

@@ -91,6 +91,7 @@ class BatchNormPlan(NamedTuple):
     block_c: int
     block_p: int
     needs_int64: bool
+    channels_last: bool = False  # the tile's contiguous (long) dimension is the channels
 
 
 # --------------------------------------------------------------------------------------
@@ -391,7 +392,8 @@ def _largest_offset(*tensors: Tensor) -> int:
 def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
     n, c, s = x3.shape
     positions = n * s
-    block_c, block_p = _CHANNELS_LAST_TILE if x3.stride(1) == 1 and c > 1 else _CHANNELS_FIRST_TILE
+    channels_last = x3.stride(1) == 1 and c > 1
+    block_c, block_p = _CHANNELS_LAST_TILE if channels_last else _CHANNELS_FIRST_TILE
     block_c = min(block_c, _launch.triton_next_power_of_2(max(c, 1)))
     block_c = max(block_c, 2)
     channel_blocks = -(-c // block_c)
@@ -401,7 +403,15 @@ def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
     positions_per_split = -(-position_blocks // splits) * block_p
     splits = max(1, -(-positions // positions_per_split))
     return BatchNormPlan(splits, positions_per_split, block_c, block_p,
-                         _indexing.needs_int64(_largest_offset(x3, *others)))
+                         _indexing.needs_int64(_largest_offset(x3, *others)), channels_last)
+
+
+def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` with ``like``'s strides (copied once when they differ), so the kernels read x and
+    its incoming gradient with one tile orientation and both with vector accesses."""
+    if all(st == sl for st, sl, size in zip(t.stride(), like.stride(), like.shape) if size > 1):
+        return t
+    return _launch.output_like(like).copy_(t)
 
 
 def _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
@@ -456,6 +466,7 @@ def _batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num
 def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat_is_invstd: bool, eps: float,
                    slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str):
     channels = x3.shape[1]
+    grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
@@ -526,7 +537,7 @@ def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
                                          (need_x, need_weight, need_bias))
     else:
         outputs = _batch_norm_leaky_relu_backward_op(
-            grad_out3, x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
+            _in_layout_of(grad_out3, x3), x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
             need_x, need_weight and weight is not None, need_bias and bias is not None, ctx.backend,
         )
         grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
@@ -590,6 +601,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     all-reduced over ``group``; the all-reduce runs even when grad_x is not wanted here, since
     the other processes' input gradients need this process's sums."""
     channels = x3.shape[1]
+    grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
@@ -702,7 +714,7 @@ class _SyncBatchNormLeakyReLUFunction(torch.autograd.Function):
                                              (need_x, need_weight, need_bias), group=_resolve_group(ctx.group_name))
         else:
             outputs = _sync_batch_norm_leaky_relu_backward_op(
-                grad_out3, x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
+                _in_layout_of(grad_out3, x3), x3, weight, bias, mean, invstd, count, ctx.eps, ctx.slope, need_x, need_weight, need_bias,
                 ctx.backend, ctx.group_name,
             )
             grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))

@@ -29,6 +29,7 @@ logits cannot afford.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import NamedTuple, Optional
 
@@ -210,6 +211,7 @@ def _result_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     return dtype
 
 
+@functools.lru_cache(maxsize=None)
 def _launcher(backend: str, name: str):
     """The launch function ``name`` of the triton (``fastgan.kernels.bce``) or cuda backend."""
     if backend == "triton":
@@ -226,6 +228,78 @@ def _launcher(backend: str, name: str):
 # --------------------------------------------------------------------------------------
 
 
+class _BceCall(NamedTuple):
+    """Everything about one bce_with_logits kernel call that depends only on its arguments'
+    shapes, strides, dtypes and flags: planned once, then reused (a training loop makes the
+    same call every step, and at 64-1024 logits the host time is the cost)."""
+
+    target_value: float
+    reduction: int
+    write_grad: bool
+    backend: str
+    out_dtype: torch.dtype
+    loss_shape: tuple
+    grad_shape: tuple
+    expand: tuple  # (target, weight, pos_weight): expanded to the input's shape first
+    copy_contiguous: bool  # more than 4 non-mergeable dimensions: operands copied first
+    plan: object  # _indexing.StridedPlan
+    launch: object  # _launch.LaunchShape
+    mean_scale: float
+    partials: int  # fp32 partial sums the reduction needs (0: a single program)
+
+
+_BCE_CALLS: dict = {}
+_MAX_CACHED_CALLS = 4096
+
+
+def _tensor_key(t: Optional[Tensor]):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def _arguments_key(input, target, weight, pos_weight, reduction: int) -> tuple:
+    """What validation, dtype and planning depend on: every tensor's shape, strides, dtype, device."""
+    return (_tensor_key(input), _tensor_key(target), _tensor_key(weight), _tensor_key(pos_weight), reduction)
+
+
+def _bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend,
+              arguments_key=None) -> _BceCall:
+    """The cached plan of a kernel call (see :class:`_BceCall`)."""
+    if arguments_key is None:
+        arguments_key = _arguments_key(input, target, weight, pos_weight, reduction)
+    key = (arguments_key, target_value, write_grad, backend)
+    call = _BCE_CALLS.get(key)
+    if call is None:
+        call = _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend)
+        if len(_BCE_CALLS) >= _MAX_CACHED_CALLS:
+            _BCE_CALLS.clear()
+        _BCE_CALLS[key] = call
+    return call
+
+
+def _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend) -> _BceCall:
+    shape = input.shape
+    numel = input.numel()
+    reduce = reduction != _NONE
+    expand = tuple(t is not None and t.shape != shape for t in (target, weight, pos_weight))
+    expanded = [t.expand(shape) if grow else t for t, grow in zip((target, weight, pos_weight), expand)]
+    plan = _indexing.plan(shape, [input] + [input if t is None else t for t in expanded]) if numel else None
+    copy_contiguous = bool(numel) and plan is None
+    if copy_contiguous:
+        plan = _indexing.plan(shape, [input.contiguous()] + [input.contiguous()] * 3)
+    if reduce:
+        blocks = -(-numel // _launch.BLOCK)
+        launch = _launch.reduction(numel, _launch.program_budget(input.device, max(blocks, 1)))
+    else:
+        launch = _launch.elementwise(numel)
+    return _BceCall(
+        target_value=target_value, reduction=reduction, write_grad=write_grad, backend=backend,
+        out_dtype=_result_dtype(input, target, weight, pos_weight), loss_shape=() if reduce else tuple(shape),
+        grad_shape=tuple(shape) if write_grad else (0,), expand=expand, copy_contiguous=copy_contiguous, plan=plan,
+        launch=launch, mean_scale=1.0 / numel if reduction == _MEAN and numel else 1.0,
+        partials=launch.num_programs if reduce and launch.num_programs > 1 else 0,
+    )
+
+
 def _bce_kernel_forward(
     input: Tensor,
     target: Optional[Tensor],
@@ -237,42 +311,33 @@ def _bce_kernel_forward(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """Run the fused kernel; returns (loss, grad_scale * dl/dx or an empty tensor)."""
-    shape = input.shape
-    numel = input.numel()
-    out_dtype = _result_dtype(input, target, weight, pos_weight)
-    reduce = reduction != _NONE
-    loss = _launch.output(input, () if reduce else shape, out_dtype)
-    grad = _launch.output(input, shape if write_grad else (0,))
-    if numel == 0:
-        if reduce:
-            loss.fill_(float("nan") if reduction == _MEAN else 0.0)
+    call = _bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend)
+    return _run_bce_call(input, target, weight, pos_weight, call)
+
+
+def _run_bce_call(input, target, weight, pos_weight, call: _BceCall) -> tuple[Tensor, Tensor]:
+    loss = _launch.output(input, call.loss_shape, call.out_dtype)
+    grad = _launch.output(input, call.grad_shape)
+    if call.plan is None:  # no elements
+        if call.reduction != _NONE:
+            loss.fill_(float("nan") if call.reduction == _MEAN else 0.0)
         return loss, grad
-    expanded = [t if t is None or t.shape == shape else t.expand(shape) for t in (target, weight, pos_weight)]
-    operands = [input] + [input if t is None else t for t in expanded]
-    plan = _indexing.plan(shape, operands)
-    if plan is None:
+    operands = [target, weight, pos_weight]
+    if any(call.expand):
+        operands = [t.expand(input.shape) if grow else t for t, grow in zip(operands, call.expand)]
+    if call.copy_contiguous:
         _backend.warn_once(
             "bce_with_logits:rank",
             "fastgan.ops.bce_with_logits: operands with more than 4 non-mergeable dimensions "
             "are copied to contiguous memory first",
         )
         input = input.contiguous()
-        expanded = [None if t is None else t.contiguous() for t in expanded]
-        operands = [input] + [input if t is None else t for t in expanded]
-        plan = _indexing.plan(shape, operands)
-    mean_scale = 1.0 / numel if reduction == _MEAN else 1.0
-    if reduce:
-        blocks = -(-numel // _launch.BLOCK)
-        launch = _launch.reduction(numel, _launch.program_budget(input.device, blocks))
-    else:
-        launch = _launch.elementwise(numel)
-    partials = None
-    if reduce and launch.num_programs > 1:
-        partials = torch.empty(launch.num_programs, dtype=torch.float32, device=input.device)
-    _launcher(backend, "bce_with_logits_forward")(
-        input, *expanded, loss, partials, grad if write_grad else None,
-        target_value=target_value, grad_scale=mean_scale, loss_scale=mean_scale,
-        reduce=reduce, plan=plan, launch=launch,
+        operands = [None if t is None else t.contiguous() for t in operands]
+    partials = torch.empty(call.partials, dtype=torch.float32, device=input.device) if call.partials else None
+    _launcher(call.backend, "bce_with_logits_forward")(
+        input, *operands, loss, partials, grad if call.write_grad else None,
+        target_value=call.target_value, grad_scale=call.mean_scale, loss_scale=call.mean_scale,
+        reduce=call.reduction != _NONE, plan=call.plan, launch=call.launch,
     )
     return loss, grad
 
@@ -307,47 +372,68 @@ def _bce_setup_context(ctx, inputs, output):
     ctx.reduction = reduction
 
 
+def _bce_grads(grad_loss, input, target, target_value, weight, pos_weight, saved_grad, reduction, wanted):
+    """Gradients for (input, target, weight, pos_weight), None where not ``wanted``: the saved
+    kernel gradient times the incoming one when that is all that is asked (one multiply), else
+    the closed forms in differentiable PyTorch (exact second order, e.g. R1)."""
+    result = [None] * 4
+    if grad_loss is None or not any(wanted):
+        return result
+    fast_input_grad = wanted[0] and saved_grad is not None and not torch.is_grad_enabled()
+    if fast_input_grad:
+        grad = grad_loss * saved_grad
+        result[0] = grad if grad.dtype == input.dtype else grad.to(input.dtype)
+    slow = (wanted[0] and not fast_input_grad,) + tuple(wanted[1:])
+    if any(slow):
+        scale = grad_loss / input.numel() if reduction == _MEAN else grad_loss
+        grads = bce_with_logits_grads(input, target if target is not None else target_value, weight, pos_weight, slow)
+        for slot, grad, like in zip(range(4), grads, (input, target, weight, pos_weight)):
+            if grad is not None:
+                result[slot] = (scale * grad).sum_to_size(like.shape).to(like.dtype)
+    return result
+
+
 def _bce_backward(ctx, grad_loss, _grad_of_saved_grad):
     input, target, weight, pos_weight, saved_grad = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    wanted = (needs[0], needs[1], needs[3], needs[4])
-    result = [None] * 8
-    if grad_loss is None or not any(wanted):
-        return tuple(result)
-    fast_input_grad = wanted[0] and saved_grad is not None and not torch.is_grad_enabled()
-    if fast_input_grad:
-        result[0] = (grad_loss * saved_grad).to(input.dtype)
-    slow = (wanted[0] and not fast_input_grad,) + wanted[1:]
-    if any(slow):
-        scale = grad_loss
-        if ctx.reduction == _MEAN:
-            scale = grad_loss / input.numel()
-        grads = bce_with_logits_grads(
-            input, target if target is not None else ctx.target_value, weight, pos_weight, slow
-        )
-        for slot, grad, like in zip((0, 1, 3, 4), grads, (input, target, weight, pos_weight)):
-            if grad is not None:
-                result[slot] = (scale * grad).sum_to_size(like.shape).to(like.dtype)
-    return tuple(result)
+    grads = _bce_grads(grad_loss, input, target, ctx.target_value, weight, pos_weight, saved_grad, ctx.reduction,
+                       (needs[0], needs[1], needs[3], needs[4]))
+    return grads[0], grads[1], None, grads[2], grads[3], None, None, None
 
 
 _bce_with_logits_op.register_autograd(_bce_backward, setup_context=_bce_setup_context)
 
 
 class _BCEWithLogitsFunction(torch.autograd.Function):
-    """Eager entry to the kernel path (same forward, context and backward as the custom op).
+    """Eager entry to the kernel path (the same forward and gradients as the custom op).
 
-    forward takes ``ctx`` itself rather than defining ``setup_context``: with the latter,
-    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call.
+    It takes the four tensors and the planned call (:class:`_BceCall`) only: ``Function.apply``
+    pays per argument, and everything else is in the plan. ``forward`` takes ``ctx`` itself
+    rather than defining ``setup_context``: with the latter, ``apply`` binds the arguments
+    through ``inspect.signature`` on every call.
     """
 
     @staticmethod
-    def forward(ctx, *inputs):
-        output = _bce_kernel_forward(*inputs)
-        _bce_setup_context(ctx, inputs, output)
-        return output
+    def forward(ctx, input, target, weight, pos_weight, call):
+        loss, grad = _run_bce_call(input, target, weight, pos_weight, call)
+        ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(input, target, weight, pos_weight, grad if call.write_grad else None)
+        ctx.call = call
+        return loss, grad
 
-    backward = staticmethod(_bce_backward)
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_saved_grad):
+        input, target, weight, pos_weight, saved_grad = ctx.saved_tensors
+        call = ctx.call
+        needs = ctx.needs_input_grad
+        grads = _bce_grads(grad_loss, input, target, call.target_value, weight, pos_weight, saved_grad,
+                           call.reduction, needs[:4])
+        return grads[0], grads[1], grads[2], grads[3], None
+
+
+# Argument keys already validated, with the dtype the backend must handle.
+_CHECKED_ARGUMENTS: dict = {}
 
 
 def bce_with_logits(
@@ -375,17 +461,34 @@ def bce_with_logits(
         A 0-d tensor, or the per-element loss of shape ``(*)`` for ``reduction="none"``,
         in the promoted dtype of the tensor arguments.
     """
-    target_tensor, target_value = _check_bce_args(input, target, weight, pos_weight, reduction)
-    dtype = _kernel_dtype(input, target_tensor, weight, pos_weight)
+    if isinstance(target, torch.Tensor):
+        target_tensor, target_value = target, 0.0
+    elif isinstance(target, numbers.Real) and not isinstance(target, bool):
+        target_tensor, target_value = None, float(target)
+    else:
+        target_tensor, target_value = None, None  # _check_bce_args says what is wrong
+    code = _REDUCTION_CODES.get(reduction) if isinstance(reduction, str) else None
+    tensors_or_none = all(t is None or isinstance(t, torch.Tensor) for t in (weight, pos_weight))
+    if not isinstance(input, torch.Tensor) or target_value is None or code is None or not tensors_or_none:
+        _check_bce_args(input, target, weight, pos_weight, reduction)  # raises
+    # Validation and the kernel dtype depend only on shapes, strides, dtypes and devices.
+    key = _arguments_key(input, target_tensor, weight, pos_weight, code)
+    dtype = _CHECKED_ARGUMENTS.get(key)
+    if dtype is None:
+        _check_bce_args(input, target, weight, pos_weight, reduction)
+        dtype = _kernel_dtype(input, target_tensor, weight, pos_weight)
+        if len(_CHECKED_ARGUMENTS) >= _MAX_CACHED_CALLS:
+            _CHECKED_ARGUMENTS.clear()
+        _CHECKED_ARGUMENTS[key] = dtype
     name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
     if name == "torch":
         return bce_with_logits_reference(input, target, weight, pos_weight, reduction)
     write_grad = torch.is_grad_enabled() and input.requires_grad
-    args = (input, target_tensor, target_value, weight, pos_weight, _REDUCTION_CODES[reduction], write_grad, name)
     if torch.compiler.is_compiling():
-        loss, _ = _bce_with_logits_op(*args)
-    else:
-        loss, _ = _BCEWithLogitsFunction.apply(*args)
+        loss, _ = _bce_with_logits_op(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name)
+        return loss
+    call = _bce_call(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name, key)
+    loss, _ = _BCEWithLogitsFunction.apply(input, target_tensor, weight, pos_weight, call)
     return loss
 
 
@@ -398,37 +501,70 @@ def _inverse_count(n: int) -> float:
     return 1.0 / n if n > 0 else float("nan")
 
 
+def _shared_grad_layout(real: Tensor, fake: Tensor) -> Optional[int]:
+    """Where d d_loss/d fake starts in the buffer it shares with d d_loss/d real (right after
+    it), or None when the two cannot share one (different dtypes). Sharing makes the backward
+    of d_loss one multiply instead of two; the fake part's vector stores stay 16-byte aligned
+    when the real count is a multiple of 4 (float32) or 8 (16-bit dtypes), as batch sizes are."""
+    return real.numel() if real.dtype == fake.dtype else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _gan_launch_plan(n_real: int, real_stride: int, n_fake: int, fake_stride: int, device: torch.device):
+    """(real launch, fake launch, programs, 64-bit indexing), planned once per shape: the
+    latency regime counts the logits of both inputs together, so up to
+    SINGLE_PROGRAM_MAX_BLOCKS * BLOCK of them take one program, hence one launch."""
+    blocks = -(-(n_real + n_fake) // _launch.BLOCK)
+    num_programs = _launch.program_budget(device, max(blocks, 1))
+    largest_offset = max((n_real - 1) * real_stride, (n_fake - 1) * fake_stride, n_real, n_fake)
+    return (_launch.reduction(n_real, num_programs), _launch.reduction(n_fake, num_programs), num_programs,
+            _indexing.needs_int64(largest_offset))
+
+
 def _gan_kernel_forward(
     real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (d_loss, g_loss, grad_real, grad_fake_d, grad_fake_g); grads are empty unless
-    ``write_grad``, else shaped like their inputs and already divided by the counts."""
+    """Returns (d_loss, g_loss, grad_d, grad_fake_d, grad_fake_g); the gradients are empty
+    unless ``write_grad``, and already divided by the counts. ``grad_d`` holds d d_loss/d real
+    (and, when real and fake share a dtype, d d_loss/d fake at :func:`_shared_grad_layout`'s
+    offset, ``grad_fake_d`` then being empty); ``grad_fake_g`` = d g_loss/d fake, flat."""
     # reshape keeps a view where one stride suffices (a column d_out[:, 0] stays strided and
     # is read in place); only layouts no single stride describes are copied.
-    real_flat = real.reshape(-1)
-    fake_flat = fake.reshape(-1)
+    real_flat = real if real.dim() == 1 else real.reshape(-1)
+    fake_flat = fake if fake.dim() == 1 else fake.reshape(-1)
+    n_real, n_fake = real_flat.numel(), fake_flat.numel()
     d_loss = _launch.output(real, (), torch.promote_types(real.dtype, fake.dtype))
     g_loss = _launch.output(fake, ())
-    grad_real = _launch.output(real, real.shape if write_grad else (0,))
-    grad_fake_d = _launch.output(fake, fake.shape if write_grad else (0,))
-    grad_fake_g = _launch.output(fake, fake.shape if write_grad else (0,))
-    n_real, n_fake = real_flat.numel(), fake_flat.numel()
-    blocks = -(-n_real // _launch.BLOCK) + -(-n_fake // _launch.BLOCK)
-    num_programs = _launch.program_budget(real.device, max(blocks, 1))
-    real_launch = _launch.reduction(n_real, num_programs)
-    fake_launch = _launch.reduction(n_fake, num_programs)
+    fake_offset = _shared_grad_layout(real, fake)
+    if not write_grad:
+        grad_d = _launch.output(real, (0,))
+        grad_fake_d = _launch.output(fake, (0,))
+        grad_fake_g = _launch.output(fake, (0,))
+    elif fake_offset is None:
+        grad_d = _launch.output(real, (n_real,))
+        grad_fake_d = _launch.output(fake, (n_fake,))
+        grad_fake_g = _launch.output(fake, (n_fake,))
+    else:
+        grad_d = _launch.output(real, (fake_offset + n_fake,))
+        grad_fake_d = _launch.output(fake, (0,))
+        grad_fake_g = _launch.output(fake, (n_fake,))
+    real_launch, fake_launch, num_programs, needs_int64 = _gan_launch_plan(
+        n_real, real_flat.stride(0), n_fake, fake_flat.stride(0), real.device)
     partials = None
     if num_programs > 1:
         partials = torch.empty(3 * num_programs, dtype=torch.float32, device=real.device)
-    largest_offset = max((n_real - 1) * real_flat.stride(0), (n_fake - 1) * fake_flat.stride(0), n_real, n_fake)
+    if write_grad:
+        fake_d_part = grad_fake_d if fake_offset is None else grad_d[fake_offset:]
+        grads = (grad_d[:n_real], fake_d_part, grad_fake_g)
+    else:
+        grads = (None, None, None)
     _launcher(backend, "gan_bce_forward")(
-        real_flat, fake_flat, d_loss, g_loss, partials,
-        *((grad_real.view(-1), grad_fake_d.view(-1), grad_fake_g.view(-1)) if write_grad else (None, None, None)),
+        real_flat, fake_flat, d_loss, g_loss, partials, *grads,
         real_target=real_target, fake_target=fake_target,
         inv_n_real=_inverse_count(n_real), inv_n_fake=_inverse_count(n_fake),
-        real_launch=real_launch, fake_launch=fake_launch, needs_int64=_indexing.needs_int64(largest_offset),
+        real_launch=real_launch, fake_launch=fake_launch, needs_int64=needs_int64,
     )
-    return d_loss, g_loss, grad_real, grad_fake_d, grad_fake_g
+    return d_loss, g_loss, grad_d, grad_fake_d, grad_fake_g
 
 
 @torch.library.custom_op("fastgan::gan_bce_losses", mutates_args=())
@@ -441,14 +577,15 @@ def _gan_bce_losses_op(
 @_gan_bce_losses_op.register_fake
 def _gan_bce_losses_fake(real, fake, real_target, fake_target, write_grad, backend):
     d_loss = real.new_empty((), dtype=torch.promote_types(real.dtype, fake.dtype))
-    fake_grad_shape = fake.shape if write_grad else (0,)
-    return (
-        d_loss,
-        fake.new_empty(()),
-        real.new_empty(real.shape if write_grad else (0,)),
-        fake.new_empty(fake_grad_shape),
-        fake.new_empty(fake_grad_shape),
-    )
+    fake_offset = _shared_grad_layout(real, fake)
+    if not write_grad:
+        sizes = (0, 0, 0)
+    elif fake_offset is None:
+        sizes = (real.numel(), fake.numel(), fake.numel())
+    else:
+        sizes = (fake_offset + fake.numel(), 0, fake.numel())
+    return d_loss, fake.new_empty(()), real.new_empty((sizes[0],)), fake.new_empty((sizes[1],)), \
+        fake.new_empty((sizes[2],))
 
 
 def _gan_setup_context(ctx, inputs, output):
@@ -462,10 +599,10 @@ def _gan_setup_context(ctx, inputs, output):
 
 
 def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
-    real, fake, grad_real, grad_fake_d, grad_fake_g = ctx.saved_tensors
+    real, fake, grad_d_saved, grad_fake_d, grad_fake_g = ctx.saved_tensors
     need_real, need_fake = ctx.needs_input_grad[:2]
     d_real = d_fake = None
-    if torch.is_grad_enabled() or grad_real is None:
+    if torch.is_grad_enabled() or grad_d_saved is None:
         # Second order, or no saved gradient: closed forms in differentiable PyTorch.
         if need_real and grad_d is not None:
             d_real = grad_d * (torch.sigmoid(real) - ctx.real_target) / real.numel()
@@ -476,18 +613,29 @@ def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
                 g_term = grad_g * -torch.sigmoid(-fake) / fake.numel()
                 d_fake = g_term if d_fake is None else d_fake + g_term
     else:
-        if need_real and grad_d is not None:
-            d_real = grad_d * grad_real
-        if need_fake:
-            if grad_d is not None:
-                d_fake = grad_d * grad_fake_d
-            if grad_g is not None:
-                d_fake = grad_g * grad_fake_g if d_fake is None else torch.addcmul(d_fake, grad_g, grad_fake_g)
+        fake_offset = _shared_grad_layout(real, fake)
+        if grad_d is not None and (need_real or need_fake):
+            if fake_offset is None:
+                d_real = grad_d * grad_d_saved if need_real else None
+                d_fake = grad_d * grad_fake_d if need_fake else None
+            else:
+                both = grad_d * grad_d_saved  # one launch for both inputs
+                d_real = both[: real.numel()] if need_real else None
+                d_fake = both[fake_offset:] if need_fake else None
+        if need_fake and grad_g is not None:
+            d_fake = grad_g * grad_fake_g if d_fake is None else torch.addcmul(d_fake, grad_g, grad_fake_g)
     if d_real is not None:
-        d_real = d_real.to(real.dtype)
+        d_real = _shaped_like(d_real, real)
     if d_fake is not None:
-        d_fake = d_fake.to(fake.dtype)
+        d_fake = _shaped_like(d_fake, fake)
     return d_real, d_fake, None, None, None, None
+
+
+def _shaped_like(grad: Tensor, like: Tensor) -> Tensor:
+    """``grad`` in ``like``'s shape and dtype, without a call where it already is (host time)."""
+    if grad.shape != like.shape:
+        grad = grad.view(like.shape)
+    return grad if grad.dtype == like.dtype else grad.to(like.dtype)
 
 
 _gan_bce_losses_op.register_autograd(_gan_backward, setup_context=_gan_setup_context)

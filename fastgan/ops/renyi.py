@@ -34,6 +34,7 @@ gradient there is uniform over the entries tied with m; NaN anywhere gives NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional
@@ -124,16 +125,21 @@ def renyi_divergence(
     name = _backend.select_backend("renyi_divergence", backend, log_ratio.device, log_ratio.dtype)
     if name == "torch":
         return renyi_divergence_reference(log_ratio, alpha, dim, keepdim)
+    beta = 1.0 - alpha
+    if log_ratio.dim() == 1 and not keepdim and not torch.compiler.is_compiling():
+        # The common case, a batch of logits: one row, the result a 0-d tensor (host time
+        # matters at 64-1024 logits: no movedim/reshape/view on this path).
+        out, _, _ = _RenyiFunction.apply(log_ratio.unsqueeze(0), beta, name, ())
+        return out
     moved = log_ratio.movedim(dim, -1)
     # (rows, n): a view whenever the kept dimensions share one stride (e.g. (N,) or (N, G)
     # reduced over dim 0); otherwise reshape copies.
     rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
-    beta = 1.0 - alpha
     if torch.compiler.is_compiling():
         out, _, _ = _renyi_op(rows, beta, name)
+        out = out.view(moved.shape[:-1])
     else:
-        out, _, _ = _RenyiFunction.apply(rows, beta, name)
-    out = out.view(moved.shape[:-1])
+        out, _, _ = _RenyiFunction.apply(rows, beta, name, moved.shape[:-1])
     return out.unsqueeze(dim) if keepdim else out
 
 
@@ -142,6 +148,7 @@ def renyi_divergence(
 # --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _launcher(backend: str, name: str):
     if backend == "triton":
         from fastgan.kernels import renyi as triton_renyi
@@ -155,21 +162,27 @@ def _launcher(backend: str, name: str):
 def _row_layout(rows: Tensor) -> tuple[int, int, bool]:
     """(splits, columns per split, 64-bit indexing) for the forward over a (rows, n) view."""
     num_rows, n = rows.shape
+    return _planned_row_layout(num_rows, n, rows.stride(0), rows.stride(1), rows.device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _planned_row_layout(num_rows: int, n: int, row_stride: int, col_stride: int, device: torch.device):
     blocks = -(-n // _launch.BLOCK)
     splits = 1
     if blocks > _launch.SINGLE_PROGRAM_MAX_BLOCKS:
-        budget = _launch.program_budget(rows.device, num_rows * blocks)
+        budget = _launch.program_budget(device, num_rows * blocks)
         splits = max(1, min(blocks, budget // max(num_rows, 1)))
     cols_per_split = -(-blocks // splits) * _launch.BLOCK
     splits = -(-n // cols_per_split)  # no empty split
-    largest = (num_rows - 1) * abs(rows.stride(0)) + (n - 1) * abs(rows.stride(1)) + num_rows * n
+    largest = (num_rows - 1) * abs(row_stride) + (n - 1) * abs(col_stride) + num_rows * n
     return splits, cols_per_split, _indexing.needs_int64(largest)
 
 
-def _renyi_kernel_forward(rows: Tensor, beta: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (D_α per row, fp32 per-row shift m, fp32 per-row E) for a (rows, n) view."""
+def _renyi_kernel_forward(rows: Tensor, beta: float, backend: str, out_shape=None) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (D_α per row, fp32 per-row shift m, fp32 per-row E) for a (rows, n) view; the
+    first is shaped ``out_shape`` (its ``rows`` elements in order) when given, else (rows,)."""
     num_rows, n = rows.shape
-    out = _launch.output(rows, (num_rows,))
+    out = _launch.output(rows, (num_rows,) if out_shape is None else out_shape)
     shift = _launch.output(rows, (num_rows,), torch.float32)
     expsum = _launch.output(rows, (num_rows,), torch.float32)
     if num_rows == 0:
@@ -262,11 +275,13 @@ class _RenyiFunction(torch.autograd.Function):
     """Eager entry to the kernel path (same context and backward as the custom op)."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        output = _renyi_kernel_forward(*inputs)
-        _renyi_setup_context(ctx, inputs, output)
+    def forward(ctx, rows, beta, backend, out_shape):
+        output = _renyi_kernel_forward(rows, beta, backend, out_shape)
+        _renyi_setup_context(ctx, (rows, beta, backend), output)
         return output
 
     @staticmethod
     def backward(ctx, grad_out, _grad_shift, _grad_expsum):
-        return _renyi_backward(ctx, grad_out, _renyi_kernel_backward)
+        if grad_out is not None and grad_out.dim() != 1:
+            grad_out = grad_out.reshape(-1)
+        return *_renyi_backward(ctx, grad_out, _renyi_kernel_backward), None
