@@ -24,26 +24,38 @@
 // statistics; x, y for the forward; x, dy (and dx) for the backward), and the packed walks
 // also need the reductions' split width to be a multiple of W (P is: S is).
 //
-// Forward (training): (1) per (channel, split) partial statistics (count, mean, M2) into
-// fp32 [splits, 3, C]: each thread keeps Welford/Chan state over two-pass statistics of each
-// step's values of a channel (step mean, then Σ(x − step mean)²; never E[x²] − E[x]²), merged
-// over the block's lanes by a fixed shared-memory tree (deterministic); (2) one thread per
-// channel merges the splits in order with Chan's formula, writes mean and
-// invstd = 1/sqrt(M2/P + eps), and updates the running statistics in place (unbiased
-// M2/(P − 1); factor momentum or 1/num_batches_tracked read on the device); (3) elementwise
-// y = leaky_relu(x·a + b), a = w·invstd, b = bias − mean·a. Eval is (3) alone.
+// Accuracy when |mean| ≫ std (eager PyTorch's CPU float32 is the yardstick: it accumulates
+// in double): the statistics are of x − K, K = x[0, c, 0] the channel's pivot, which every
+// split reads, so float32 keeps the spread instead of the mean's digits; per-channel scalars
+// (invstd, w·invstd, the bias) are computed in double and rounded once; every elementwise
+// pass centres first, (x − mean)·w·invstd + bias, never x·a + (bias − mean·a), which cancels;
+// the gradient sums are compensated (TwoSum, FMA-exact products).
 //
-// Backward: x̂ = (x − mean)·invstd, z = w·x̂ + bias, dz = dy if z > 0 else slope·dy.
-// (1) per-split Σdz, Σdz·x̂ into fp32 [splits, 2, C]; (2) per channel: grad_weight = Σdz·x̂,
-// grad_bias = Σdz, and in training the coefficients (Σdz/P, Σdz·x̂/P); (3) elementwise
+// Forward (training): (1) per (channel, split) partial statistics (count, mean − K, M2) into
+// fp32 [splits, 3, C]: each thread keeps Welford/Chan state over two-pass statistics of each
+// step's values x − K of a channel (step mean, then Σ(x − K − step mean)²; never
+// E[x²] − E[x]²), merged over the block's lanes by a fixed shared-memory tree
+// (deterministic); (2) one thread per channel merges the splits in order with Chan's formula,
+// writes mean = K + (mean − K) rounded once, invstd = 1/sqrt(M2/P + eps), the mean's rounding
+// residual (into the splits' first row, which it has read), and updates the running statistics
+// in place (unbiased M2/(P − 1); factor momentum or 1/num_batches_tracked read on the
+// device); (3) elementwise y = leaky_relu((x − mean)·a + b), a = w·invstd,
+// b = bias − residual·a. Eval is (3) alone, from the running statistics.
+//
+// Backward: z = (x − mean)·w·invstd + bias, dz = dy if z > 0 else slope·dy.
+// (1) per-split compensated Σdz, Σdz·(x − mean) with their rounding errors into fp32
+// [splits, 4, C]; (2) per channel: grad_bias = Σdz, grad_weight = Σdz·x̂ = invstd·Σdz·(x − mean),
+// and in training the coefficients (Σdz/P, Σdz·x̂/P); (3) elementwise
 // dx = w·invstd·(dz − Σdz/P − x̂·Σdz·x̂/P) in training, w·invstd·dz in eval.
 //
 // Synchronised (multi-device) training runs these as separately launched stages so that the
 // caller can combine devices in between: forward (1) then a merge of the splits into one
-// (count, mean, M2) row [3, C] per device, all-gathered by the caller into [devices, 3, C],
-// which (2) merges like splits (Chan's merge is associative) before (3); backward (1) and (2)
-// with the raw sums (scale 1 instead of 1/P), summed over the devices and divided by the
-// global P by the caller, then (3) from those coefficients.
+// (count, mean, M2) row [3, C] per device, the mean un-shifted (K + (mean − K), rounded once)
+// so that devices with different pivots combine as they are, all-gathered by the caller into
+// [devices, 3, C], which (2) merges like splits (Chan's merge is associative; means relative to
+// the first non-empty row's) before (3); backward (1) and (2) with the raw sums (scale 1
+// instead of 1/P), summed over the devices and divided by the global P by the caller, then
+// (3) from those coefficients.
 #include "batch_norm.h"
 
 #include "device_utils.cuh"
@@ -59,6 +71,8 @@ constexpr int kStridedUnits = 4;       // strided walk: positions per thread per
 constexpr int kPackedUnits = 2;        // packed walks: 16-byte packs per thread per step and tensor
 constexpr int kFinalizeThreads = 256;  // finalize kernels: one thread per channel
 constexpr int64_t kMaxGridY = 65535;
+constexpr int kSplitRow = 3;   // a split's statistics row: (count, mean − K, M2)
+constexpr int kDeviceRow = 4;  // a device's: (count, mean, M2, mean residual)
 
 enum class Walk { kStrided, kPlanarPacked, kChannelsLastPacked };
 
@@ -187,18 +201,42 @@ struct Walker {
 struct Channel {
   float mean;
   float invstd;
-  float w;
+  float scale;  // w·invstd
   float b;
 };
+
+// invstd of channel c in double: the saved float32 invstd, or 1/sqrt(var + eps) (per-channel
+// work, so double costs nothing that matters, and what is derived from it is rounded once).
+__device__ __forceinline__ double channel_invstd(const BnChannelArgs& ch, int64_t c) {
+  const double stat = load_scalar(ch.stat.ptr, ch.stat.dtype, c);
+  return ch.stat_is_invstd ? stat : 1.0 / sqrt(stat + ch.eps);
+}
 
 __device__ __forceinline__ Channel load_channel(const BnChannelArgs& ch, int64_t c) {
   Channel result;
   result.mean = load_scalar(ch.mean.ptr, ch.mean.dtype, c);
-  const float stat = load_scalar(ch.stat.ptr, ch.stat.dtype, c);
-  result.invstd = ch.stat_is_invstd ? stat : 1.0f / sqrtf(stat + ch.eps);
-  result.w = ch.weight.ptr ? load_scalar(ch.weight.ptr, ch.weight.dtype, c) : 1.0f;
-  result.b = ch.bias.ptr ? load_scalar(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
+  const double invstd = channel_invstd(ch, c);
+  const double w = ch.weight.ptr ? load_scalar(ch.weight.ptr, ch.weight.dtype, c) : 1.0f;
+  result.invstd = static_cast<float>(invstd);
+  const double scale = w * invstd;
+  result.scale = static_cast<float>(scale);
+  const double bias = ch.bias.ptr ? load_scalar(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
+  const double residual = ch.mean_residual ? ch.mean_residual[c] : 0.0f;
+  result.b = static_cast<float>(bias - residual * scale);  // (x − mean − residual)·scale + bias
   return result;
+}
+
+// The LeakyReLU's input z = (x − mean)·w·invstd + bias, centred first: the folded
+// x·scale + (bias − mean·scale) cancels catastrophically when |mean| ≫ std. The backward
+// computes it alike (without the forward's mean residual, a change far below float32's
+// resolution of z, like eager's float32 saved mean).
+__device__ __forceinline__ float activation_input(float x, const Channel& p) { return (x - p.mean) * p.scale + p.b; }
+
+// The channel's statistics pivot K_c = x[0, c, 0] (0 for an empty batch): the reductions
+// accumulate x − K_c, whose mean is O(std) rather than O(|mean|), so float32 loses nothing to
+// |mean| ≫ std; every split and block of a channel reads the same K_c.
+__device__ __forceinline__ float channel_pivot(const BnTensor& x, const BnShape& shape, int64_t c) {
+  return shape.positions > 0 ? load_scalar(x.ptr, x.dtype, element_offset(x, 0, c, 0)) : 0.0f;
 }
 
 struct Welford {
@@ -217,9 +255,52 @@ __device__ __forceinline__ Welford merge(const Welford& a, const Welford& b) {
   return {total, a.mean + delta * ratio, a.m2 + b.m2 + delta * delta * a.count * ratio};
 }
 
+// A float32 sum carried with its rounding error (Knuth's TwoSum, exact products by FMA), so
+// that the gradient sums, which cancel, come out close to correctly rounded as eager's
+// double accumulation does; deterministic like any fixed-order sum.
+struct Compensated {
+  float sum;
+  float error;
+};
+
+__device__ __forceinline__ Compensated two_sum(float a, float b) {
+  const float sum = a + b;
+  const float b_part = sum - a;
+  return {sum, (a - (sum - b_part)) + (b - b_part)};
+}
+
+__device__ __forceinline__ void add_to(Compensated& acc, float value) {
+  const Compensated step = two_sum(acc.sum, value);
+  acc.sum = step.sum;
+  acc.error += step.error;
+}
+
+// a·b rounded on its own: nvcc contracts a·b + c into one FMA unless told not to, which
+// would leave the sum and fmaf(a, b, −product) describing different products. (The
+// emulation's host compiler targets no FMA instructions and contracts nothing.)
+__device__ __forceinline__ float uncontracted_product(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+__device__ __forceinline__ void add_product_to(Compensated& acc, float a, float b) {
+  const float product = uncontracted_product(a, b);
+  add_to(acc, product);
+  acc.error += fmaf(a, b, -product);
+}
+
+__device__ __forceinline__ Compensated add(const Compensated& a, const Compensated& b) {
+  Compensated result = two_sum(a.sum, b.sum);
+  result.error += a.error + b.error;
+  return result;
+}
+
 struct GradSums {
-  float dz;       // Σ dz
-  float dz_xhat;  // Σ dz·x̂
+  Compensated dz;     // Σ dz
+  Compensated dz_xc;  // Σ dz·(x − mean); × invstd once per channel gives Σ dz·x̂
 };
 
 struct MergeWelford {
@@ -228,7 +309,7 @@ struct MergeWelford {
 
 struct AddSums {
   __device__ __forceinline__ GradSums operator()(const GradSums& a, const GradSums& b) const {
-    return {a.dz + b.dz, a.dz_xhat + b.dz_xhat};
+    return {add(a.dz, b.dz), add(a.dz_xc, b.dz_xc)};
   }
 };
 
@@ -276,16 +357,21 @@ __global__ void __launch_bounds__(Tl::kThreads)
 #pragma unroll
   for (int ch = 0; ch < CPT; ++ch) acc[ch] = {0.0f, 0.0f, 0.0f};
   if (c0 < C) {
+    float pivot[CPT];
+#pragma unroll
+    for (int ch = 0; ch < CPT; ++ch) pivot[ch] = channel_pivot(x, shape, c0 + ch);  // CPT > 1: C % CPT == 0
     for (int64_t base = first + threadIdx.y; base < last; base += Wk::kStepUnits) {
       int64_t n[Wk::kUnits], s[Wk::kUnits];
       const int valid = Wk::locate(base, last, shape, n, s);  // >= 1 unit here
       typename Wk::Values v;
       Wk::load(x, c0, n, s, valid, v);
-      // Two-pass statistics of this step's values (a prefix of `count`; the rest are 0),
-      // then Chan's merge into the running state.
+      // Two-pass statistics of this step's shifted values x − K (a prefix of `count`), then
+      // Chan's merge into the running state.
       const int count = valid * Wk::kPositionsPerUnit;
 #pragma unroll
       for (int ch = 0; ch < CPT; ++ch) {
+#pragma unroll
+        for (int j = 0; j < Wk::kValues; ++j) v[ch][j] = j < count ? v[ch][j] - pivot[ch] : 0.0f;
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < Wk::kValues; ++j) sum += v[ch][j];
@@ -313,45 +399,77 @@ __global__ void __launch_bounds__(Tl::kThreads)
   }
 }
 
-// Chan's merge of the `rows` (count, mean, M2) rows of fp32 [rows, 3, C] for channel c, in
-// order (deterministic); rows with count 0 (an empty split or device) change nothing.
-__device__ __forceinline__ Welford merge_rows(const float* rows, int64_t count_rows, int64_t C, int64_t c) {
-  float count = 0.0f, mean = 0.0f, m2 = 0.0f;
+// Chan's merge of the `rows` rows of fp32 [rows, kSplitRow or kDeviceRow, C] for channel c,
+// in order (deterministic); rows with count 0 (an empty split or device) change nothing. The
+// means are merged relative to the first non-empty row's (`origin`, returned apart from the
+// relative mean), device rows' with their residuals, so that the merged mean of devices
+// with |mean| ≫ std is as exact as one device's.
+// In double: one thread per channel over a few rows, and M2 carries the δ² cross terms of
+// every merge, which float32 would round at each step (invstd then off by more than an ulp).
+struct MergedRows {
+  double count;
+  double origin;
+  double mean;  // relative to origin
+  double m2;
+};
+
+template <int ROW>
+__device__ __forceinline__ MergedRows merge_rows(const float* rows, int64_t count_rows, int64_t C, int64_t c) {
+  double count = 0.0, origin = 0.0, mean = 0.0, m2 = 0.0;
   for (int64_t index = 0; index < count_rows; ++index) {
-    const float* row = rows + index * 3 * C + c;
-    const float n_b = row[0];
-    const float mean_b = row[C];
-    const float m2_b = row[2 * C];
-    const float total = count + n_b;
-    const float delta = mean_b - mean;
-    const float ratio = total > 0.0f ? n_b / fmaxf(total, 1.0f) : 0.0f;
+    const float* row = rows + index * ROW * C + c;
+    const double n_b = row[0];
+    if (count == 0.0) origin = row[C];
+    const double mean_b = ROW == kDeviceRow ? (row[C] - origin) + row[3 * C] : row[C] - origin;
+    const double m2_b = row[2 * C];
+    const double total = count + n_b;
+    const double delta = mean_b - mean;
+    const double ratio = total > 0.0 ? n_b / total : 0.0;
     mean += delta * ratio;
     m2 += m2_b + delta * delta * count * ratio;
     count = total;
   }
-  return {count, mean, m2};
+  return {count, origin, mean, m2};
 }
 
-// One device's splits merged into its (count, mean, M2) row [3, C] (synchronised training).
+// One device's splits merged into its (count, mean, M2, mean residual) row [4, C]
+// (synchronised training), the mean un-shifted as K + shifted mean rounded once plus what that
+// rounding dropped, so that rows of devices with different pivots merge as they are.
 __global__ void __launch_bounds__(kFinalizeThreads)
-    bn_merge_partials_kernel(const float* partials, int64_t splits, int64_t C, float* merged) {
+    bn_merge_partials_kernel(BnTensor x, BnShape shape, const float* partials, float* merged) {
+  const int64_t C = shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  const Welford total = merge_rows(partials, splits, C, c);
-  merged[c] = total.count;
-  merged[C + c] = total.mean;
-  merged[2 * C + c] = total.m2;
+  const MergedRows total = merge_rows<kSplitRow>(partials, shape.splits, C, c);
+  const double mean = channel_pivot(x, shape, c) + (total.origin + total.mean);
+  const float mean_rounded = static_cast<float>(mean);
+  merged[c] = static_cast<float>(total.count);
+  merged[C + c] = mean_rounded;
+  merged[2 * C + c] = static_cast<float>(total.m2);
+  merged[3 * C + c] = static_cast<float>(mean - mean_rounded);
 }
 
-// statistics: fp32 [rows, 3, C], the splits (args.partials) or every device's merged row.
+// statistics: the splits (args.partials, fp32 [rows, kSplitRow, C], means shifted by the
+// pivot: `shifted`) or every device's merged row (fp32 [rows, kDeviceRow, C], un-shifted).
+//
+// residual (fp32 [C]): mean − float32 mean, written after this thread's channel of
+// `statistics` is read, so it may be a slot row of `statistics` itself.
 __global__ void __launch_bounds__(kFinalizeThreads)
-    bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args, const float* statistics, int64_t rows) {
+    bn_finalize_statistics_kernel(BatchNormForwardTrainArgs args, const float* statistics, int64_t rows, bool shifted,
+                                  float* residual) {
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  const Welford total = merge_rows(statistics, rows, C, c);
-  const float count = total.count, mean = total.mean, m2 = total.m2;
-  const float invstd = 1.0f / sqrtf(m2 / count + args.eps);
+  const MergedRows total =
+      shifted ? merge_rows<kSplitRow>(statistics, rows, C, c) : merge_rows<kDeviceRow>(statistics, rows, C, c);
+  const float pivot = shifted ? channel_pivot(args.x, args.shape, c) : 0.0f;
+  // mean = pivot + origin + relative mean, rounded to float32 once; the residual keeps what
+  // that rounding dropped for the forward's elementwise pass.
+  const double exact_mean = pivot + (total.origin + total.mean);
+  const float mean = static_cast<float>(exact_mean);
+  residual[c] = static_cast<float>(exact_mean - mean);
+  // Once per channel, so in double: invstd rounded once, as eager's.
+  const float invstd = static_cast<float>(1.0 / sqrt(total.m2 / total.count + args.eps));
   args.mean[c] = mean;
   args.invstd[c] = invstd;
   if (args.running_mean.ptr != nullptr && args.running_var.ptr != nullptr) {
@@ -359,7 +477,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
         args.cumulative ? 1.0f / static_cast<float>(*args.num_batches_tracked) : args.momentum;
     const float running_mean = load_scalar(args.running_mean.ptr, args.running_mean.dtype, c);
     const float running_var = load_scalar(args.running_var.ptr, args.running_var.dtype, c);
-    const float unbiased = m2 / (count - 1.0f);
+    const float unbiased = static_cast<float>(total.m2 / (total.count - 1.0));
     store_scalar(args.running_mean.ptr, args.running_mean.dtype, c, running_mean + factor * (mean - running_mean));
     store_scalar(args.running_var.ptr, args.running_var.dtype, c, running_var + factor * (unbiased - running_var));
   }
@@ -374,13 +492,9 @@ __global__ void __launch_bounds__(Tl::kThreads)
   constexpr int CPT = Wk::kChannelsPerThread;
   const int64_t c0 = Wk::first_channel();
   if (c0 >= shape.channels) return;  // no block-wide synchronisation below
-  float scale[CPT], shift[CPT];
+  Channel p[CPT];
 #pragma unroll
-  for (int ch = 0; ch < CPT; ++ch) {
-    const Channel p = load_channel(channel, c0 + ch);
-    scale[ch] = p.w * p.invstd;
-    shift[ch] = p.b - p.mean * scale[ch];
-  }
+  for (int ch = 0; ch < CPT; ++ch) p[ch] = load_channel(channel, c0 + ch);
   const int64_t units = shape.positions / Wk::kPositionsPerUnit;
   const int64_t tiles = (units + Wk::kStepUnits - 1) / Wk::kStepUnits;
   for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
@@ -392,7 +506,7 @@ __global__ void __launch_bounds__(Tl::kThreads)
     for (int ch = 0; ch < CPT; ++ch) {
 #pragma unroll
       for (int j = 0; j < Wk::kValues; ++j) {
-        const float z = v[ch][j] * scale[ch] + shift[ch];
+        const float z = activation_input(v[ch][j], p[ch]);
         v[ch][j] = z > 0.0f ? z : z * slope;
       }
     }
@@ -415,7 +529,7 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
   split_units<Wk>(shape, first, last);
   GradSums acc[CPT];
 #pragma unroll
-  for (int ch = 0; ch < CPT; ++ch) acc[ch] = {0.0f, 0.0f};
+  for (int ch = 0; ch < CPT; ++ch) acc[ch] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
   if (c0 < C) {
     Channel p[CPT];
 #pragma unroll
@@ -432,11 +546,9 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
 #pragma unroll
         for (int j = 0; j < Wk::kValues; ++j) {
           if (j < count) {
-            const float xhat = (xv[ch][j] - p[ch].mean) * p[ch].invstd;
-            const float z = xhat * p[ch].w + p[ch].b;
-            const float dz = z > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
-            acc[ch].dz += dz;
-            acc[ch].dz_xhat += dz * xhat;
+            const float dz = activation_input(xv[ch][j], p[ch]) > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
+            add_to(acc[ch].dz, dz);
+            add_product_to(acc[ch].dz_xc, dz, xv[ch][j] - p[ch].mean);
           }
         }
       }
@@ -447,9 +559,11 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
     const GradSums total = reduce_lanes<Tl>(acc[ch], AddSums{});
     const int64_t c = c0 + ch;
     if (threadIdx.y == 0 && c < C) {
-      float* out = args.partials + static_cast<int64_t>(blockIdx.y) * 2 * C + c;
-      out[0] = total.dz;
-      out[C] = total.dz_xhat;
+      float* out = args.partials + static_cast<int64_t>(blockIdx.y) * 4 * C + c;
+      out[0] = total.dz.sum;
+      out[C] = total.dz_xc.sum;
+      out[2 * C] = total.dz.error;
+      out[3 * C] = total.dz_xc.error;
     }
   }
 }
@@ -460,12 +574,15 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   const int64_t C = args.shape.channels;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c >= C) return;
-  float sum_dz = 0.0f, sum_dz_xhat = 0.0f;
+  Compensated dz = {0.0f, 0.0f}, dz_xc = {0.0f, 0.0f};
   for (int64_t split = 0; split < args.shape.splits; ++split) {  // in order: deterministic
-    const float* row = args.partials + split * 2 * C + c;
-    sum_dz += row[0];
-    sum_dz_xhat += row[C];
+    const float* row = args.partials + split * 4 * C + c;
+    dz = add(dz, {row[0], row[2 * C]});
+    dz_xc = add(dz_xc, {row[C], row[3 * C]});
   }
+  const float sum_dz = dz.sum + dz.error;
+  const float sum_dz_xhat =
+      static_cast<float>((static_cast<double>(dz_xc.sum) + dz_xc.error) * channel_invstd(args.channel, c));
   if (args.grad_weight.ptr != nullptr) store_scalar(args.grad_weight.ptr, args.grad_weight.dtype, c, sum_dz_xhat);
   if (args.grad_bias.ptr != nullptr) store_scalar(args.grad_bias.ptr, args.grad_bias.dtype, c, sum_dz);
   if (args.training) {
@@ -483,11 +600,10 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_input_kernel(BatchNo
   const int64_t c0 = Wk::first_channel();
   if (c0 >= C) return;  // no block-wide synchronisation below
   Channel p[CPT];
-  float scale[CPT], mean_dz[CPT], mean_dz_xhat[CPT];
+  float mean_dz[CPT], mean_dz_xhat[CPT];
 #pragma unroll
   for (int ch = 0; ch < CPT; ++ch) {
     p[ch] = load_channel(args.channel, c0 + ch);
-    scale[ch] = p[ch].w * p[ch].invstd;
     mean_dz[ch] = TRAINING ? args.coefficients[c0 + ch] : 0.0f;
     mean_dz_xhat[ch] = TRAINING ? args.coefficients[C + c0 + ch] : 0.0f;
   }
@@ -503,11 +619,9 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_input_kernel(BatchNo
     for (int ch = 0; ch < CPT; ++ch) {
 #pragma unroll
       for (int j = 0; j < Wk::kValues; ++j) {
-        const float xhat = (xv[ch][j] - p[ch].mean) * p[ch].invstd;
-        const float z = xhat * p[ch].w + p[ch].b;
-        float dz = z > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
-        if (TRAINING) dz = dz - mean_dz[ch] - xhat * mean_dz_xhat[ch];
-        xv[ch][j] = dz * scale[ch];
+        float dz = activation_input(xv[ch][j], p[ch]) > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
+        if (TRAINING) dz = dz - mean_dz[ch] - (xv[ch][j] - p[ch].mean) * p[ch].invstd * mean_dz_xhat[ch];
+        xv[ch][j] = dz * p[ch].scale;
       }
     }
     Wk::store(args.grad_x, c0, n, s, valid, xv);
@@ -670,10 +784,15 @@ void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream
 
 // Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
 void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
-                            cudaStream_t stream, const char* op) {
-  bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows);
+                            bool shifted, cudaStream_t stream, const char* op) {
+  // The residual goes to the first row's count slots (the splits') or residual slots (the
+  // devices'), read before by this channel's finalize thread alone; the caller reads neither.
+  float* residual = shifted ? const_cast<float*>(statistics) : const_cast<float*>(statistics) + 3 * args.shape.channels;
+  bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows,
+                                                                                                 shifted, residual);
   check_launch(op);
   BnChannelArgs channel{};
+  channel.mean_residual = residual;
   channel.mean = {args.mean, kFloat32};
   channel.stat = {args.invstd, kFloat32};
   channel.weight = args.weight;
@@ -723,7 +842,7 @@ void batch_norm_forward_train(const BatchNormForwardTrainArgs& args, cudaStream_
   }
   check_running(args);
   launch_partial_statistics(args, stream, op);
-  finalize_and_normalise(args, args.partials, shape.splits, stream, op);
+  finalize_and_normalise(args, args.partials, shape.splits, true, stream, op);
 }
 
 void batch_norm_statistics(const BatchNormForwardTrainArgs& args, float* merged, cudaStream_t stream) {
@@ -732,8 +851,8 @@ void batch_norm_statistics(const BatchNormForwardTrainArgs& args, float* merged,
   check_shape(shape, true, op);
   if (shape.channels == 0) return;
   launch_partial_statistics(args, stream, op);  // an empty x: every split row is zero
-  bn_merge_partials_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args.partials, shape.splits,
-                                                                                     shape.channels, merged);
+  bn_merge_partials_kernel<<<finalize_grid(shape, op), kFinalizeThreads, 0, stream>>>(args.x, shape, args.partials,
+                                                                                     merged);
   check_launch(op);
 }
 
@@ -744,7 +863,7 @@ void batch_norm_forward_from_statistics(const BatchNormForwardTrainArgs& args, c
   if (rows < 1) throw std::runtime_error("fastgan.ops.batch_norm_leaky_relu: no statistics rows to merge");
   if (args.shape.channels == 0) return;
   check_running(args);
-  finalize_and_normalise(args, statistics, rows, stream, op);
+  finalize_and_normalise(args, statistics, rows, false, stream, op);
 }
 
 void batch_norm_forward_eval(const BatchNormForwardEvalArgs& args, cudaStream_t stream) {

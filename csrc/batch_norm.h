@@ -29,6 +29,9 @@ struct BnChannelArgs {
   BnVector bias;        // optional
   bool stat_is_invstd;
   float eps;
+  // Optional fp32 [C]: what rounding the batch mean to float32 left off (mean − fp32 mean),
+  // folded into the bias of the forward's elementwise pass (training, one device).
+  const float* mean_residual;
 };
 
 struct BnShape {
@@ -77,7 +80,7 @@ struct BatchNormBackwardArgs {
   BnChannelArgs channel; // mean, stat, weight, bias, stat_is_invstd, eps
   BnVector grad_weight;  // optional: Σ dz·x̂, in its dtype
   BnVector grad_bias;    // optional: Σ dz
-  float* partials;       // fp32 [splits, 2, C]: per split Σdz and Σdz·x̂
+  float* partials;       // fp32 [splits, 4, C]: per split Σdz, Σdz·(x − mean) and their rounding errors
   float* coefficients;   // fp32 [2, C]: Σdz/P and Σdz·x̂/P (training only; raw sums in batch_norm_backward_sums)
   bool training;
   float slope;
@@ -89,10 +92,12 @@ void batch_norm_backward(const BatchNormBackwardArgs& args, cudaStream_t stream)
 
 // The stages of a synchronised (multi-device) training step; the caller runs the collectives
 // between them (fastgan/ops/batch_norm.py). Forward: batch_norm_statistics writes the split
-// partials and merges them into `merged` (fp32 [3, C], this device's (count, mean, M2));
-// batch_norm_forward_from_statistics merges the `rows` rows of `statistics` (fp32 [rows, 3, C],
-// every device's `merged`), updates the running statistics and writes mean, invstd and y
-// (args.partials unused; args.shape.positions may be 0 or 1 on one device). Backward:
+// partials and merges them into `merged` (fp32 [4, C], this device's (count, mean, M2, mean
+// residual): mean + residual is the mean beyond float32); batch_norm_forward_from_statistics
+// merges the `rows` rows of `statistics` (fp32 [rows, 4, C], every device's `merged`; its
+// first row's residual slots are overwritten, the counts are kept), updates the running
+// statistics and writes mean, invstd and y (args.partials unused; args.shape.positions may be
+// 0 or 1 on one device). Backward:
 // batch_norm_backward_sums writes grad_weight, grad_bias (this device's) and the raw sums
 // (Σdz, Σdz·x̂) into args.coefficients; batch_norm_backward_input writes grad_x from
 // args.coefficients, which by then hold the global (Σdz/P, Σdz·x̂/P).

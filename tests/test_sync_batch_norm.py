@@ -273,6 +273,41 @@ def _groups_and_errors(rank, world_size, backend):
     return True
 
 
+def _error_within_twice_eager_float32(rank, world_size, backend, seed):
+    """Per (mean, std, slope): this process's errors against float64 of y, grad x, grad weight
+    and grad bias, ours synchronised and eager float32's on the concatenated batch."""
+    device = _device(backend)
+    results = []
+    for mean, std in ((40.0, 3.0), (1e3, 1.0)):
+        for slope in (0.0, 0.2):
+            generator = torch.Generator().manual_seed(seed)
+            channels, sizes = 5, (4, 3)
+            # Each process's batch a little off the other's, so their pivots and means differ.
+            xs = [(torch.randn((n, channels, 5, 7), generator=generator, dtype=torch.float64) * std + mean
+                   + 2 * std * k).float() for k, n in enumerate(sizes)]
+            upstream = [torch.randn(x.shape, generator=generator) for x in xs]
+            weight, bias = torch.randn(channels, generator=generator) + 1, torch.randn(channels, generator=generator)
+            mine = _mine(xs, rank)
+
+            def eager(dtype):
+                x, w, b = (t.to(dtype).requires_grad_() for t in (torch.cat(xs), weight, bias))
+                y = F.leaky_relu(F.batch_norm(x, None, None, w, b, True, 0.1, 1e-5), slope)
+                (grad_x,) = torch.autograd.grad(y, x, torch.cat(upstream).to(dtype), retain_graph=True)
+                grad_w, grad_b = torch.autograd.grad((y[mine] * upstream[rank].to(dtype)).sum(), (w, b))
+                return y[mine].detach(), grad_x[mine], grad_w, grad_b
+
+            x, w, b = (t.to(device).requires_grad_() for t in (xs[rank], weight, bias))
+            y = batch_norm_leaky_relu(x, w, b, None, None, True, 0.1, 1e-5, slope, process_group=dist.group.WORLD,
+                                      backend=backend)
+            ours = (y.detach(), *torch.autograd.grad(y, (x, w, b), upstream[rank].to(device)))
+            exact, theirs = eager(torch.float64), eager(torch.float32)
+            for name, got, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), ours, theirs,
+                                                     exact):
+                error = lambda t: ((t.double().cpu() - reference).norm() / reference.norm()).item()
+                results.append((mean, std, slope, name, error(got), error(pytorch)))
+    return results
+
+
 def _compiled_matches_eager(rank, world_size, backend):
     device = _device(backend)
     torch._dynamo.reset()
@@ -321,6 +356,25 @@ def test_one_collective_per_layer_per_pass(backend):
 
 def test_double_backward_matches_concatenated_batch(backend):
     run_distributed(_double_backward_matches, WORLD, backend, timeout=TIMEOUT_S)
+
+
+def test_error_within_twice_eager_float32(backend, _fresh_seed, request):
+    """Synchronised, on inputs whose mean dwarfs their spread (and differs between the
+    processes): no further off float64 than eager PyTorch's float32 on the concatenated batch
+    (at most twice its error)."""
+    # Known, not yet fixed; not strict: whether a case loses depends on the inputs.
+    reasons = {
+        "torch": "the torch path's synchronised float32 statistics (_global_batch_statistics) lose to eager's "
+        "when |mean| >> std",
+        "triton": "the Triton kernels' float32 statistics and normalisation lose to eager's when |mean| >> std",
+        "cuda": "grad x can reach ~2.3x eager's at mean 40/std 3: each device's float32 M2 leaves the merged invstd "
+        "up to ~1 ulp off",
+    }
+    request.applymarker(pytest.mark.xfail(reason=reasons[backend]))
+    for rank_results in run_distributed(_error_within_twice_eager_float32, WORLD, backend, _fresh_seed,
+                                        timeout=TIMEOUT_S):
+        for mean, std, slope, name, ours, eager in rank_results:
+            assert ours <= 2 * eager, (mean, std, slope, name, ours, eager)
 
 
 def test_torch_compile_fullgraph(backend):

@@ -319,8 +319,8 @@ void batch_norm_case(BnLayout shape, int dtype, int64_t splits, bool synchronise
   std::vector<float> running_mean0(C, 0.0f), running_var0(C, 1.0f);
   Buffer xb(total, dtype), yb(total, dtype), dyb(total, dtype), dxb(total, dtype), weight(C, kFloat32), bias(C, kFloat32);
   Buffer running_mean(C, kFloat32), running_var(C, kFloat32), mean(C, kFloat32), invstd(C, kFloat32);
-  Buffer partials(splits * 3 * C, kFloat32), merged(3 * C, kFloat32), grad_w(C, kFloat32), grad_b(C, kFloat32);
-  Buffer bwd_partials(splits * 2 * C, kFloat32), coefficients(2 * C, kFloat32);
+  Buffer partials(splits * 3 * C, kFloat32), merged(4 * C, kFloat32), grad_w(C, kFloat32), grad_b(C, kFloat32);
+  Buffer bwd_partials(splits * 4 * C, kFloat32), coefficients(2 * C, kFloat32);
   xb.upload(x);
   dyb.upload(dy);
   weight.upload(w);

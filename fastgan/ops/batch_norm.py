@@ -31,8 +31,10 @@ with δ = μ_b − μ_a, n = n_a + n_b,
 
     μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n     (associative; M2 never E[x²]−E[x]²)
 
-so each process merges its splits into one row (P_k, μ_k, M2_k) ``[3, C]``, ONE all-gather
-fills a preallocated ``[K, 3, C]``, and every process runs the same finalize over those K rows:
+so each process merges its splits into one row (P_k, μ_k, M2_k) ``[3, C]`` (the CUDA kernels
+add μ_k's float32 rounding residual: ``[4, C]``, so that |mean| ≫ std loses nothing in the
+merge), ONE all-gather fills a preallocated ``[K, 3 or 4, C]``, and every process runs the
+same finalize over those K rows:
 μ, σ² = M2/P and the running statistics with the unbiased M2/(P − 1) of the global P, as
 ``nn.SyncBatchNorm`` updates them. Backward: with dz and x̂ as in the kernels,
 
@@ -469,7 +471,7 @@ def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
     plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
-    partials = x3.new_empty((plan.splits, 2, channels), dtype=torch.float32)
+    partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
     _launcher(backend, "batch_norm_backward")(
         grad_out3, x3, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials, coefficients,
@@ -567,6 +569,11 @@ def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_
 # --------------------------------------------------------------------------------------
 
 
+# Each device's statistics row: (count, mean, M2), and in the CUDA kernels the mean's float32
+# rounding residual as a fourth entry, so that the merged mean is as exact as one device's.
+_DEVICE_ROW = {"cuda": 4, "triton": 3}
+
+
 def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum: float,
                        cumulative: bool, eps: float, slope: float, backend: str, group):
     """Training forward over the batch concatenated across ``group``; returns y3, the global
@@ -575,9 +582,9 @@ def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_
     y3 = _launch.output_like(x3)
     plan = _plan(x3, y3)
     partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
-    local = x3.new_empty((1, 3, channels), dtype=torch.float32)
+    local = x3.new_empty((1, _DEVICE_ROW[backend], channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_statistics")(x3, partials, local[0], plan=plan)
-    gathered = x3.new_empty((dist.get_world_size(group), 3, channels), dtype=torch.float32)
+    gathered = x3.new_empty((dist.get_world_size(group), _DEVICE_ROW[backend], channels), dtype=torch.float32)
     all_gather_into(gathered, local, group)
     mean = _launch.output(x3, (channels,), torch.float32)
     invstd = _launch.output(x3, (channels,), torch.float32)
@@ -599,7 +606,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
     plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
-    partials = x3.new_empty((plan.splits, 2, channels), dtype=torch.float32)
+    partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     sums = x3.new_empty((2, channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_backward_sums")(
         grad_out3, x3, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan, eps=eps,
