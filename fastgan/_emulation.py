@@ -43,7 +43,7 @@ SANITIZERS = {
 }
 SCHEDULES = {"forward": 0, "reverse": 1, "random": 2}
 _COMMON_FLAGS = [
-    "-std=c++17", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
+    "-std=c++17", "-fPIC", "-fno-strict-aliasing", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
     '-DFASTGAN_CUDA_ARCHS="emulated"',
 ]
 
