@@ -24,6 +24,7 @@ from fastgan import _backend, _emulation
 ROOT = Path(__file__).resolve().parent.parent
 SEMANTICS = Path(__file__).resolve().parent / "emulation" / "semantics.cu"
 CONVERSIONS = Path(__file__).resolve().parent / "emulation" / "conversions.cpp"
+OUT_OF_BOUNDS = Path(__file__).resolve().parent / "emulation" / "out_of_bounds.cu"
 SCHEDULES = ["forward", "reverse", "random:1"]
 
 
@@ -253,6 +254,27 @@ def sanitized_driver(request, build_dir):
             pytest.skip(f"the compiler has no {request.param} sanitizer runtime: {error}")
         raise
     return request.param, output
+
+
+@needs_compiler
+def test_one_past_the_end_of_a_device_buffer_is_a_reported_overflow(build_dir):
+    """cudaMalloc allocates exactly the bytes asked for (256-byte aligned, as on a GPU, but not
+    rounded up: compute-sanitizer's memcheck also reports an access beyond the requested size), so
+    an off-by-one read in a kernel is an AddressSanitizer heap-buffer-overflow at its .cu line, and
+    the kernel driver's exact-size buffers are exact."""
+    program = build_dir / "out_of_bounds"
+    try:
+        _emulation.build_executable(program, OUT_OF_BOUNDS, sanitize="address", with_kernels=False)
+    except _emulation.EmulationError as error:
+        if "cannot find" in str(error) or "libasan" in str(error):
+            pytest.skip(f"the compiler has no address sanitizer runtime: {error}")
+        raise
+    result = _run([str(program)], env={"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0"})
+    report = result.stdout + result.stderr
+    read_line = next(i + 1 for i, text in enumerate(OUT_OF_BOUNDS.read_text().splitlines()) if "out[i] = in[i + 1];" in text)
+    assert "aligned 1" in result.stdout, report[-3000:]
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in report, report[-3000:]
+    assert f"out_of_bounds.cu:{read_line}" in report, report[-3000:]
 
 
 def test_kernels_are_clean_and_deterministic_under_sanitizers_in_every_schedule(sanitized_driver):

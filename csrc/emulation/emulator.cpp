@@ -573,9 +573,15 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   if (pointer == nullptr) return cudaErrorInvalidValue;
-  const size_t rounded = (bytes + 255) / 256 * 256;  // device allocations are 256-byte aligned
-  *pointer = rounded ? std::aligned_alloc(256, rounded) : nullptr;
-  return rounded && *pointer == nullptr ? cudaErrorMemoryAllocation : cudaSuccess;
+  // 256-byte aligned like a device allocation, but exactly `bytes` long: an access past the
+  // requested size is then out of bounds for AddressSanitizer, as for compute-sanitizer.
+  *pointer = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  if (posix_memalign(pointer, 256, bytes) != 0) {
+    *pointer = nullptr;
+    return cudaErrorMemoryAllocation;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t cudaFree(void* pointer) {
