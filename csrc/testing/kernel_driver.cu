@@ -432,6 +432,7 @@ int main() {
       gan_bce_case(1500, 2049, 1, dtype, 3);
       renyi_case(3, 1000, 0.5f, dtype, 1, nullptr);
       renyi_case(2, 1001, 2.0f, dtype, 4, nullptr);
+      renyi_case(2, 999, 0.9f, dtype, 3, nullptr);  // near-uniform weights: the log1p(S/n) branch
       batch_norm_case({3, 5, 37, false}, dtype, 2, false);
       batch_norm_case({4, 40, 9, true}, dtype, 3, false);
       batch_norm_case({2, 8, 16, false}, dtype, 1, true);
