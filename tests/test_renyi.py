@@ -29,6 +29,18 @@ def textbook64(r, alpha, dim):
     return (torch.logsumexp((1 - alpha) * r, dim) - math.log(r.shape[dim])) / (alpha - 1)
 
 
+def _against_float64(r, alpha, dim, backend):
+    """(value, gradient) of renyi_divergence on ``r`` under a random upstream gradient, and the
+    same from the float64 definition on the same inputs: (got, grad, want, want_grad)."""
+    got = renyi_divergence(r, alpha, dim, backend=backend)
+    upstream = torch.randn_like(got)
+    (grad,) = torch.autograd.grad(got, r, upstream)
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, dim)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    return got, grad, want, want_grad
+
+
 def log_ratios(shape, device, dtype=torch.float32, scale=2.0, mean=0.8):
     return (torch.randn(shape, device=device, dtype=torch.float64) * scale + mean).to(dtype)
 
@@ -53,12 +65,7 @@ def test_reference_matches_definition_and_gradcheck():
 @pytest.mark.parametrize("alpha", ALPHAS, ids=str)
 def test_renyi_matches_float64(backend, device, shape, dim, alpha):
     r = log_ratios(shape, device).requires_grad_()
-    got = renyi_divergence(r, alpha, dim, backend=backend)
-    upstream = torch.randn_like(got)
-    (grad,) = torch.autograd.grad(got, r, upstream)
-    r64 = r.detach().double().requires_grad_()
-    want = textbook64(r64, alpha, dim)
-    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    got, grad, want, want_grad = _against_float64(r, alpha, dim, backend)
     assert got.shape == want.shape and got.dtype == r.dtype
     torch.testing.assert_close(got.double(), want, **tolerance(alpha, want))
     # The gradient is −softmax((1−α)·r) times the upstream: entries of size up to |g|.
@@ -163,12 +170,7 @@ def test_renyi_infinite_logits_match_float64(backend, device, alpha, layout):
         r = logits_with_infinities(40, device).t().contiguous()
         dim = 1
     r.requires_grad_()
-    got = renyi_divergence(r, alpha, dim, backend=backend)
-    upstream = torch.randn_like(got)
-    (grad,) = torch.autograd.grad(got, r, upstream)
-    r64 = r.detach().double().requires_grad_()
-    want = textbook64(r64, alpha, dim)
-    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    got, grad, want, want_grad = _against_float64(r, alpha, dim, backend)
     torch.testing.assert_close(got.double(), want.detach(), equal_nan=True, **tolerance(alpha, want))
     finite_cases = torch.isfinite(want.detach()) | (alpha == 1.0)
     pick = (lambda t: t[:, finite_cases]) if dim == 0 else (lambda t: t[finite_cases])
@@ -227,12 +229,7 @@ def test_renyi_packed_tail_and_strided_walks(backend, device, layout, dtype):
     r = WALK_LAYOUTS[layout](base).detach().requires_grad_()
     dim = r.dim() - 1
     for alpha in (0.5, 2.0):
-        got = renyi_divergence(r, alpha, dim, backend=backend)
-        upstream = torch.randn_like(got)
-        (grad,) = torch.autograd.grad(got, r, upstream)
-        r64 = r.detach().double().requires_grad_()
-        want = textbook64(r64, alpha, dim)
-        (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+        got, grad, want, want_grad = _against_float64(r, alpha, dim, backend)
         eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-5
         # Computed in fp32 on the exact inputs; rounded once to the dtype.
         torch.testing.assert_close(got.double(), want.detach(), rtol=eps, atol=eps * 1e-1)
