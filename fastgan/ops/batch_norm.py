@@ -123,8 +123,8 @@ def _update_running(running_mean, running_var, mean, var, positions, factor) -> 
     synchronised) turns the biased variance into the unbiased one."""
     with torch.no_grad():
         unbiased = var * (positions / (positions - 1))
-        running_mean.copy_(running_mean + factor * (mean.to(running_mean.dtype) - running_mean))
-        running_var.copy_(running_var + factor * (unbiased.to(running_var.dtype) - running_var))
+        running_mean.lerp_(mean.to(running_mean.dtype), factor)
+        running_var.lerp_(unbiased.to(running_var.dtype), factor)
 
 
 def _running_factor(momentum: Optional[float], num_batches_tracked: Optional[Tensor]):
@@ -196,54 +196,88 @@ def _as_compute(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 def _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
                     momentum: Optional[float], eps: float, slope: float):
-    """(y, saved mean, saved invstd) through ``aten::native_batch_norm`` (centred statistics,
-    as eager BatchNorm computes them) and an in-place leaky_relu. Half inputs run in float32;
-    running statistics of another dtype, and the cumulative average (momentum=None, whose
-    factor 1/num_batches_tracked stays on the device), are updated through float32 batch
-    statistics taken with momentum 1."""
+    """(y, saved mean, saved invstd) of the torch backend, then an in-place leaky_relu. Half
+    inputs run in float32.
+
+    Training, planar layouts ((N, C), contiguous (N, C, *)): two whole-tensor reduction
+    passes, Σx and then Σ(x − μ)², and y = (x − μ)·(w·invstd) + b written over x − μ
+    (:func:`_planar_normalise`). PyTorch's CPU training kernel takes its statistics one
+    element at a time, several times slower than these reductions; normalising the centred
+    values keeps |mean| ≫ std as exact as eager. channels_last inputs, whose CPU training
+    kernel is vectorised, and eval use ``native_batch_norm`` itself."""
     dtype = _compute_dtype(x.dtype)
     x_c, weight_c, bias_c = (_as_compute(t, dtype) for t in (x, weight, bias))
-    cumulative = training and running_mean is not None and momentum is None
-    direct = running_mean is not None and running_mean.dtype == dtype and running_var.dtype == dtype and not cumulative
-    if direct or running_mean is None or not training:
-        mean_in, var_in = _as_compute(running_mean, dtype), _as_compute(running_var, dtype)
+    if training and (x.dim() == 2 or x.is_contiguous()) and x.numel():
+        y, save_mean, var, save_invstd = _planar_normalise(x_c, weight_c, bias_c, eps)
+        if running_mean is not None:
+            _update_running(running_mean, running_var, save_mean, var, x.numel() // x.shape[1],
+                            _running_factor(momentum, num_batches_tracked))
     else:
-        mean_in, var_in = x_c.new_zeros(x.shape[1]), x_c.new_zeros(x.shape[1])
-    native_momentum = (momentum if direct else 1.0) if training and running_mean is not None else 0.0
-    y, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x_c, weight_c, bias_c, mean_in, var_in, training,
-                                                                 native_momentum, eps)
-    if training and running_mean is not None and not direct:
-        # mean_in/var_in now hold the batch mean and unbiased variance.
-        factor = _running_factor(momentum, num_batches_tracked)
-        with torch.no_grad():
-            running_mean.copy_(running_mean + factor * (mean_in.to(running_mean.dtype) - running_mean))
-            running_var.copy_(running_var + factor * (var_in.to(running_var.dtype) - running_var))
+        cumulative = training and running_mean is not None and momentum is None
+        direct = (running_mean is not None and running_mean.dtype == dtype and running_var.dtype == dtype
+                  and not cumulative)
+        if direct or running_mean is None or not training:
+            mean_in, var_in = _as_compute(running_mean, dtype), _as_compute(running_var, dtype)
+        else:
+            mean_in, var_in = x_c.new_zeros(x.shape[1]), x_c.new_zeros(x.shape[1])
+        native_momentum = (momentum if direct else 1.0) if training and running_mean is not None else 0.0
+        y, save_mean, save_invstd = torch.native_batch_norm(x_c, weight_c, bias_c, mean_in, var_in, training,
+                                                            native_momentum, eps)
+        if training and running_mean is not None and not direct:
+            # mean_in/var_in now hold the batch mean and unbiased variance.
+            factor = _running_factor(momentum, num_batches_tracked)
+            with torch.no_grad():
+                running_mean.lerp_(mean_in.to(running_mean.dtype), factor)
+                running_var.lerp_(var_in.to(running_var.dtype), factor)
     y = torch.relu_(y) if slope == 0 else torch.ops.aten.leaky_relu_(y, slope)
     return y.to(x.dtype), save_mean, save_invstd
 
 
+def _planar_normalise(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y before the activation, mean, biased variance, invstd) of a planar x (N, C, *) in training.
+
+    Shifted-data statistics: with m̃ = Σx/P in float32 and c = x − m̃ (exact when |mean| ≫ std),
+    the residual ρ = Σc/P gives μ = m̃ + ρ and σ² = Σc²/P − ρ² with float32-relative accuracy,
+    and y = c·s + (b − ρ·s), s = w·invstd, normalises the exactly centred c: PyTorch's CPU
+    kernel reaches the same accuracy by accumulating in float64, which costs a slow pass."""
+    dims = (0,) + tuple(range(2, x.dim()))
+    inv_positions = 1.0 / (x.numel() // x.shape[1])
+    rough_mean = x.sum(dims).mul_(inv_positions)
+    centred = torch.sub(x, _channel_view(rough_mean, x.dim()))
+    residual = centred.sum(dims).mul_(inv_positions)
+    var = torch.square(centred).sum(dims).mul_(inv_positions).sub_(residual.square())
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+    shift = residual * scale
+    shift = shift.neg_() if bias is None else torch.sub(bias, shift)
+    y = centred.mul_(_channel_view(scale, x.dim())).add_(_channel_view(shift, x.dim()))
+    return y, rough_mean.add_(residual), var, invstd
+
+
 class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
-    """Autograd for the torch backend (no process group). Saves what the kernel path saves:
-    x and two vectors of C (batch mean and invstd in training, the running statistics in
-    eval, as eager BatchNorm does); the activation's mask is recomputed from x in the
-    backward. Under ``create_graph`` the backward is the differentiable reference's, so
-    second-order gradients stay exact."""
+    """Autograd for the torch backend (no process group). Saves what eager BatchNorm followed
+    by an in-place activation saves: x, the output y and two vectors of C (batch mean and
+    invstd in training, the running statistics in eval). The activation's mask is read from y
+    (y > 0 exactly where the BatchNorm output is, for a slope ≥ 0), so the backward is
+    PyTorch's leaky_relu and BatchNorm backward with no pass to rebuild the BatchNorm output;
+    y is the next layer's input, which that layer keeps anyway. A negative slope flips the
+    sign, so there the mask is recomputed from x. Under ``create_graph`` the backward is the
+    differentiable reference's, so second-order gradients stay exact."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, slope):
         y, save_mean, save_invstd = _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                     training, momentum, eps, slope)
         ctx.set_materialize_grads(False)
-        if training:
-            ctx.save_for_backward(x, weight, bias, save_mean, save_invstd)
-        else:
-            ctx.save_for_backward(x, weight, bias, running_mean, running_var)
+        statistics = (save_mean, save_invstd) if training else (running_mean, running_var)
+        ctx.save_for_backward(x, weight, bias, *statistics, y if slope >= 0 else None)
         ctx.training, ctx.eps, ctx.slope = training, eps, slope
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, mean, stat = ctx.saved_tensors
+        x, weight, bias, mean, stat, y = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         if grad_out is None:
             return (None,) * 10
@@ -253,14 +287,13 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
                                              (need_x, need_weight, need_bias))
             return grads + (None,) * 7
         dtype = _compute_dtype(x.dtype)
-        x_c, weight_c, bias_c, mean_c, stat_c = (_as_compute(t, dtype) for t in (x, weight, bias, mean, stat))
-        invstd = stat_c if ctx.training else torch.rsqrt(stat_c + ctx.eps)
-        # z = w·(x − μ)·invstd + bias, as the forward's affine map, for the activation's mask.
-        scale = invstd * weight_c if weight_c is not None else invstd
-        shift = -mean_c * scale + (bias_c if bias_c is not None else 0)
-        z = torch.addcmul(_channel_view(shift, x.dim()), x_c, _channel_view(scale, x.dim()))
-        grad_z = torch.ops.aten.leaky_relu_backward.grad_input(_as_compute(grad_out, dtype), z, ctx.slope, False,
-                                                                grad_input=z)
+        x_c, weight_c, mean_c, stat_c = (_as_compute(t, dtype) for t in (x, weight, mean, stat))
+        if y is not None:
+            grad_z = torch.ops.aten.leaky_relu_backward(_as_compute(grad_out, dtype), _as_compute(y, dtype), ctx.slope,
+                                                        True)
+        else:
+            grad_z = _leaky_relu_grad_from_x(grad_out, x_c, weight_c, _as_compute(bias, dtype), mean_c, stat_c,
+                                             ctx.training, ctx.eps, ctx.slope)
         running, saved = ((None, None), (mean_c, stat_c)) if ctx.training else ((mean_c, stat_c), (None, None))
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad_z, x_c, weight_c, *running, *saved, ctx.training, ctx.eps,
@@ -270,6 +303,16 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
                       for g, t, wanted in zip((grad_x, grad_weight, grad_bias), (x, weight, bias),
                                               (need_x, need_weight, need_bias)))
         return grads + (None,) * 7
+
+
+def _leaky_relu_grad_from_x(grad_out, x, weight, bias, mean, stat, training: bool, eps: float, slope: float) -> Tensor:
+    """d/dz of leaky_relu(z) applied to ``grad_out``, with z = w·(x − μ)·invstd + bias rebuilt
+    from x (the forward's affine map), for slopes whose output sign does not tell z's."""
+    invstd = stat if training else torch.rsqrt(stat + eps)
+    scale = invstd * weight if weight is not None else invstd
+    shift = -mean * scale + (bias if bias is not None else 0)
+    z = torch.addcmul(_channel_view(shift, x.dim()), x, _channel_view(scale, x.dim()))
+    return torch.ops.aten.leaky_relu_backward.grad_input(grad_out.to(x.dtype), z, slope, False, grad_input=z)
 
 
 # --------------------------------------------------------------------------------------
