@@ -496,14 +496,13 @@ class _BCEWithLogitsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, pos_weight, call):
         loss, grad = _run_bce_call(input, target, weight, pos_weight, call)
-        ctx.mark_non_differentiable(grad)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(input, target, weight, pos_weight, grad if call.write_grad else None)
         ctx.call = call
-        return loss, grad
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_of_saved_grad):
+    def backward(ctx, grad_loss):
         input, target, weight, pos_weight, saved_grad = ctx.saved_tensors
         call = ctx.call
         needs = ctx.needs_input_grad
@@ -514,6 +513,8 @@ class _BCEWithLogitsFunction(torch.autograd.Function):
 
 # Argument keys already validated, with the dtype the backend must handle.
 _CHECKED_ARGUMENTS: dict = {}
+# (logits, labels) calls of one dtype already validated, with their plans (_BceCall).
+_LABELS_CALLS: dict = {}
 # Where the torch backend runs PyTorch's binary_cross_entropy_with_logits itself (half
 # precision takes the reference, computed in float32).
 _EAGER_BCE_DTYPES = (torch.float32, torch.float64)
@@ -544,12 +545,24 @@ def bce_with_logits(
         A 0-d tensor, or the per-element loss of shape ``(*)`` for ``reduction="none"``,
         in the promoted dtype of the tensor arguments.
     """
+    name = labels_key = None
     if (weight is None and pos_weight is None and isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)
-            and input.dtype in _EAGER_BCE_DTYPES and target.dtype == input.dtype and reduction in _REDUCTION_CODES
-            and _backend.select_backend("bce_with_logits", backend, input.device, input.dtype) == "torch"):
-        # The commonest call on the torch backend: PyTorch's own op, which validates it as
-        # _check_bce_args would (same messages), at no host time of ours.
-        return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
+            and input.is_floating_point() and target.dtype == input.dtype and isinstance(reduction, str)
+            and reduction in _REDUCTION_CODES):
+        # The commonest call: (logits, labels) of one dtype, so that dtype is the kernel dtype.
+        device = input.device
+        name = _backend.select_backend("bce_with_logits", backend, device, input.dtype)
+        if name == "torch":
+            if input.dtype in _EAGER_BCE_DTYPES:
+                # PyTorch's own op, which validates it as _check_bce_args would (same messages).
+                return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
+        elif not torch.compiler.is_compiling():
+            # A call seen before is validated and planned: one lookup (host time is the cost at 64-1024 logits).
+            labels_key = (input.shape, input.stride(), target.shape, target.stride(), input.dtype, device,
+                          target.device, reduction, torch.is_grad_enabled() and input.requires_grad, name)
+            call = _LABELS_CALLS.get(labels_key)
+            if call is not None:
+                return _BCEWithLogitsFunction.apply(input, target, None, None, call)
     if isinstance(target, torch.Tensor):
         target_tensor, target_value = target, 0.0
     elif isinstance(target, numbers.Real) and not isinstance(target, bool):
@@ -569,7 +582,8 @@ def bce_with_logits(
         if len(_CHECKED_ARGUMENTS) >= _MAX_CACHED_CALLS:
             _CHECKED_ARGUMENTS.clear()
         _CHECKED_ARGUMENTS[key] = dtype
-    name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
+    if name is None:
+        name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
     if name == "torch":
         if dtype in _EAGER_BCE_DTYPES and all(
                 t is None or t.dtype == dtype for t in (target_tensor, weight, pos_weight)) and (
@@ -587,8 +601,11 @@ def bce_with_logits(
         loss, _ = _bce_with_logits_op(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name)
         return loss
     call = _bce_call(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name, key)
-    loss, _ = _BCEWithLogitsFunction.apply(input, target_tensor, weight, pos_weight, call)
-    return loss
+    if labels_key is not None:
+        if len(_LABELS_CALLS) >= _MAX_CACHED_CALLS:
+            _LABELS_CALLS.clear()
+        _LABELS_CALLS[labels_key] = call
+    return _BCEWithLogitsFunction.apply(input, target_tensor, weight, pos_weight, call)
 
 
 # --------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def renyi_divergence(
     if log_ratio.dim() == 1 and not keepdim and not torch.compiler.is_compiling():
         # The common case, a batch of logits: one row, the result a 0-d tensor (host time
         # matters at 64-1024 logits: no movedim/reshape/view on this path).
-        out, _, _ = _RenyiFunction.apply(log_ratio.unsqueeze(0), beta, name, ())
+        out = _RenyiFunction.apply(log_ratio.unsqueeze(0), beta, name, ())
         return out
     moved = log_ratio.movedim(dim, -1)
     # (rows, n): a view whenever the kept dimensions share one stride (e.g. (N,) or (N, G)
@@ -142,7 +142,7 @@ def renyi_divergence(
         out, _, _ = _renyi_op(rows, beta, name)
         out = out.view(moved.shape[:-1])
     else:
-        out, _, _ = _RenyiFunction.apply(rows, beta, name, moved.shape[:-1])
+        out = _RenyiFunction.apply(rows, beta, name, moved.shape[:-1])
     return out.unsqueeze(dim) if keepdim else out
 
 
@@ -368,12 +368,15 @@ class _RenyiFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, beta, backend, out_shape):
-        output = _renyi_kernel_forward(rows, beta, backend, out_shape)
-        _renyi_setup_context(ctx, (rows, beta, backend), output)
-        return output
+        out, shift, expsum = _renyi_kernel_forward(rows, beta, backend, out_shape)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(rows, shift, expsum)
+        ctx.beta = beta
+        ctx.backend = backend
+        return out  # the row statistics stay in ctx: fewer outputs, less host time
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_shift, _grad_expsum):
+    def backward(ctx, grad_out):
         if grad_out is not None and grad_out.dim() != 1:
             grad_out = grad_out.reshape(-1)
         return *_renyi_backward(ctx, grad_out, _renyi_kernel_backward), None
