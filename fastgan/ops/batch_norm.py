@@ -204,10 +204,13 @@ def _native_forward(x, weight, bias, running_mean, running_var, num_batches_trac
     (:func:`_planar_normalise`). PyTorch's CPU training kernel takes its statistics one
     element at a time, several times slower than these reductions; normalising the centred
     values keeps |mean| ≫ std as exact as eager. channels_last inputs, whose CPU training
-    kernel is vectorised, and eval use ``native_batch_norm`` itself."""
-    dtype = _compute_dtype(x.dtype)
-    x_c, weight_c, bias_c = (_as_compute(t, dtype) for t in (x, weight, bias))
-    if training and (x.dim() == 2 or x.is_contiguous()) and x.numel():
+    kernel is vectorised, eval, and float16/bfloat16 inputs use ``native_batch_norm`` itself
+    (which computes half inputs in float32, as eager BatchNorm does: no conversion passes)."""
+    dtype = _parameter_dtype(x, weight, bias, running_mean, running_var)
+    x_c = x if x.dtype in (torch.float16, torch.bfloat16) else _as_compute(x, dtype)
+    weight_c, bias_c = _as_compute(weight, dtype), _as_compute(bias, dtype)
+    planar = x.dim() == 2 or x.is_contiguous()
+    if training and planar and x_c.dtype == dtype and dtype in (torch.float32, torch.float64) and x.numel():
         y, save_mean, var, save_invstd = _planar_normalise(x_c, weight_c, bias_c, eps)
         if running_mean is not None:
             _update_running(running_mean, running_var, save_mean, var, x.numel() // x.shape[1],
@@ -219,7 +222,7 @@ def _native_forward(x, weight, bias, running_mean, running_var, num_batches_trac
         if direct or running_mean is None or not training:
             mean_in, var_in = _as_compute(running_mean, dtype), _as_compute(running_var, dtype)
         else:
-            mean_in, var_in = x_c.new_zeros(x.shape[1]), x_c.new_zeros(x.shape[1])
+            mean_in, var_in = x_c.new_zeros(x.shape[1], dtype=dtype), x_c.new_zeros(x.shape[1], dtype=dtype)
         native_momentum = (momentum if direct else 1.0) if training and running_mean is not None else 0.0
         y, save_mean, save_invstd = torch.native_batch_norm(x_c, weight_c, bias_c, mean_in, var_in, training,
                                                             native_momentum, eps)
@@ -231,6 +234,15 @@ def _native_forward(x, weight, bias, running_mean, running_var, num_batches_trac
                 running_var.lerp_(var_in.to(running_var.dtype), factor)
     y = torch.relu_(y) if slope == 0 else torch.ops.aten.leaky_relu_(y, slope)
     return y.to(x.dtype), save_mean, save_invstd
+
+
+def _parameter_dtype(x: Tensor, *parameters: Optional[Tensor]) -> torch.dtype:
+    """The dtype of the parameters and statistics given to PyTorch's BatchNorm: x's for float32
+    and float64; for half x, x's own when every parameter has it (a module converted with
+    ``.half()``), else float32 (PyTorch's mixed-type form)."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return x.dtype
+    return x.dtype if all(p is None or p.dtype == x.dtype for p in parameters) else torch.float32
 
 
 def _planar_normalise(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -286,11 +298,14 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
             grads = _differentiable_backward(grad_out, x, weight, bias, *running, ctx.eps, ctx.slope,
                                              (need_x, need_weight, need_bias))
             return grads + (None,) * 7
-        dtype = _compute_dtype(x.dtype)
-        x_c, weight_c, mean_c, stat_c = (_as_compute(t, dtype) for t in (x, weight, mean, stat))
+        dtype = _parameter_dtype(x, weight, bias, *((None, None) if ctx.training else (mean, stat)))
+        weight_c = _as_compute(weight, dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):  # PyTorch's BatchNorm backward takes them as they are
+            x_c, mean_c, stat_c = x, mean, stat
+        else:
+            x_c, mean_c, stat_c = (_as_compute(t, dtype) for t in (x, mean, stat))
         if y is not None:
-            grad_z = torch.ops.aten.leaky_relu_backward(_as_compute(grad_out, dtype), _as_compute(y, dtype), ctx.slope,
-                                                        True)
+            grad_z = torch.ops.aten.leaky_relu_backward(_as_compute(grad_out, x_c.dtype), y, ctx.slope, True)
         else:
             grad_z = _leaky_relu_grad_from_x(grad_out, x_c, weight_c, _as_compute(bias, dtype), mean_c, stat_c,
                                              ctx.training, ctx.eps, ctx.slope)

@@ -169,23 +169,22 @@ def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Ten
 
 
 def _renyi_torch_forward(r: Tensor, extreme: Tensor, beta: float, dim: int, keepdim: bool):
-    """(D_α, −m, E) by the module's stable form in a few whole-tensor passes, in float32 for
-    float16/bfloat16 (float64 for float64) and rounded once to r's dtype, as the kernels do.
+    """(D_α, −m, E) by the module's stable form in a few whole-tensor passes.
 
     x = β·r − m is formed in one pass (β·r and the shift m = β·extreme round alike, so the
     row maximum gives 0) and exponentiated in place; only rows with near-uniform weights
-    rebuild x for the expm1 sum. Per-row scalars of a single row are combined as Python
-    floats (host time at 64-1024 logits)."""
+    rebuild x for the expm1 sum. Elementwise values are in r's dtype, as in eager PyTorch
+    (for float16/bfloat16 that is within PyTorch's own error in the dtype, and converting to
+    float32 would cost two passes); the sums and per-row scalars are float32 (float64 for
+    float64), a single row's combined as Python floats (host time at 64-1024 logits)."""
     n = r.shape[dim]
     compute = _compute_dtype(r.dtype)
     neg_shift = extreme.to(compute).mul_(-beta) if extreme.dtype != compute else extreme.mul(-beta)
-    work = r.to(compute) if r.dtype != compute else None  # a float32 copy we may overwrite
-    weights = torch.add(neg_shift, r if work is None else work, alpha=beta, out=work).exp_()
-    expsum = weights.sum(dim, keepdim=True)
+    weights = torch.add(neg_shift, r, alpha=beta).exp_()
+    expsum = weights.sum(dim, keepdim=True, dtype=compute)
 
     def expm1_sum():
-        x = weights.copy_(r) if work is not None else r
-        return torch.add(neg_shift, x, alpha=beta, out=weights).expm1_().sum(dim, keepdim=True)
+        return torch.add(neg_shift, r, alpha=beta, out=weights).expm1_().sum(dim, keepdim=True, dtype=compute)
 
     if r.dim() == 1:
         expsum_value = expsum.item()
@@ -227,12 +226,9 @@ class _RenyiTorchFunction(torch.autograd.Function):
             # Second order (create_graph=True): the closed form in differentiable PyTorch.
             weights = torch.softmax(ctx.beta * log_ratio.to(_compute_dtype(log_ratio.dtype)), dim=ctx.dim)
             return (-grad * weights).to(log_ratio.dtype), None, None, None, None
-        # −grad·exp(x)/E, written in place over x (in float32 for half precision).
-        compute = _compute_dtype(log_ratio.dtype)
-        work = log_ratio.to(compute) if log_ratio.dtype != compute else None
-        weights = torch.add(neg_shift, log_ratio if work is None else work, alpha=ctx.beta, out=work).exp_()
-        grad_r = weights.mul_(torch.div(grad, expsum).neg_())
-        return grad_r.to(log_ratio.dtype), None, None, None, None
+        # −grad·exp(x)/E, written in place over x.
+        weights = torch.add(neg_shift, log_ratio, alpha=ctx.beta).exp_()
+        return weights.mul_(torch.div(grad, expsum).neg_()), None, None, None, None
 
 
 # --------------------------------------------------------------------------------------
