@@ -14,7 +14,7 @@ from benchutil import DTYPES, GPU, implementation
 
 from fastgan.ops import batch_norm_leaky_relu
 
-SHAPES = [(64, 128, 16, 16), (128, 256, 32, 32)] if GPU else [(8, 32, 16, 16)]
+SHAPES = [(64, 128, 16, 16), (128, 256, 32, 32)] if GPU else [(8, 32, 16, 16), (32, 64, 16, 16)]
 SLOPE = 0.2
 
 

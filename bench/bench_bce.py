@@ -13,7 +13,7 @@ from benchutil import DTYPES, GPU, Rotating, implementation
 
 from fastgan.ops import bce_with_logits, gan_bce_losses
 
-SIZES = [256, 1024, 2**26] if GPU else [256]
+SIZES = [256, 1024, 2**26] if GPU else [256, 65536, 2**20]
 
 
 def _inputs(n, dtype, device, requires_grad):

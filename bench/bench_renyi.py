@@ -12,7 +12,7 @@ from benchutil import DTYPES, GPU, Rotating, implementation
 
 from fastgan.ops import renyi_divergence
 
-SIZES = [256, 2**26] if GPU else [256]
+SIZES = [256, 2**26] if GPU else [256, 65536, 2**20]
 ALPHA = 0.5
 
 

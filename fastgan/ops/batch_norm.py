@@ -13,15 +13,15 @@ kernels and the backward derivation):
     eval:     μ, σ² = running_mean, running_var
     y = leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias, negative_slope)
 
-Memory: the kernel path and the torch backend (PyTorch's ``native_batch_norm`` and
-``native_batch_norm_backward`` with the activation in place, the activation's mask
-recomputed from x in the backward) save x and two vectors of C for the backward; eager
-PyTorch saves the BatchNorm input and the activation's output (in place) or input. The
-in-place-ABN alternative (save y, invert the activation and the affine map to recover x̂)
-is not used: it cannot invert ReLU (slope 0), divides by the weight, and makes an exact
-double backward impossible because x would no longer be in the graph. Saving x keeps the
-second-order gradients (R1 penalties through the discriminator) exact: under
-``create_graph=True`` the backward is recomputed in differentiable PyTorch from x.
+Memory: the kernel path saves x and two vectors of C for the backward (the activation's mask
+recomputed from x); the torch backend (PyTorch's ``native_batch_norm_backward``) saves x and y,
+reading the mask from y, as eager BatchNorm followed by an in-place activation does (y is the
+next layer's input, kept by that layer anyway). The in-place-ABN alternative (save y alone,
+invert the activation and the affine map to recover x̂) is not used: it cannot invert ReLU
+(slope 0), divides by the weight, and makes an exact double backward impossible because x
+would no longer be in the graph. Saving x keeps the second-order gradients (R1 penalties
+through the discriminator) exact: under ``create_graph=True`` the backward is recomputed in
+differentiable PyTorch from x.
 
 Synchronised (``process_group=``, as ``nn.SyncBatchNorm``): the statistics are those of the
 batch concatenated over the K processes of the group, whose per-process batch sizes may
