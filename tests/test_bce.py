@@ -1,6 +1,7 @@
 """fastgan.ops.bce_with_logits and gan_bce_losses against float64 references, on every backend."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -625,3 +626,22 @@ def test_cuda_graph_capture(kernel_backend, capture_cuda_graph):
         torch.cuda.synchronize()
         for got, want in zip(static_grads, step()):
             torch.testing.assert_close(got, want)
+
+
+def test_torch_backend_says_once_when_it_takes_the_slower_reference(monkeypatch):
+    """The torch backend's fast forms need operands of one dtype; the reference form it falls
+    back to is slower, and it says so once (and still gives the reference's values)."""
+    monkeypatch.setattr(bce_module._backend, "_warned", set())
+    real = logits((9,), "cpu").float()
+    fake = logits((7,), "cpu").bfloat16()
+    with pytest.warns(UserWarning, match="gan_bce_losses: .* different dtypes run the slower reference"):
+        ours = gan_bce_losses(real, fake, backend="torch")
+    want = gan_bce_losses_reference(real, fake)
+    torch.testing.assert_close(ours.d_loss, want.d_loss)
+    x, y = logits((9,), "cpu").float(), torch.rand(9, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="bce_with_logits: operands of mixed dtypes"):
+        bce_with_logits(x, y, backend="torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gan_bce_losses(real, fake, backend="torch")  # once
+        bce_with_logits(x, y, backend="torch")

@@ -595,6 +595,10 @@ def bce_with_logits(
                 target_tensor = torch.full((), target_value, dtype=dtype, device=input.device).expand(input.shape)
             return F.binary_cross_entropy_with_logits(input, target_tensor, weight, reduction=reduction,
                                                       pos_weight=pos_weight)
+        if not torch.compiler.is_compiling():
+            _backend.warn_once("bce_with_logits:reference",
+                               "fastgan.ops.bce_with_logits: operands of mixed dtypes, or a weight that needs a "
+                               "gradient, run the slower reference form on the torch backend")
         return bce_with_logits_reference(input, target, weight, pos_weight, reduction)
     write_grad = torch.is_grad_enabled() and input.requires_grad
     if torch.compiler.is_compiling():
@@ -758,15 +762,21 @@ _gan_bce_losses_op.register_autograd(_gan_backward, setup_context=_gan_setup_con
 
 
 class _GanBCELossesFunction(torch.autograd.Function):
-    """Eager entry to the fused GAN kernel path (same context and backward as the custom op)."""
+    """Eager entry to the fused GAN kernel path (the custom op's backward). Returns the two
+    losses alone; the kernel's gradients stay in ctx (fewer outputs: less host time)."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        output = _gan_kernel_forward(*inputs)
-        _gan_setup_context(ctx, inputs, output)
-        return output
+    def forward(ctx, real, fake, real_target, fake_target, write_grad, backend):
+        d_loss, g_loss, *grads = _gan_kernel_forward(real, fake, real_target, fake_target, write_grad, backend)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(real, fake, *(grads if write_grad else (None, None, None)))
+        ctx.real_target = real_target
+        ctx.fake_target = fake_target
+        return d_loss, g_loss
 
-    backward = staticmethod(_gan_backward)
+    @staticmethod
+    def backward(ctx, grad_d, grad_g):
+        return _gan_backward(ctx, grad_d, grad_g)
 
 
 def _check_label(value, name: str) -> float:
@@ -815,14 +825,17 @@ def gan_bce_losses(
     dtype = real_logits.dtype if same_dtype else _kernel_dtype(real_logits, fake_logits)
     name = _backend.select_backend("gan_bce_losses", backend, device, dtype)
     if name == "torch":
+        if not same_dtype and not torch.compiler.is_compiling():
+            _backend.warn_once("gan_bce_losses:mixed-dtypes",
+                               "fastgan.ops.gan_bce_losses: real_logits and fake_logits of different dtypes run "
+                               "the slower reference form on the torch backend; pass one dtype for the fast one")
         if not same_dtype or real_logits.numel() == 0 or fake_logits.numel() == 0 or torch.compiler.is_compiling():
-            # Mixed dtypes and empty inputs are rare; torch.compile fuses the reference anyway.
+            # Empty inputs need no speed; torch.compile fuses the reference anyway.
             return gan_bce_losses_reference(real_logits, fake_logits, real_target, fake_target)
         return GanBCELosses(*_GanBCELossesTorchFunction.apply(real_logits, fake_logits, real_target, fake_target))
     write_grad = torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)
     args = (real_logits, fake_logits, real_target, fake_target, write_grad, name)
     if torch.compiler.is_compiling():
         outputs = _gan_bce_losses_op(*args)
-    else:
-        outputs = _GanBCELossesFunction.apply(*args)
-    return GanBCELosses(outputs[0], outputs[1])
+        return GanBCELosses(outputs[0], outputs[1])
+    return GanBCELosses(*_GanBCELossesFunction.apply(*args))
