@@ -638,10 +638,11 @@ def test_torch_backend_says_once_when_it_takes_the_slower_reference(monkeypatch)
         ours = gan_bce_losses(real, fake, backend="torch")
     want = gan_bce_losses_reference(real, fake)
     torch.testing.assert_close(ours.d_loss, want.d_loss)
-    x, y = logits((9,), "cpu").float(), torch.rand(9, dtype=torch.float64)
-    with pytest.warns(UserWarning, match="bce_with_logits: operands of mixed dtypes"):
-        bce_with_logits(x, y, backend="torch")
+    x, y, w = logits((9,), "cpu").float(), torch.rand(9), torch.rand(9, requires_grad=True)
+    with pytest.warns(UserWarning, match="bce_with_logits: .* a weight that needs a gradient"):
+        loss = bce_with_logits(x, y, w, backend="torch")
+    torch.testing.assert_close(loss, bce_with_logits_reference(x, y, w))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gan_bce_losses(real, fake, backend="torch")  # once
-        bce_with_logits(x, y, backend="torch")
+        bce_with_logits(x, y, w, backend="torch")
