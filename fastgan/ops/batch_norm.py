@@ -103,9 +103,15 @@ def _channel_view(t: Tensor, ndim: int) -> Tensor:
     return t.view((1, -1) + (1,) * (ndim - 2))
 
 
-def _normalise_activate(x: Tensor, weight, bias, mean: Tensor, var: Tensor, eps: float, slope: float) -> Tensor:
-    """leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias), differentiable in every argument."""
-    z = (x - _channel_view(mean, x.dim())) * _channel_view(torch.rsqrt(var + eps), x.dim())
+def _normalise_activate(x: Tensor, weight, bias, mean: Tensor, var: Tensor, eps: float, slope: float,
+                        mean_low: Optional[Tensor] = None) -> Tensor:
+    """leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias), differentiable in every argument. With
+    ``mean_low``, μ = mean + mean_low (a float32 pair): x − mean is exact when |mean| ≫ std,
+    and the low part is taken from the centred value, so μ's float32 rounding costs nothing."""
+    centred = x - _channel_view(mean, x.dim())
+    if mean_low is not None:
+        centred = centred - _channel_view(mean_low, x.dim())
+    z = centred * _channel_view(torch.rsqrt(var + eps), x.dim())
     if weight is not None:
         z = z * _channel_view(weight.to(z.dtype), x.dim())
     if bias is not None:
@@ -132,21 +138,32 @@ def _running_factor(momentum: Optional[float], num_batches_tracked: Optional[Ten
     return momentum if momentum is not None else 1.0 / num_batches_tracked
 
 
-def _global_batch_statistics(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean, biased variance, count) per channel over the batch concatenated across ``group``,
-    differentiable in this process's ``x``: each process's (count, mean, M2) row is gathered and
-    the K rows merged by Chan's formula in closed form, μ = Σ n_k·μ_k / P and
-    M2 = Σ M2_k + Σ n_k·(μ_k − μ)², with P = Σ n_k. An empty ``x`` contributes a zero row."""
+def _global_batch_statistics(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mean, its float32 low part, biased variance, count) per channel over the batch
+    concatenated across ``group``, differentiable in this process's ``x``.
+
+    Each process takes shifted-data statistics: m̃_k = mean(x) in float32, c = x − m̃_k (exact
+    when |mean| ≫ std), the residual ρ_k = mean(c) and M2_k = Σ(c − ρ_k)². The K rows
+    (n_k, m̃_k, ρ_k, M2_k) are gathered and merged by Chan's formula in closed form with the
+    global mean kept as a float32 pair: μ_hi = Σ n_k·m̃_k / P, μ_lo = Σ n_k·((m̃_k − μ_hi) + ρ_k) / P,
+    and M2 = Σ M2_k + Σ n_k·d_k², d_k = (m̃_k − μ_hi) + (ρ_k − μ_lo), with P = Σ n_k. So
+    inputs whose mean dwarfs their spread lose nothing to μ's rounding (the statistics eager
+    PyTorch's CPU kernel gets by accumulating in float64). An empty ``x`` gives a zero row."""
     dims = [0] + list(range(2, x.dim()))
     positions = x.numel() // x.shape[1]
-    local_mean = x.sum(dims) / max(positions, 1)
-    local_m2 = (x - _channel_view(local_mean, x.dim())).square().sum(dims)
-    local = torch.stack([torch.full_like(local_mean, positions), local_mean, local_m2]).unsqueeze(0)
-    counts, means, m2s = gather_batch(local, group).unbind(1)
+    per = max(positions, 1)
+    rough = x.sum(dims) / per
+    centred = x - _channel_view(rough, x.dim())
+    residual = centred.sum(dims) / per
+    m2 = (centred - _channel_view(residual, x.dim())).square().sum(dims)
+    local = torch.stack([torch.full_like(rough, positions), rough, residual, m2]).unsqueeze(0)
+    counts, roughs, residuals, m2s = gather_batch(local, group).unbind(1)
     count = counts.sum(0)
-    mean = (counts * means).sum(0) / count
-    m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
-    return mean, m2 / count, count
+    mean = (counts * roughs).sum(0) / count
+    mean_low = (counts * ((roughs - mean) + residuals)).sum(0) / count
+    offsets = (roughs - mean) + (residuals - mean_low)
+    m2 = m2s.sum(0) + (counts * offsets.square()).sum(0)
+    return mean, mean_low, m2 / count, count
 
 
 def batch_norm_leaky_relu_reference(
@@ -170,19 +187,21 @@ def batch_norm_leaky_relu_reference(
     positions = _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
                             num_batches_tracked, synchronised=group is not None)
     x32 = x.to(_compute_dtype(x.dtype))
+    mean_low = None
     if training:
         _advance(num_batches_tracked, running_mean)
         if group is None:
             mean, var = _batch_statistics(x32)
         else:
-            mean, var, positions = _global_batch_statistics(x32, group)
+            mean, mean_low, var, positions = _global_batch_statistics(x32, group)
             positions = positions.detach()
         if running_mean is not None:
-            _update_running(running_mean, running_var, mean.detach(), var.detach(), positions,
+            full_mean = mean.detach() if mean_low is None else (mean + mean_low).detach()
+            _update_running(running_mean, running_var, full_mean, var.detach(), positions,
                             _running_factor(momentum, num_batches_tracked))
     else:
         mean, var = running_mean.to(x32.dtype), running_var.to(x32.dtype)
-    return _normalise_activate(x32, weight, bias, mean, var, eps, negative_slope).to(x.dtype)
+    return _normalise_activate(x32, weight, bias, mean, var, eps, negative_slope, mean_low).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -610,13 +629,14 @@ def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_
         inputs = [t if t is None or t.requires_grad else t.detach().requires_grad_(w)
                   for t, w in zip((x3, weight, bias), wanted)]
         x32 = inputs[0].to(_compute_dtype(x3.dtype))
+        mean_low = None
         if running_mean is None and group is not None:
-            mean, var, _ = _global_batch_statistics(x32, group)
+            mean, mean_low, var, _ = _global_batch_statistics(x32, group)
         elif running_mean is None:
             mean, var = _batch_statistics(x32)
         else:
             mean, var = running_mean.to(x32.dtype), running_var.to(x32.dtype)
-        y = _normalise_activate(x32, inputs[1], inputs[2], mean, var, eps, slope)
+        y = _normalise_activate(x32, inputs[1], inputs[2], mean, var, eps, slope, mean_low)
         targets = [t for t, w in zip(inputs, wanted) if w and t is not None]
         found = iter(torch.autograd.grad(y, targets, grad_out3.to(y.dtype), create_graph=True))
     return tuple(next(found).to(t.dtype) if w and t is not None else None for t, w in zip(inputs, wanted))
