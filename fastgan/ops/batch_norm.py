@@ -354,7 +354,7 @@ def _leaky_relu_grad_from_x(grad_out, x, weight, bias, mean, stat, training: boo
 # --------------------------------------------------------------------------------------
 
 
-def _check_vector(value, name: str, channels: int, x: Tensor) -> None:
+def _check_vector(value, name: str, channels: int, device: torch.device) -> None:
     if value is None:
         return
     if not isinstance(value, torch.Tensor):
@@ -363,8 +363,13 @@ def _check_vector(value, name: str, channels: int, x: Tensor) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
     if value.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) for an input with {channels} channels, got {tuple(value.shape)}")
-    if value.device != x.device:
-        raise RuntimeError(f"{name} is on {value.device} but x is on {x.device}")
+    if value.device != device:
+        raise RuntimeError(f"{name} is on {value.device} but x is on {device}")
+
+
+def _is_real(value) -> bool:
+    """A real number that is not a bool (floats first: the ABC check costs host time per call)."""
+    return type(value) is float or (not isinstance(value, bool) and isinstance(value, numbers.Real))
 
 
 def _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
@@ -378,19 +383,21 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"x must have shape (N, C, *) with at least 2 dimensions, got {tuple(x.shape)}")
-    channels = x.shape[1]
-    for value, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
-        _check_vector(value, name, channels, x)
+    channels, device = x.shape[1], x.device
+    _check_vector(weight, "weight", channels, device)
+    _check_vector(bias, "bias", channels, device)
+    _check_vector(running_mean, "running_mean", channels, device)
+    _check_vector(running_var, "running_var", channels, device)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
     if not training and running_mean is None:
         raise ValueError("training=False normalises with running_mean/running_var, which are None")
-    if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)):
+    if momentum is not None and not _is_real(momentum):
         raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
     for value, name in ((eps, "eps"), (negative_slope, "negative_slope")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not _is_real(value) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite real number, got {value!r}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
@@ -398,8 +405,8 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
         if (not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1
                 or num_batches_tracked.dtype != torch.int64):
             raise TypeError("num_batches_tracked must be a one-element int64 tensor (the module's buffer) or None")
-        if num_batches_tracked.device != x.device:
-            raise RuntimeError(f"num_batches_tracked is on {num_batches_tracked.device} but x is on {x.device}")
+        if num_batches_tracked.device != device:
+            raise RuntimeError(f"num_batches_tracked is on {num_batches_tracked.device} but x is on {device}")
     if training and running_mean is not None and momentum is None and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     if synchronised and channels == 0:
