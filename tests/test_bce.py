@@ -646,3 +646,17 @@ def test_torch_backend_says_once_when_it_takes_the_slower_reference(monkeypatch)
         warnings.simplefilter("error")
         gan_bce_losses(real, fake, backend="torch")  # once
         bce_with_logits(x, y, w, backend="torch")
+
+
+def test_gan_bce_losses_without_grad_match_with_grad(backend, device):
+    """Under no_grad (and for logits that need no gradient) the same values, no graph."""
+    real = logits((33, 1), device).float().requires_grad_()
+    fake = logits((17,), device, mean=-1.0).float().requires_grad_()
+    want = gan_bce_losses(real, fake, real_target=0.9, fake_target=0.05, backend=backend)
+    with torch.no_grad():
+        got = gan_bce_losses(real, fake, real_target=0.9, fake_target=0.05, backend=backend)
+    detached = gan_bce_losses(real.detach(), fake.detach(), real_target=0.9, fake_target=0.05, backend=backend)
+    for losses in (got, detached):
+        assert losses.d_loss.grad_fn is None and losses.g_loss.grad_fn is None
+        torch.testing.assert_close(losses.d_loss, want.d_loss.detach())
+        torch.testing.assert_close(losses.g_loss, want.g_loss.detach())

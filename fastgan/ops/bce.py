@@ -133,20 +133,10 @@ class _GanBCELossesTorchFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, real: Tensor, fake: Tensor, real_target: float, fake_target: float):
-        accumulate = torch.float64 if real.dtype == torch.float64 else torch.float32
-        inv_real, inv_fake = 1.0 / real.numel(), 1.0 / fake.numel()
-        d_loss = _log_sigmoid_sum(real, accumulate).mul_(-real_target * inv_real)
-        if real_target != 1.0:
-            d_loss.add_(F.softplus(real).sum(dtype=accumulate), alpha=(1.0 - real_target) * inv_real)
-        g_loss = _log_sigmoid_sum(fake, accumulate)
-        if fake_target != 0.0:
-            d_loss.sub_(g_loss, alpha=fake_target * inv_fake)
-        if fake_target != 1.0:
-            d_loss.add_(F.softplus(fake).sum(dtype=accumulate), alpha=(1.0 - fake_target) * inv_fake)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(real, fake)
         ctx.real_target, ctx.fake_target = real_target, fake_target
-        return d_loss.to(real.dtype), g_loss.mul_(-inv_fake).to(fake.dtype)
+        return _gan_torch_losses(real, fake, real_target, fake_target)
 
     @staticmethod
     def backward(ctx, grad_d, grad_g):
@@ -172,6 +162,21 @@ class _GanBCELossesTorchFunction(torch.autograd.Function):
             if grad_g is not None:
                 d_fake.sub_(grad_g, alpha=inv_fake)
         return d_real, d_fake, None, None
+
+
+def _gan_torch_losses(real: Tensor, fake: Tensor, real_target: float, fake_target: float) -> tuple[Tensor, Tensor]:
+    """(d_loss, g_loss) of :class:`_GanBCELossesTorchFunction` (no graph)."""
+    accumulate = torch.float64 if real.dtype == torch.float64 else torch.float32
+    inv_real, inv_fake = 1.0 / real.numel(), 1.0 / fake.numel()
+    d_loss = _log_sigmoid_sum(real, accumulate).mul_(-real_target * inv_real)
+    if real_target != 1.0:
+        d_loss.add_(F.softplus(real).sum(dtype=accumulate), alpha=(1.0 - real_target) * inv_real)
+    g_loss = _log_sigmoid_sum(fake, accumulate)
+    if fake_target != 0.0:
+        d_loss.sub_(g_loss, alpha=fake_target * inv_fake)
+    if fake_target != 1.0:
+        d_loss.add_(F.softplus(fake).sum(dtype=accumulate), alpha=(1.0 - fake_target) * inv_fake)
+    return d_loss.to(real.dtype), g_loss.mul_(-inv_fake).to(fake.dtype)
 
 
 def _log_sigmoid_sum(x: Tensor, accumulate: torch.dtype) -> Tensor:
@@ -832,6 +837,8 @@ def gan_bce_losses(
         if not same_dtype or real_logits.numel() == 0 or fake_logits.numel() == 0 or torch.compiler.is_compiling():
             # Empty inputs need no speed; torch.compile fuses the reference anyway.
             return gan_bce_losses_reference(real_logits, fake_logits, real_target, fake_target)
+        if not (torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)):
+            return GanBCELosses(*_gan_torch_losses(real_logits, fake_logits, real_target, fake_target))
         return GanBCELosses(*_GanBCELossesTorchFunction.apply(real_logits, fake_logits, real_target, fake_target))
     write_grad = torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)
     args = (real_logits, fake_logits, real_target, fake_target, write_grad, name)
