@@ -125,8 +125,11 @@ def renyi_divergence(
     name = _backend.select_backend("renyi_divergence", backend, log_ratio.device, log_ratio.dtype)
     beta = 1.0 - alpha
     if name == "torch":
-        if beta == 0.0 or log_ratio.shape[dim] == 0 or torch.compiler.is_compiling():
-            # −mean(r), NaN for no samples; under torch.compile the reference is fused anyway.
+        if (beta == 0.0 or log_ratio.shape[dim] == 0 or log_ratio.device.type != "cpu"
+                or torch.compiler.is_compiling()):
+            # −mean(r), NaN for no samples; the fast form reads per-row scalars on the host, free
+            # on the CPU but a synchronisation (and no CUDA graph) elsewhere; under
+            # torch.compile the reference is fused anyway.
             return renyi_divergence_reference(log_ratio, alpha, dim, keepdim)
         return _renyi_torch(log_ratio, beta, dim, keepdim)
     if log_ratio.dim() == 1 and not keepdim and not torch.compiler.is_compiling():
@@ -152,8 +155,9 @@ def renyi_divergence(
 
 
 def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Tensor:
-    """The torch backend for β ≠ 0 and n ≥ 1: :class:`_RenyiTorchFunction` when the shift m is
-    finite in every row, else the reference (infinite or NaN logits at the extreme, rare)."""
+    """The torch backend on CPU tensors for β ≠ 0 and n ≥ 1: :class:`_RenyiTorchFunction` when
+    the shift m is finite in every row, else the reference (infinite or NaN logits at the
+    extreme, rare)."""
     r = log_ratio.detach()
     if log_ratio.dim() == 1:
         extreme = r.amax() if beta > 0 else r.amin()
