@@ -501,8 +501,9 @@ def bn_leaky_relu_backward_input_kernel(
 
 
 # Warps per program: the channels_last tile (32 x 64) over 8 warps holds half the values per
-# thread that 4 would, which keeps the backward reduction near 50 registers (fp32) instead
-# of 72 and raises its occupancy; the channels-first tile (2 x 512) is small enough for 4.
+# thread that 4 would, which keeps register use and occupancy down; the channels-first tile
+# (2 x 512) is small enough for 4. The backward reduction, with four compensated per-lane
+# accumulators, doubles these where the element size allows (_reduce_constants).
 _CHANNELS_LAST_WARPS = 8
 _CHANNELS_FIRST_WARPS = 4
 
