@@ -341,7 +341,7 @@ class Launch:
     signature: dict
     constexprs: list  # [[path, value], ...]
     attrs: list  # [[path, [[name, value], ...]], ...]
-    options: dict  # num_warps, num_stages, num_ctas
+    options: dict  # num_warps, num_stages, num_ctas, enable_fp_fusion
     grid: list
     bytes_moved: int = 0  # bytes its loads and stores requested (when executed)
 
@@ -383,7 +383,7 @@ def specialise(kernel, args, kwargs) -> tuple[dict, list, list, dict]:
     jit_fn, binder = _binder(fn)
     bound, specialisation, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = jit_fn._pack_args(_sm90_backend(), kwargs, bound, specialisation, options)
-    kept = {name: getattr(options, name) for name in ("num_warps", "num_stages", "num_ctas")}
+    kept = {name: getattr(options, name) for name in ("num_warps", "num_stages", "num_ctas", "enable_fp_fusion")}
     return (dict(signature), [[list(path), value] for path, value in sorted(constexprs.items())],
             [[list(path), [list(a) for a in value]] for path, value in sorted(attrs.items()) if value], kept)
 

@@ -1,4 +1,5 @@
-"""Triton kernels for fused BatchNorm + LeakyReLU (installed as ``fastgan.kernels.batch_norm``).
+"""Triton kernels for fused BatchNorm + LeakyReLU (installed as ``fastgan.kernels.batch_norm``);
+the twin of csrc/batch_norm.cu, launch for launch.
 
 Layout. Every tensor is seen as (N, C, S): S = the flattened spatial positions, element
 (n, c, s) at n·stride_n + c·stride_c + s·stride_s. Contiguous NCHW has stride_s = 1,
@@ -6,31 +7,55 @@ channels_last has stride_c = 1; a tile is BLOCK_C channels × BLOCK_P positions,
 position p = n·S + s runs over all N·S = P samples of a channel. The block shape is picked
 by the caller so that the unit-stride dimension is the long one.
 
+Accuracy when |mean| ≫ std (eager PyTorch's CPU float32 is the yardstick: it accumulates in
+double): the statistics are of x − K, K = x[0, c, 0] the channel's pivot, which every split
+reads, so float32 keeps the spread instead of the mean's digits; the per-channel merges and
+scalars (mean, invstd, Σdz·x̂ = invstd·Σdz·(x − μ), eval's 1/sqrt(var + eps) and w·invstd) are
+computed in float64 and rounded once (per-channel work: it costs nothing that matters); every
+elementwise pass centres first, (x − μ)·(w·invstd) + b, never x·a + (bias − μ·a), which
+cancels; the gradient sums are compensated: per lane in float32 (TwoSum, each product's
+rounding error recovered exactly by an FMA; the reduction kernel is compiled without FP
+contraction, which would fuse a product into its sum and break that), across a program's
+lanes once in float64, and over the splits in float32 pairs again.
+
 Forward (training), three launches:
   1. partial statistics: each (channel block, split) program walks its range of positions
-     and keeps per channel (count, mean, M2) with Welford/Chan merges of two-pass tile
-     statistics: tile mean, then tile M2 = Σ(x − tile mean)² (never E[x²] − E[x]²);
-     merging (n_a, μ_a, M2_a) with (n_b, μ_b, M2_b): δ = μ_b − μ_a, n = n_a + n_b,
-     μ = μ_a + δ·n_b/n, M2 = M2_a + M2_b + δ²·n_a·n_b/n.
-  2. finalize: merge the splits, var = M2/P (biased, for normalising), invstd =
-     1/sqrt(var + eps); update the running statistics in place with the unbiased
-     M2/(P − 1) and factor = momentum, or 1/num_batches_tracked (cumulative average) read
-     on the device, so no host synchronisation.
-  3. elementwise: y = leaky_relu(x·a + b) with a = w·invstd, b = bias − mean·a.
-Eval is launch 3 alone with a, b from the running statistics.
+     and keeps per channel (count, mean − K, M2) with Welford/Chan merges of two-pass tile
+     statistics of the shifted values x − K: tile mean, then tile M2 = Σ(x − K − tile mean)²
+     (never E[x²] − E[x]²); merging (n_a, μ_a, M2_a) with (n_b, μ_b, M2_b): δ = μ_b − μ_a,
+     n = n_a + n_b, μ = μ_a + δ·n_b/n, M2 = M2_a + M2_b + δ²·n_a·n_b/n. Out: fp32
+     [splits, 3, C].
+  2. finalize (float64): merge the splits in order with the same formula, means relative to
+     the first non-empty row's; μ = K + merged mean rounded once to float32, and its rounding
+     residual ρ = μ_exact − μ; var = M2/P (biased, for normalising), invstd =
+     1/sqrt(var + eps) rounded once; update the running statistics in place with the unbiased
+     M2/(P − 1) and factor = momentum, or 1/num_batches_tracked (cumulative average) read on
+     the device, so no host synchronisation. ρ goes to the first split row's count slots,
+     which only this channel's program has read.
+  3. elementwise: y = leaky_relu((x − μ)·a + b) with a = w·invstd, b = bias − ρ·a.
+Eval is launch 3 alone with μ, var from the running statistics (ρ = 0).
 
 Synchronised (multi-device) training splits this between the devices' launches: each
-device merges its splits into one (count, mean, M2) row [3, C] (bn_merge_partials_kernel),
-the caller all-gathers the rows into [devices, 3, C], and the finalize merges those rows
-exactly as it merges splits (Chan's formula is associative), with P the global count.
+device merges its splits into one (count, mean, M2, mean residual) row [4, C]
+(bn_merge_partials_kernel), the mean un-shifted (K + merged mean, rounded once, plus what the
+rounding dropped) so that devices with different pivots combine as they are; the caller
+all-gathers the rows into [devices, 4, C], and the finalize merges those rows exactly as it
+merges splits (Chan's formula is associative; each row's mean is its float32 mean plus its
+residual), with P the global count; ρ then goes to the first device row's residual slots.
 
-Backward. With x̂ = (x − μ)·invstd, z = w·x̂ + bias, y = z if z > 0 else slope·z:
+Backward. With x̂ = (x − μ)·invstd, z = (x − μ)·w·invstd + bias, y = z if z > 0 else slope·z:
     dz = dy if z > 0 else slope·dy
-    dbias = Σ dz,   dw = Σ dz·x̂                 (sums over the P positions of a channel)
+    dbias = Σ dz,   dw = Σ dz·x̂ = invstd·Σ dz·(x − μ)    (sums over the P positions of a channel)
     training: dx = w·invstd·(dz − Σdz/P − x̂·Σ(dz·x̂)/P)   (μ and σ depend on x)
     eval:     dx = w·invstd·dz
-Two data passes: a reduction (per-split partial Σdz, Σdz·x̂), a tiny finalize over C (dw,
-dbias, and the two coefficients), and the elementwise dx pass. Only x is saved.
+(the training line: y depends on x directly and through μ = Σx/P and invstd =
+(Σ(x − μ)²/P + eps)^(−1/2); ∂μ/∂x = 1/P and ∂invstd/∂x = −invstd³·(x − μ)/P, so
+∂L/∂x = w·invstd·dz − w·invstd·Σdz/P − w·invstd·x̂·Σ(dz·x̂)/P, the middle term from μ, the
+last from invstd; the Σ(x − μ) = 0 term drops out.)
+Two data passes: a reduction (per-split compensated Σdz, Σdz·(x − μ) and their rounding
+errors, fp32 [splits, 4, C]), a tiny finalize over C (dw, dbias, and the two coefficients),
+and the elementwise dx pass. Only x is saved. The backward's z leaves out the forward's ρ, a
+change far below float32's resolution of z, like eager's float32 saved mean.
 Synchronised: the finalize writes the device's raw sums (scale 1 instead of 1/P), the caller
 sums them over the devices and divides by the global P, and the dx pass reads the result;
 dw and dbias stay the device's own sums, as in nn.SyncBatchNorm (data parallelism reduces
@@ -92,31 +117,54 @@ def _tile_mask(channels, positions, C, end, CHANNELS_LAST: tl.constexpr, ALIGN: 
 
 
 @triton.jit
-def _normalise_coefficients(channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps,
-                            STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Per-channel (mean, invstd, w, bias) in fp32; stat is invstd (saved batch statistics)
-    or a variance (running statistics, eval) turned into 1/sqrt(var + eps)."""
-    mean = tl.load(mean_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
-    stat = tl.load(stat_ptr + channels, mask=c_mask, other=1.0).to(tl.float32)
+def _invstd_f64(stat, eps, STAT_IS_INVSTD: tl.constexpr):
+    """invstd in float64: the saved float32 invstd, or 1/sqrt(var + eps) of a variance
+    (running statistics) computed in float64, so what is derived from it is rounded once."""
     if STAT_IS_INVSTD:
-        invstd = stat
+        return stat.to(tl.float64)
     else:
-        invstd = 1.0 / tl.sqrt(stat + eps)
+        return 1.0 / tl.sqrt(stat.to(tl.float64) + eps)
+
+
+@triton.jit
+def _normalise_coefficients(channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, residual_ptr, eps,
+                            STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            HAS_RESIDUAL: tl.constexpr):
+    """Per-channel fp32 (mean, invstd, scale = w·invstd, shift) with z = (x − mean)·scale + shift:
+    stat is invstd (saved batch statistics) or a variance (running statistics, eval), and
+    shift = bias − residual·scale takes the mean's float32 rounding residual (forward only)."""
+    mean = tl.load(mean_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+    stat = tl.load(stat_ptr + channels, mask=c_mask, other=1.0)
+    invstd = _invstd_f64(stat, eps, STAT_IS_INVSTD)
     if HAS_WEIGHT:
-        w = tl.load(weight_ptr + channels, mask=c_mask, other=1.0).to(tl.float32)
+        scale = tl.load(weight_ptr + channels, mask=c_mask, other=1.0).to(tl.float64) * invstd
     else:
-        w = tl.full(mean.shape, 1.0, tl.float32)
+        scale = invstd
+    scale = scale.to(tl.float32)
     if HAS_BIAS:
-        b = tl.load(bias_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+        shift = tl.load(bias_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
     else:
-        b = tl.zeros(mean.shape, tl.float32)
-    return mean, invstd, w, b
+        shift = tl.zeros(mean.shape, tl.float32)
+    if HAS_RESIDUAL:
+        shift -= tl.load(residual_ptr + channels, mask=c_mask, other=0.0) * scale
+    return mean, invstd.to(tl.float32), scale, shift
+
+
+@triton.jit
+def _channel_pivot(x_ptr, channels, c_mask, stride_c, P, INT64: tl.constexpr):
+    """The statistics pivot K_c = x[0, c, 0] (0 for an empty batch): the reductions accumulate
+    x − K_c, whose mean is O(std) rather than O(|mean|), so float32 loses nothing to
+    |mean| ≫ std; every split of a channel reads the same K_c."""
+    has_values = tl.zeros_like(channels) < P
+    if INT64:
+        channels = channels.to(tl.int64)
+    return tl.load(x_ptr + channels * stride_c, mask=c_mask & has_values, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def bn_partial_statistics_kernel(
     x_ptr,                 # input x, (N, C, S) with the strides below
-    partials_ptr,          # fp32 [splits, 3, C]: (count, mean, M2) of each split's positions
+    partials_ptr,          # fp32 [splits, 3, C]: (count, mean − K, M2) of each split's positions
     C, S, P,               # channels, spatial positions per sample, P = N·S
     stride_n, stride_c, stride_s,
     positions_per_split,   # positions each split covers (a multiple of BLOCK_P)
@@ -130,6 +178,7 @@ def bn_partial_statistics_kernel(
     channels = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
+    pivot = _channel_pivot(x_ptr, channels, c_mask, stride_c, P, INT64)
     start = split * positions_per_split
     end = tl.minimum(start + positions_per_split, P)
     count = tl.zeros([BLOCK_C], tl.float32)
@@ -140,9 +189,10 @@ def bn_partial_statistics_kernel(
         mask = _tile_mask(channels, positions, C, end, CHANNELS_LAST, ALIGN)
         offsets = _tile_offsets(channels, positions, S, stride_n, stride_c, stride_s, INT64, CHANNELS_LAST, ALIGN)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        shifted = tl.where(mask, x - pivot[:, None], 0.0)
         tile_count = tl.minimum(end - p0, BLOCK_P).to(tl.float32)
-        tile_mean = tl.sum(x, axis=1) / tile_count
-        centred = tl.where(mask, x - tile_mean[:, None], 0.0)
+        tile_mean = tl.sum(shifted, axis=1) / tile_count
+        centred = tl.where(mask, shifted - tile_mean[:, None], 0.0)
         tile_m2 = tl.sum(centred * centred, axis=1)
         total = count + tile_count
         delta = tile_mean - mean
@@ -156,59 +206,80 @@ def bn_partial_statistics_kernel(
 
 
 @triton.jit
-def _merge_rows(partials_ptr, rows, C, channels, c_mask, BLOCK_C: tl.constexpr):
-    """Chan's merge of ``rows`` (count, mean, M2) rows of fp32 [rows, 3, C], in order
-    (deterministic); rows with count 0 (an empty split or device) change nothing."""
-    count = tl.zeros([BLOCK_C], tl.float32)
-    mean = tl.zeros([BLOCK_C], tl.float32)
-    m2 = tl.zeros([BLOCK_C], tl.float32)
+def _merge_rows(rows_ptr, rows, C, channels, c_mask, ROW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chan's merge in float64 of the ``rows`` rows of fp32 [rows, ROW, C], in order
+    (deterministic): ROW = 3, (count, mean − K, M2) split rows, or ROW = 4, (count, mean, M2,
+    mean residual) device rows, whose mean is mean + residual. Rows with count 0 (an empty
+    split or device) change nothing. The means are merged relative to the first non-empty
+    row's (``origin``, returned apart from the relative mean). float64 because M2 carries the
+    δ² cross terms of every merge, which float32 would round at each step."""
+    count = tl.zeros([BLOCK_C], tl.float64)
+    origin = tl.zeros([BLOCK_C], tl.float64)
+    mean = tl.zeros([BLOCK_C], tl.float64)
+    m2 = tl.zeros([BLOCK_C], tl.float64)
     for index in range(0, rows):
-        row = partials_ptr + index * 3 * C + channels
-        n_b = tl.load(row, mask=c_mask, other=0.0)
-        mean_b = tl.load(row + C, mask=c_mask, other=0.0)
-        m2_b = tl.load(row + 2 * C, mask=c_mask, other=0.0)
+        row = rows_ptr + index * ROW * C + channels
+        n_b = tl.load(row, mask=c_mask, other=0.0).to(tl.float64)
+        row_mean = tl.load(row + C, mask=c_mask, other=0.0).to(tl.float64)
+        origin = tl.where(count == 0, row_mean, origin)
+        mean_b = row_mean - origin
+        if ROW == 4:
+            mean_b += tl.load(row + 3 * C, mask=c_mask, other=0.0).to(tl.float64)
+        m2_b = tl.load(row + 2 * C, mask=c_mask, other=0.0).to(tl.float64)
         total = count + n_b
         delta = mean_b - mean
         ratio = tl.where(total > 0, n_b / tl.maximum(total, 1.0), 0.0)
         mean += delta * ratio
         m2 += m2_b + delta * delta * count * ratio
         count = total
-    return count, mean, m2
+    return count, origin, mean, m2
 
 
 @triton.jit
 def bn_merge_partials_kernel(
+    x_ptr,                 # the input x (its pivots x[0, c, 0])
     partials_ptr,          # fp32 [splits, 3, C] from bn_partial_statistics_kernel
-    merged_ptr,            # fp32 [3, C] out: (count, mean, M2) of all the splits, one row of the same form
-    splits, C,
-    BLOCK_C: tl.constexpr,
+    merged_ptr,            # fp32 [4, C] out: (count, mean, M2, mean − float32 mean) of all the splits
+    splits, C, P, stride_c,
+    INT64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = channels < C
-    count, mean, m2 = _merge_rows(partials_ptr, splits, C, channels, c_mask, BLOCK_C)
-    tl.store(merged_ptr + channels, count, mask=c_mask)
-    tl.store(merged_ptr + C + channels, mean, mask=c_mask)
-    tl.store(merged_ptr + 2 * C + channels, m2, mask=c_mask)
+    count, origin, mean, m2 = _merge_rows(partials_ptr, splits, C, channels, c_mask, 3, BLOCK_C)
+    exact_mean = _channel_pivot(x_ptr, channels, c_mask, stride_c, P, INT64).to(tl.float64) + (origin + mean)
+    rounded_mean = exact_mean.to(tl.float32)
+    tl.store(merged_ptr + channels, count.to(tl.float32), mask=c_mask)
+    tl.store(merged_ptr + C + channels, rounded_mean, mask=c_mask)
+    tl.store(merged_ptr + 2 * C + channels, m2.to(tl.float32), mask=c_mask)
+    tl.store(merged_ptr + 3 * C + channels, (exact_mean - rounded_mean.to(tl.float64)).to(tl.float32), mask=c_mask)
 
 
 @triton.jit
 def bn_finalize_statistics_kernel(
-    partials_ptr,          # fp32 [splits, 3, C] (count, mean, M2) rows: the splits, or every device's merged row
+    statistics_ptr,        # fp32 [rows, ROW, C]: split rows (ROW 3, shifted by the pivot) or device rows (ROW 4)
+    x_ptr,                 # the input x (its pivots, when ROW == 3)
     mean_ptr,              # fp32 [C] out: batch mean, saved for the backward
     invstd_ptr,            # fp32 [C] out: 1/sqrt(biased var + eps), saved for the backward
+    residual_ptr,          # fp32 [C] out: mean − float32 mean; may be a slot row of statistics (read first)
     running_mean_ptr,      # [C] running mean, updated in place (any float dtype) when HAS_RUNNING
     running_var_ptr,       # [C] running variance (unbiased estimate), updated in place
     num_batches_tracked_ptr,  # int64 [1], already incremented; read when CUMULATIVE
-    splits, C,             # splits: the number of rows in partials
+    rows, C, P, stride_c,  # rows: the number of rows in statistics; P, stride_c: x's (for the pivot)
     momentum,              # running-statistics factor (unused when CUMULATIVE)
     eps,
+    ROW: tl.constexpr, INT64: tl.constexpr,
     HAS_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,  # CUMULATIVE: momentum=None, factor 1/num_batches_tracked
     BLOCK_C: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = channels < C
-    count, mean, m2 = _merge_rows(partials_ptr, splits, C, channels, c_mask, BLOCK_C)
-    invstd = 1.0 / tl.sqrt(m2 / count + eps)
+    count, origin, merged_mean, m2 = _merge_rows(statistics_ptr, rows, C, channels, c_mask, ROW, BLOCK_C)
+    exact_mean = origin + merged_mean
+    if ROW == 3:
+        exact_mean += _channel_pivot(x_ptr, channels, c_mask, stride_c, P, INT64).to(tl.float64)
+    mean = exact_mean.to(tl.float32)
+    invstd = (1.0 / tl.sqrt(m2 / count + eps)).to(tl.float32)
+    tl.store(residual_ptr + channels, (exact_mean - mean.to(tl.float64)).to(tl.float32), mask=c_mask)
     tl.store(mean_ptr + channels, mean, mask=c_mask)
     tl.store(invstd_ptr + channels, invstd, mask=c_mask)
     if HAS_RUNNING:
@@ -218,7 +289,7 @@ def bn_finalize_statistics_kernel(
             factor = momentum
         running_mean = tl.load(running_mean_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
         running_var = tl.load(running_var_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
-        unbiased = m2 / (count - 1.0)
+        unbiased = (m2 / (count - 1.0)).to(tl.float32)
         tl.store(running_mean_ptr + channels, running_mean + factor * (mean - running_mean), mask=c_mask)
         tl.store(running_var_ptr + channels, running_var + factor * (unbiased - running_var), mask=c_mask)
 
@@ -228,12 +299,13 @@ def bn_leaky_relu_forward_kernel(
     x_ptr, y_ptr,          # input and output, (N, C, S) each with its own strides
     mean_ptr, stat_ptr,    # per-channel mean and invstd (training) or running mean and variance (eval)
     weight_ptr, bias_ptr,  # affine parameters [C] (absent: 1 and 0)
+    residual_ptr,          # fp32 [C]: the mean's float32 rounding residual (training)
     C, S, P,
     x_stride_n, x_stride_c, x_stride_s,
     y_stride_n, y_stride_c, y_stride_s,
     eps,                   # used only when the stat is a variance
     slope,                 # LeakyReLU negative slope (0: ReLU)
-    STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -242,15 +314,14 @@ def bn_leaky_relu_forward_kernel(
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
-    mean, invstd, w, b = _normalise_coefficients(
-        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
+    mean, _, scale, shift = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, residual_ptr, eps,
+        STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL,
     )
-    scale = w * invstd
-    shift = b - mean * scale
     x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64,
                                       CHANNELS_LAST, ALIGN),
                 mask=mask, other=0.0).to(tl.float32)
-    z = x * scale[:, None] + shift[:, None]
+    z = (x - mean[:, None]) * scale[:, None] + shift[:, None]
     y = tl.where(z > 0, z, z * slope)
     tl.store(y_ptr + _tile_offsets(channels, positions, S, y_stride_n, y_stride_c, y_stride_s, INT64,
                                    CHANNELS_LAST, ALIGN),
@@ -258,18 +329,45 @@ def bn_leaky_relu_forward_kernel(
 
 
 @triton.jit
-def _activation_grad(x, dy, mean, invstd, w, b, slope):
-    """(x̂, dz) of a tile: dz = dy where z = w·x̂ + bias > 0, else slope·dy."""
-    xhat = (x - mean[:, None]) * invstd[:, None]
-    z = xhat * w[:, None] + b[:, None]
-    return xhat, tl.where(z > 0, dy, dy * slope)
+def _activation_grad(x, dy, mean, scale, shift, slope):
+    """(x − mean, dz) of a tile: dz = dy where z = (x − mean)·scale + shift > 0, else slope·dy."""
+    centred = x - mean[:, None]
+    z = centred * scale[:, None] + shift[:, None]
+    return centred, tl.where(z > 0, dy, dy * slope)
+
+
+@triton.jit
+def _two_sum(a, b):
+    """(a + b rounded, its exact rounding error): Knuth's TwoSum, branch-free."""
+    total = a + b
+    b_part = total - a
+    return total, (a - (total - b_part)) + (b - b_part)
+
+
+@triton.jit
+def _add_compensated(total_a, error_a, total_b, error_b):
+    """Sum of two compensated values (total, error)."""
+    total, error = _two_sum(total_a, total_b)
+    return total, error + (error_a + error_b)
+
+
+@triton.jit
+def _sum_lanes(total, error):
+    """The per-lane compensated sums (total, error) of a [BLOCK_C, BLOCK_P] tile added across
+    its lanes, as a float32 (sum, rounding error) pair per channel. Once per program, so in
+    float64, which holds the sum of a few thousand float32 pairs to far below float32's
+    resolution (a custom-combine tl.reduce would do it in float32 pairs, but Triton's
+    interpreter runs those element by element)."""
+    exact = tl.sum(total.to(tl.float64) + error.to(tl.float64), axis=1)
+    rounded = exact.to(tl.float32)
+    return rounded, (exact - rounded.to(tl.float64)).to(tl.float32)
 
 
 @triton.jit
 def bn_leaky_relu_backward_reduce_kernel(
     grad_out_ptr, x_ptr,   # dy and the saved input, (N, C, S) with their own strides
     mean_ptr, stat_ptr, weight_ptr, bias_ptr,  # as in the forward
-    partials_ptr,          # fp32 [splits, 2, C] out: per split Σdz and Σdz·x̂
+    partials_ptr,          # fp32 [splits, 4, C] out: per split Σdz, Σdz·(x − mean) and their rounding errors
     C, S, P,
     g_stride_n, g_stride_c, g_stride_s,
     x_stride_n, x_stride_c, x_stride_s,
@@ -282,15 +380,19 @@ def bn_leaky_relu_backward_reduce_kernel(
     split = tl.program_id(1)
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
-    mean, invstd, w, b = _normalise_coefficients(
-        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
+    mean, _, scale, shift = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, mean_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT,
+        HAS_BIAS, False,
     )
     start = split * positions_per_split
     end = tl.minimum(start + positions_per_split, P)
-    # Per-lane sums, reduced across the tile once after the loop: a cross-thread reduction
-    # per tile would cost shared memory and registers in every iteration.
-    acc_dz = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
-    acc_dz_xhat = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    # Per-lane compensated sums (TwoSum; a product's rounding error dz·xc − fl(dz·xc) is exact
+    # by FMA), reduced across the tile once after the loop: a cross-thread reduction per tile
+    # would cost shared memory and registers in every iteration.
+    sum_dz = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    error_dz = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    sum_dz_xc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    error_dz_xc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
     for p0 in range(start, end, BLOCK_P):
         positions = p0 + tl.arange(0, BLOCK_P)
         mask = _tile_mask(channels, positions, C, end, CHANNELS_LAST, ALIGN)
@@ -300,41 +402,56 @@ def bn_leaky_relu_backward_reduce_kernel(
         dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64,
                                                   CHANNELS_LAST, ALIGN),
                      mask=mask, other=0.0).to(tl.float32)
-        xhat, dz = _activation_grad(x, dy, mean, invstd, w, b, slope)
-        acc_dz += dz
-        acc_dz_xhat += tl.where(mask, dz * xhat, 0.0)
-    sum_dz = tl.sum(acc_dz, axis=1)
-    sum_dz_xhat = tl.sum(acc_dz_xhat, axis=1)
-    out = partials_ptr + split * 2 * C + channels
+        centred, dz = _activation_grad(x, dy, mean, scale, shift, slope)
+        centred = tl.where(mask, centred, 0.0)
+        sum_dz, step_error = _two_sum(sum_dz, dz)
+        error_dz += step_error
+        product = dz * centred
+        sum_dz_xc, step_error = _two_sum(sum_dz_xc, product)
+        error_dz_xc += step_error + tl.fma(dz, centred, -product)
+    sum_dz, error_dz = _sum_lanes(sum_dz, error_dz)
+    sum_dz_xc, error_dz_xc = _sum_lanes(sum_dz_xc, error_dz_xc)
+    out = partials_ptr + split * 4 * C + channels
     tl.store(out, sum_dz, mask=c_mask)
-    tl.store(out + C, sum_dz_xhat, mask=c_mask)
+    tl.store(out + C, sum_dz_xc, mask=c_mask)
+    tl.store(out + 2 * C, error_dz, mask=c_mask)
+    tl.store(out + 3 * C, error_dz_xc, mask=c_mask)
 
 
 @triton.jit
 def bn_leaky_relu_backward_finalize_kernel(
-    partials_ptr,          # fp32 [splits, 2, C] from the reduce kernel
+    partials_ptr,          # fp32 [splits, 4, C] from the reduce kernel
+    stat_ptr,              # [C] invstd (training) or running variance (eval)
     grad_weight_ptr,       # [C] out: Σdz·x̂ (when HAS_GRAD_WEIGHT), the weight's dtype
     grad_bias_ptr,         # [C] out: Σdz (when HAS_GRAD_BIAS)
     coefficients_ptr,      # fp32 [2, C] out: Σdz/P and Σdz·x̂/P (training only)
     splits, C, inv_p,      # inv_p = 1/P (1: the raw sums, for a caller that adds devices' sums first)
-    TRAINING: tl.constexpr, HAS_GRAD_WEIGHT: tl.constexpr, HAS_GRAD_BIAS: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    eps,
+    STAT_IS_INVSTD: tl.constexpr, TRAINING: tl.constexpr, HAS_GRAD_WEIGHT: tl.constexpr,
+    HAS_GRAD_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = channels < C
     sum_dz = tl.zeros([BLOCK_C], tl.float32)
-    sum_dz_xhat = tl.zeros([BLOCK_C], tl.float32)
-    for split in range(0, splits):
-        row = partials_ptr + split * 2 * C + channels
-        sum_dz += tl.load(row, mask=c_mask, other=0.0)
-        sum_dz_xhat += tl.load(row + C, mask=c_mask, other=0.0)
+    error_dz = tl.zeros([BLOCK_C], tl.float32)
+    sum_dz_xc = tl.zeros([BLOCK_C], tl.float32)
+    error_dz_xc = tl.zeros([BLOCK_C], tl.float32)
+    for split in range(0, splits):  # in order: deterministic
+        row = partials_ptr + split * 4 * C + channels
+        sum_dz, error_dz = _add_compensated(sum_dz, error_dz, tl.load(row, mask=c_mask, other=0.0),
+                                            tl.load(row + 2 * C, mask=c_mask, other=0.0))
+        sum_dz_xc, error_dz_xc = _add_compensated(sum_dz_xc, error_dz_xc, tl.load(row + C, mask=c_mask, other=0.0),
+                                                  tl.load(row + 3 * C, mask=c_mask, other=0.0))
+    invstd = _invstd_f64(tl.load(stat_ptr + channels, mask=c_mask, other=1.0), eps, STAT_IS_INVSTD)
+    total_dz = sum_dz + error_dz
+    total_dz_xhat = ((sum_dz_xc.to(tl.float64) + error_dz_xc.to(tl.float64)) * invstd).to(tl.float32)
     if HAS_GRAD_WEIGHT:
-        tl.store(grad_weight_ptr + channels, sum_dz_xhat.to(grad_weight_ptr.dtype.element_ty), mask=c_mask)
+        tl.store(grad_weight_ptr + channels, total_dz_xhat.to(grad_weight_ptr.dtype.element_ty), mask=c_mask)
     if HAS_GRAD_BIAS:
-        tl.store(grad_bias_ptr + channels, sum_dz.to(grad_bias_ptr.dtype.element_ty), mask=c_mask)
+        tl.store(grad_bias_ptr + channels, total_dz.to(grad_bias_ptr.dtype.element_ty), mask=c_mask)
     if TRAINING:
-        tl.store(coefficients_ptr + channels, sum_dz * inv_p, mask=c_mask)
-        tl.store(coefficients_ptr + C + channels, sum_dz_xhat * inv_p, mask=c_mask)
+        tl.store(coefficients_ptr + channels, total_dz * inv_p, mask=c_mask)
+        tl.store(coefficients_ptr + C + channels, total_dz_xhat * inv_p, mask=c_mask)
 
 
 @triton.jit
@@ -356,8 +473,9 @@ def bn_leaky_relu_backward_input_kernel(
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
-    mean, invstd, w, b = _normalise_coefficients(
-        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS
+    mean, invstd, scale, shift = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, mean_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT,
+        HAS_BIAS, False,
     )
     x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64,
                                       CHANNELS_LAST, ALIGN),
@@ -365,12 +483,12 @@ def bn_leaky_relu_backward_input_kernel(
     dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64,
                                               CHANNELS_LAST, ALIGN),
                  mask=mask, other=0.0).to(tl.float32)
-    xhat, dz = _activation_grad(x, dy, mean, invstd, w, b, slope)
+    centred, dz = _activation_grad(x, dy, mean, scale, shift, slope)
     if TRAINING:
         mean_dz = tl.load(coefficients_ptr + channels, mask=c_mask, other=0.0)
         mean_dz_xhat = tl.load(coefficients_ptr + C + channels, mask=c_mask, other=0.0)
-        dz = dz - mean_dz[:, None] - xhat * mean_dz_xhat[:, None]
-    dx = dz * (w * invstd)[:, None]
+        dz = dz - mean_dz[:, None] - centred * invstd[:, None] * mean_dz_xhat[:, None]
+    dx = dz * scale[:, None]
     tl.store(grad_x_ptr + _tile_offsets(channels, positions, S, dx_stride_n, dx_stride_c, dx_stride_s, INT64,
                                         CHANNELS_LAST, ALIGN),
              dx.to(grad_x_ptr.dtype.element_ty), mask=mask)
@@ -383,8 +501,9 @@ def bn_leaky_relu_backward_input_kernel(
 
 
 # Warps per program: the channels_last tile (32 x 64) over 8 warps holds half the values per
-# thread that 4 would, which keeps the backward reduction near 50 registers (fp32) instead
-# of 72 and raises its occupancy; the channels-first tile (2 x 512) is small enough for 4.
+# thread that 4 would, which keeps register use and occupancy down; the channels-first tile
+# (2 x 512) is small enough for 4. The backward reduction, with four compensated per-lane
+# accumulators, doubles these where the element size allows (_reduce_constants).
 _CHANNELS_LAST_WARPS = 8
 _CHANNELS_FIRST_WARPS = 4
 
@@ -415,49 +534,65 @@ def _tile_launch(plan, *tensors) -> dict:
 
 
 def _finalize_block(channels: int) -> int:
-    return min(1024, max(16, triton.next_power_of_2(channels)))
+    # 256 channels per program at most: the finalize kernels hold float64 state per channel.
+    return min(256, max(16, triton.next_power_of_2(channels)))
 
 
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
                                     partials, *, plan, momentum, cumulative, eps, slope):
-    """Statistics, finalize (running statistics updated in place) and the elementwise pass."""
+    """Statistics, finalize (running statistics updated in place) and the elementwise pass.
+    ``partials``: fp32 [splits, 3, C] scratch; the finalize leaves the mean's rounding residual
+    in its first row's count slots."""
     _launch_partial_statistics(x, partials, plan)
-    launch_batch_norm_forward_from_statistics(
-        x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
-        plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope,
-    )
+    _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
+                            partials[0, 0], plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope)
 
 
 def launch_batch_norm_statistics(x, partials, merged, *, plan):
     """The first stage of a synchronised training forward: the per-split statistics of ``x``
-    into ``partials`` (fp32 [splits, 3, C]), merged into ``merged`` (fp32 [3, C], one
-    (count, mean, M2) row; zeros for an empty ``x``)."""
-    c = x.shape[1]
+    into ``partials`` (fp32 [splits, 3, C]), merged into ``merged`` (fp32 [4, C], one
+    (count, mean, M2, mean residual) row; zeros for an empty ``x``)."""
+    n, c, s = x.shape
     _launch_partial_statistics(x, partials, plan)
     block = _finalize_block(c)
-    bn_merge_partials_kernel[(triton.cdiv(c, block),)](partials, merged, plan.splits, c, BLOCK_C=block)
+    bn_merge_partials_kernel[(triton.cdiv(c, block),)](
+        x, partials, merged, plan.splits, c, n * s, x.stride(1), INT64=plan.needs_int64, BLOCK_C=block,
+    )
 
 
 def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean,
                                               invstd, statistics, *, plan, momentum, cumulative, eps, slope):
-    """Finalize over the rows of ``statistics`` (fp32 [rows, 3, C]: the splits of ``x``, or
-    every device's merged row), updating the running statistics, then the elementwise pass."""
-    c = x.shape[1]
+    """Finalize over the device rows ``statistics`` (fp32 [devices, 4, C], every device's
+    merged row), updating the running statistics, then the elementwise pass. The mean's
+    rounding residual is left in the first row's residual slots."""
+    _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
+                            statistics, statistics[0, 3], plan=plan, momentum=momentum, cumulative=cumulative,
+                            eps=eps, slope=slope)
+
+
+def _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
+                            statistics, residual, *, plan, momentum, cumulative, eps, slope):
+    """Finalize over the rows of ``statistics`` (fp32 [splits, 3, C] shifted by the pivots, or
+    [devices, 4, C]) into mean, invstd, ``residual`` (fp32 [C]) and the running statistics,
+    then y."""
+    n, c, s = x.shape
     has_running = running_mean is not None
     block = _finalize_block(c)
     bn_finalize_statistics_kernel[(triton.cdiv(c, block),)](
-        statistics, mean, invstd,
+        statistics, x, mean, invstd, residual,
         running_mean if has_running else mean, running_var if has_running else invstd,
         num_batches_tracked if cumulative else mean,
-        statistics.shape[0], c, momentum, eps,
-        HAS_RUNNING=has_running, CUMULATIVE=cumulative, BLOCK_C=block,
+        statistics.shape[0], c, n * s, x.stride(1), momentum, eps,
+        ROW=statistics.shape[1], INT64=plan.needs_int64, HAS_RUNNING=has_running, CUMULATIVE=cumulative,
+        BLOCK_C=block,
     )
-    _launch_elementwise(x, y, mean, invstd, weight, bias, plan=plan, eps=eps, slope=slope, stat_is_invstd=True)
+    _launch_elementwise(x, y, mean, invstd, weight, bias, residual, plan=plan, eps=eps, slope=slope,
+                        stat_is_invstd=True)
 
 
 def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var, *, plan, eps, slope):
     """One elementwise pass normalising with the running statistics."""
-    _launch_elementwise(x, y, running_mean, running_var, weight, bias, plan=plan, eps=eps, slope=slope,
+    _launch_elementwise(x, y, running_mean, running_var, weight, bias, None, plan=plan, eps=eps, slope=slope,
                         stat_is_invstd=False)
 
 
@@ -469,7 +604,7 @@ def _launch_partial_statistics(x, partials, plan):
     )
 
 
-def _launch_elementwise(x, y, mean, stat, weight, bias, *, plan, eps, slope, stat_is_invstd):
+def _launch_elementwise(x, y, mean, stat, weight, bias, residual, *, plan, eps, slope, stat_is_invstd):
     n, c, s = x.shape
     p = n * s
     if p == 0:  # an empty grid (a device with no samples in a synchronised batch)
@@ -477,15 +612,18 @@ def _launch_elementwise(x, y, mean, stat, weight, bias, *, plan, eps, slope, sta
     grid = (triton.cdiv(c, plan.block_c), triton.cdiv(p, plan.block_p))
     bn_leaky_relu_forward_kernel[grid](
         x, y, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
+        residual if residual is not None else mean,
         c, s, p, *x.stride(), *y.stride(), eps, slope,
         STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None,
         INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, x, y),
     )
 
 
 def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials,
                                coefficients, *, plan, training, stat_is_invstd, eps, slope):
-    """Reduction, finalize (dw, dbias) and, when ``grad_x`` is given, the elementwise dx pass."""
+    """Reduction (``partials``: fp32 [splits, 4, C] scratch), finalize (dw, dbias) and, when
+    ``grad_x`` is given, the elementwise dx pass."""
     n, c, s = x.shape
     p = n * s
     if training or grad_weight is not None or grad_bias is not None:
@@ -519,23 +657,35 @@ def _backward_constants(weight, bias, plan, stat_is_invstd, *tensors):
                 **_tile_launch(plan, *tensors))
 
 
+def _reduce_constants(weight, bias, plan, stat_is_invstd, grad_out, x):
+    """The backward reduction's launch keywords: twice the tile's warps for 4-byte (and wider)
+    elements, which halves the four compensated per-lane accumulators each thread holds
+    (fp32: 72-80 registers down to 40-58) while every thread still reads 16-byte runs; 2-byte
+    elements keep the tile's warps, or a thread's run would shrink to 8 bytes."""
+    constants = _backward_constants(weight, bias, plan, stat_is_invstd, grad_out, x)
+    if x.element_size() >= 4:
+        constants["num_warps"] *= 2
+    return constants
+
+
 def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients, *,
                           plan, training, stat_is_invstd, inv_p, eps, slope):
     n, c, s = x.shape
     bn_leaky_relu_backward_reduce_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
         grad_out, x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean, partials,
         c, s, n * s, *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope,
-        **_backward_constants(weight, bias, plan, stat_is_invstd, grad_out, x),
+        # No FP contraction: fusing a product into its compensated sum would break the TwoSum.
+        enable_fp_fusion=False, **_reduce_constants(weight, bias, plan, stat_is_invstd, grad_out, x),
     )
     block = _finalize_block(c)
     bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
-        partials,
+        partials, stat,
         grad_weight if grad_weight is not None else partials,
         grad_bias if grad_bias is not None else partials,
         coefficients if coefficients is not None else partials,
-        plan.splits, c, inv_p,
-        TRAINING=training, HAS_GRAD_WEIGHT=grad_weight is not None, HAS_GRAD_BIAS=grad_bias is not None,
-        BLOCK_C=block,
+        plan.splits, c, inv_p, eps,
+        STAT_IS_INVSTD=stat_is_invstd, TRAINING=training, HAS_GRAD_WEIGHT=grad_weight is not None,
+        HAS_GRAD_BIAS=grad_bias is not None, BLOCK_C=block,
     )
 
 

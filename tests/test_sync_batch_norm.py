@@ -364,7 +364,6 @@ def test_error_within_twice_eager_float32(backend, _fresh_seed, request):
     (at most twice its error)."""
     # Known, not yet fixed; not strict: whether a case loses depends on the inputs.
     reasons = {
-        "triton": "the Triton kernels' float32 statistics and normalisation lose to eager's when |mean| >> std",
         "cuda": "grad x can reach ~2.3x eager's at mean 40/std 3: each device's float32 M2 leaves the merged invstd "
         "up to ~1 ulp off",
     }

@@ -26,15 +26,16 @@ differentiable PyTorch from x.
 Synchronised (``process_group=``, as ``nn.SyncBatchNorm``): the statistics are those of the
 batch concatenated over the K processes of the group, whose per-process batch sizes may
 differ (P_k positions on process k, P = Σ P_k). The kernels already reduce x as per-split
-(count, mean, M2) partials ``[splits, 3, C]`` merged by Chan's formula: for two parts a, b
+(count, mean, M2) partials ``[splits, 3, C]`` (of x − K, K a per-channel pivot, so that float32
+keeps the spread when |mean| ≫ std) merged by Chan's formula: for two parts a, b
 with δ = μ_b − μ_a, n = n_a + n_b,
 
     μ = μ_a + δ·n_b/n,   M2 = M2_a + M2_b + δ²·n_a·n_b/n     (associative; M2 never E[x²]−E[x]²)
 
-so each process merges its splits into one row (P_k, μ_k, M2_k) ``[3, C]`` (the CUDA kernels
-add μ_k's float32 rounding residual: ``[4, C]``, so that |mean| ≫ std loses nothing in the
-merge), ONE all-gather fills a preallocated ``[K, 3 or 4, C]``, and every process runs the
-same finalize over those K rows:
+so each process merges its splits into one row (P_k, μ_k, M2_k, ρ_k) ``[4, C]``, ρ_k the
+float32 rounding residual of μ_k (so that |mean| ≫ std loses nothing in the merge), ONE
+all-gather fills a preallocated ``[K, 4, C]``, and every process runs the same finalize over
+those K rows:
 μ, σ² = M2/P and the running statistics with the unbiased M2/(P − 1) of the global P, as
 ``nn.SyncBatchNorm`` updates them. Backward: with dz and x̂ as in the kernels,
 
@@ -654,9 +655,9 @@ def _differentiable_backward(grad_out3, x3, weight, bias, running_mean, running_
 # --------------------------------------------------------------------------------------
 
 
-# Each device's statistics row: (count, mean, M2), and in the CUDA kernels the mean's float32
-# rounding residual as a fourth entry, so that the merged mean is as exact as one device's.
-_DEVICE_ROW = {"cuda": 4, "triton": 3}
+# Each device's statistics row: (count, mean, M2, the mean's float32 rounding residual), so
+# that the merged mean is as exact as one device's.
+_DEVICE_ROW = 4
 
 
 def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum: float,
@@ -667,9 +668,9 @@ def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_
     y3 = _launch.output_like(x3)
     plan = _plan(x3, y3)
     partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
-    local = x3.new_empty((1, _DEVICE_ROW[backend], channels), dtype=torch.float32)
+    local = x3.new_empty((1, _DEVICE_ROW, channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_statistics")(x3, partials, local[0], plan=plan)
-    gathered = x3.new_empty((dist.get_world_size(group), _DEVICE_ROW[backend], channels), dtype=torch.float32)
+    gathered = x3.new_empty((dist.get_world_size(group), _DEVICE_ROW, channels), dtype=torch.float32)
     all_gather_into(gathered, local, group)
     mean = _launch.output(x3, (channels,), torch.float32)
     invstd = _launch.output(x3, (channels,), torch.float32)
