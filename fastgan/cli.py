@@ -146,7 +146,8 @@ IMAGE_DEFAULTS = dict(
 # The embedded shapes set's own preset: the layered generator with a mixture latent of two
 # components per mode (24 modes; with one per mode, components that land on the same mode
 # leave others empty), a normalisation-free discriminator with R1, Adam (0, 0.99) at a high
-# learning rate and a short EMA. It learns clean shapes on one CPU thread in minutes (README).
+# learning rate and a short EMA. On one CPU thread it covers 22-24 of the 24 modes in about 5
+# minutes, with 62-69 % of samples valid (README).
 SHAPES_DEFAULTS = dict(
     IMAGE_DEFAULTS, model="layered", latent_dim=32, components=48, hidden=16, steps=6500, batch_size=64,
     lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99, r1_gamma=0.2, r1_every=4, ema_decay=0.99,

@@ -210,7 +210,8 @@ class LayeredGenerator(nn.Module):
     and composites x = 2·(m·f + (1 − m)·b) − 1. Why: on the ``shapes`` set a plain DCGAN of any
     CPU-affordable width makes coloured blobs for thousands of steps; with the colour and the
     pose factored out, the convolutions learn only a mask per component, and one CPU thread
-    trains it to clean shapes in a few minutes (README). The mixture's components give the
+    trains it in about 5 minutes to cover 22–24 of the 24 modes, though only 62–69 % of its
+    samples pass the set's detector (README). The mixture's components give the
     discrete choice of shape and colour that a connected Gaussian latent cannot.
     """
 
