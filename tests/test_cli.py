@@ -348,6 +348,57 @@ def test_toy_presets_have_one_latent_component_per_mode(data, components, steps,
     assert generator.latent_dim == 9 and generator.prior.components == components
 
 
-def test_components_are_refused_for_images(capsys):
-    code = cli.main(["train", "--data", "shapes", "--components", "4", "--steps", "1"])
-    assert code == 2 and "--components (a mixture latent prior) applies to the MLP toy models only" in capsys.readouterr().err
+def test_components_are_refused_for_the_dcgan(capsys):
+    code = cli.main(["train", "--data", "shapes", "--model", "dcgan", "--components", "4", "--steps", "1"])
+    assert code == 2 and "--components (a mixture latent prior) applies to the MLP toy models and --model layered only" \
+        in capsys.readouterr().err
+    code = cli.main(["train", "--data", "ring8", "--model", "layered", "--steps", "1"])
+    assert code == 2 and "--model layered makes images" in capsys.readouterr().err
+    code = cli.main(["train", "--data", "shapes", "--beta1", "1", "--steps", "1"])
+    assert code == 2 and "--beta1 must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_shapes_preset_reaches_the_config_models_and_optimisers():
+    from fastgan import models
+
+    config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "shapes", "--device", "cpu"]))
+    expected = dict(model="layered", image_size=32, latent_dim=32, components=48, hidden=16, steps=6500,
+                    batch_size=64, lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99, r1_gamma=0.2, r1_every=4,
+                    ema_decay=0.99, lr_decay=1.0, d_loss="bce", g_loss="nonsaturating")
+    assert {key: config[key] for key in expected} == expected
+    _, generator, discriminator = cli._build(config)
+    assert isinstance(generator, models.LayeredGenerator) and isinstance(discriminator, models.ConvDiscriminator)
+    assert generator.latent_dim == 33 and generator.prior.means.shape == (48, 32)
+    trainer = cli._make_trainer(config, generator, discriminator)
+    assert trainer.opt_d.param_groups[0]["betas"] == (0.0, 0.99) and trainer.r1_gamma == 0.2
+    assert trainer.ema_decay == 0.99 and trainer.lr_g == 2e-3
+    # Flags override the preset; --model dcgan drops the layered generator's mixture latent.
+    flags = ["train", "--data", "shapes", "--device", "cpu", "--components", "24", "--beta1", "0.5", "--steps", "9"]
+    config = cli._resolve_config(cli.build_parser().parse_args(flags))
+    assert (config["components"], config["beta1"], config["steps"]) == (24, 0.5, 9)
+    config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "shapes", "--model", "dcgan",
+                                                                "--device", "cpu"]))
+    assert config["model"] == "dcgan" and config["components"] == 0
+    assert isinstance(cli._build(config)[1], models.DCGANGenerator)
+    # Other image sets keep the DCGAN preset, and the toy presets their Adam.
+    assert cli.IMAGE_DEFAULTS["model"] == "dcgan" and (cli.TOY_DEFAULTS["beta1"], cli.TOY_DEFAULTS["beta2"]) == (0.5, 0.999)
+
+
+def test_shapes_run_samples_again_from_its_checkpoint(tmp_path, capsys):
+    """`fastgan sample` of a shapes run rebuilds the layered generator and its mixture latent from
+    the checkpoint: with the run's seed it redraws the run's own samples exactly."""
+    out = str(tmp_path / "shapes")
+    tiny = ["--steps", "3", "--batch-size", "8", "--hidden", "4", "--log-every", "1", "--quiet"]
+    assert run(["train", "--data", "shapes", "--out", out, *tiny], capsys)[0] == 0
+    config = strict_json(open(os.path.join(out, "config.json")).read())
+    assert (config["model"], config["components"], config["beta1"], config["beta2"]) == ("layered", 48, 0.0, 0.99)
+    state = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=True)
+    assert state["config"]["model"] == "layered"
+    means = [value for key, value in state["generator"].items() if key.endswith("prior.means")]
+    assert len(means) == 1 and means[0].shape == (48, 32)
+    again = str(tmp_path / "again.npy")
+    code, stdout, _ = run(["sample", out, "-n", "2500", "--seed", "2", "--out", again], capsys)
+    assert code == 0 and "(3, 32, 32)" in stdout
+    assert np.array_equal(np.load(again), np.load(os.path.join(out, "samples.npy")))
+    code, _, _ = run(["sample", out, "-n", "5", "--sampler", "rejection", "--out", str(tmp_path / "r.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "r.npy").shape == (5, 3, 32, 32)

@@ -61,3 +61,47 @@ def test_bad_mixture_arguments_are_named():
         models.MixtureLatent(3, 4, init_scale=0.0)
     with pytest.raises(ValueError, match="components must be a positive integer"):
         models.MixtureLatent(3, 0)
+
+
+def test_layered_generator_composites_a_placed_mask_over_two_colours():
+    torch.manual_seed(0)
+    generator = models.LayeredGenerator(8, 3, 32, width=4, components=5).eval()
+    assert generator.latent_dim == 9 and generator.prior.components == 5
+    z = torch.randn(6, 9) * 1.3 + 0.1
+    images = generator(z)
+    assert images.shape == (6, 3, 32, 32) and images.abs().max() <= 1
+    # At initialisation the placement is the identity: the image is the plain composite.
+    code = generator.prior(z)
+    mask = torch.sigmoid(generator.mask(generator.project(code).view(6, 16, 4, 4)))
+    colours = torch.sigmoid(generator.colours(code)).view(6, 2, 3, 1, 1)
+    expected = (mask * colours[:, 0] + (1 - mask) * colours[:, 1]) * 2 - 1
+    torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-5)
+    # A shift of a quarter of the half-image (tanh(b)/2 = 1/4) samples the mask 4 pixels (of 32) to
+    # the right, so the object moves 4 pixels left.
+    with torch.no_grad():
+        generator.placement.bias.copy_(torch.tensor([0.0, math.atanh(0.5), 0.0]))
+    shifted = generator(z)
+    torch.testing.assert_close(shifted[..., :-4], images[..., 4:], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(shifted, images, atol=1e-3)
+    assert models.LayeredGenerator(8, 1, 64, width=4, components=0)(torch.randn(2, 8)).shape == (2, 1, 64, 64)
+
+
+def test_layered_generator_and_conv_discriminator_arguments():
+    with pytest.raises(ValueError, match="components must be a non-negative integer"):
+        models.LayeredGenerator(8, 3, 32, 4, components=-1)
+    with pytest.raises(ValueError, match="image_size must be 32 or 64"):
+        models.LayeredGenerator(8, 3, 48, 4)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        models.ConvDiscriminator(3, 32, 0)
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_conv_discriminator_scores_each_sample_alone(image_size):
+    """No normalisation layer: a sample's logit does not depend on the rest of the batch (R1 needs that)."""
+    torch.manual_seed(1)
+    discriminator = models.ConvDiscriminator(3, image_size, width=4).train()
+    x = torch.randn(5, 3, image_size, image_size)
+    logits = discriminator(x)
+    assert logits.shape == (5,)
+    other = torch.cat([x[:2], torch.randn(3, 3, image_size, image_size) * 3 + 1])
+    torch.testing.assert_close(discriminator(other)[:2], logits[:2])
