@@ -1,4 +1,5 @@
-"""Host time per fwd+bwd call at 256 logits (``pytest bench --benchmark-only -k host``).
+"""Host time per fwd+bwd call at 256 logits, and of the fused BatchNorm block at 8×32×16×16
+(``pytest bench --benchmark-only -k host``).
 
 What every kernel-backed call pays in Python before and after its launches, measured with the
 launch stubbed out (``fastgan-host-path``), against two yardsticks timed in the same run:
@@ -14,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgan.ops import batch_norm as batch_norm_module
+from fastgan.ops import batch_norm_leaky_relu, bce_with_logits, gan_bce_losses, renyi_divergence
 from fastgan.ops import bce as bce_module
-from fastgan.ops import bce_with_logits, gan_bce_losses, renyi_divergence
 from fastgan.ops import renyi as renyi_module
 
 N = 256
@@ -69,6 +71,22 @@ class _RenyiFloor(torch.autograd.Function):
         return r.new_empty(r.shape)
 
 
+class _BatchNormFloor(torch.autograd.Function):
+    """batch_norm_leaky_relu's shape of call: x, weight, bias in; y out; x and two vectors of C saved."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        y = torch.empty_like(x)
+        mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, _, _ = ctx.saved_tensors
+        return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Host overhead is single-threaded; one intra-op thread keeps eager's 256-element op off
@@ -81,7 +99,7 @@ def _one_thread():
 
 def _stub_launches(monkeypatch):
     """fastgan's kernel path with every launch a no-op (and the triton backend chosen on any device)."""
-    for module in (bce_module, renyi_module):
+    for module in (bce_module, renyi_module, batch_norm_module):
         monkeypatch.setattr(module, "_launcher", lambda backend, name: lambda *args, **kwargs: None)
     monkeypatch.setattr(bce_module._backend, "select_backend", lambda *args: "triton")
 
@@ -138,3 +156,22 @@ def bench_renyi_divergence_host_overhead(benchmark, path, monkeypatch):
     else:
         _stub_launches(monkeypatch)
         benchmark(lambda: renyi_divergence(r, alpha).backward())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def bench_batch_norm_leaky_relu_host_overhead(benchmark, path, monkeypatch):
+    benchmark.group = "batch_norm_leaky_relu host overhead train fwd+bwd 8x32x16x16"
+    x = torch.randn(8, 32, 16, 16, requires_grad=True)
+    grad = torch.randn_like(x)
+    eager_block = torch.nn.Sequential(torch.nn.BatchNorm2d(32), torch.nn.LeakyReLU(0.2))
+    weight = torch.ones(32, requires_grad=True)
+    bias = torch.zeros(32, requires_grad=True)
+    running_mean, running_var = torch.zeros(32), torch.ones(32)
+    if path == "eager":
+        benchmark(lambda: eager_block(x).backward(grad))
+    elif path == "floor":
+        benchmark(lambda: _BatchNormFloor.apply(x, weight, bias).backward(grad))
+    else:
+        _stub_launches(monkeypatch)
+        benchmark(lambda: batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2)
+                  .backward(grad))
