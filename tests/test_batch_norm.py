@@ -298,7 +298,9 @@ def test_saves_no_more_than_eager(backend, device):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
     large = [t.untyped_storage().data_ptr() for t in saved if t.numel() == x.numel()]
-    assert sum(t.numel() for t in saved if t.numel() != x.numel()) <= 4 * 8
+    # weight, bias, the mean and invstd; the kernels' mean is a (float32 mean, residual) pair.
+    vectors = 4 if backend == "torch" else 5
+    assert sum(t.numel() for t in saved if t.numel() != x.numel()) <= vectors * 8
     x_storage, y_storage = x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()
     assert sorted(large) == sorted([x_storage, y_storage] if backend == "torch" else [x_storage])
     eager = []
