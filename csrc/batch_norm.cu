@@ -37,14 +37,16 @@
 // E[x²] − E[x]²), merged over the block's lanes by a fixed shared-memory tree
 // (deterministic); (2) one thread per channel merges the splits in order with Chan's formula,
 // writes mean = K + (mean − K) rounded once, invstd = 1/sqrt(M2/P + eps), the mean's rounding
-// residual (into the splits' first row, which it has read), and updates the running statistics
+// residual (into args.mean_residual, saved for the backward, or else into the splits' first
+// row, which it has read), and updates the running statistics
 // in place (unbiased M2/(P − 1); factor momentum or 1/num_batches_tracked read on the
 // device); (3) elementwise y = leaky_relu((x − mean)·a + b), a = w·invstd,
 // b = bias − residual·a. Eval is (3) alone, from the running statistics.
 //
-// Backward: z = (x − mean)·w·invstd + bias, dz = dy if z > 0 else slope·dy.
-// (1) per-split compensated Σdz, Σdz·(x − mean) with their rounding errors into fp32
-// [splits, 4, C]; (2) per channel: grad_bias = Σdz, grad_weight = Σdz·x̂ = invstd·Σdz·(x − mean),
+// Backward: z = (x − mean)·a + b as in the forward (training: with the saved residual, so the
+// activation mask is the forward's), dz = dy if z > 0 else slope·dy, x̂ = ((x − mean) − residual)·invstd.
+// (1) per-split compensated Σdz, Σdz·(x − mean − residual) with their rounding errors into fp32
+// [splits, 4, C]; (2) per channel: grad_bias = Σdz, grad_weight = Σdz·x̂ = invstd·Σdz·(x − mean − residual),
 // and in training the coefficients (Σdz/P, Σdz·x̂/P); (3) elementwise
 // dx = w·invstd·(dz − Σdz/P − x̂·Σdz·x̂/P) in training, w·invstd·dz in eval.
 //
@@ -200,6 +202,7 @@ struct Walker {
 
 struct Channel {
   float mean;
+  float residual;  // the batch mean's float32 rounding residual (0 when absent)
   float invstd;
   float scale;  // w·invstd
   float b;
@@ -222,15 +225,20 @@ __device__ __forceinline__ Channel load_channel(const BnChannelArgs& ch, int64_t
   result.scale = static_cast<float>(scale);
   const double bias = ch.bias.ptr ? load_scalar(ch.bias.ptr, ch.bias.dtype, c) : 0.0f;
   const double residual = ch.mean_residual ? ch.mean_residual[c] : 0.0f;
+  result.residual = static_cast<float>(residual);
   result.b = static_cast<float>(bias - residual * scale);  // (x − mean − residual)·scale + bias
   return result;
 }
 
 // The LeakyReLU's input z = (x − mean)·w·invstd + bias, centred first: the folded
 // x·scale + (bias − mean·scale) cancels catastrophically when |mean| ≫ std. The backward
-// computes it alike (without the forward's mean residual, a change far below float32's
-// resolution of z, like eager's float32 saved mean).
+// computes it alike, with the forward's mean residual (in p.b): without it, elements whose
+// |z| is below |residual·scale| (up to ~1e-4·|mean|·invstd·ulp) would take the other branch
+// of the activation than in the forward.
 __device__ __forceinline__ float activation_input(float x, const Channel& p) { return (x - p.mean) * p.scale + p.b; }
+
+// x − mean with the mean's residual: x̂ = centred(x)·invstd, as the forward normalised.
+__device__ __forceinline__ float centred(float x, const Channel& p) { return (x - p.mean) - p.residual; }
 
 // The channel's statistics pivot K_c = x[0, c, 0] (0 for an empty batch): the reductions
 // accumulate x − K_c, whose mean is O(std) rather than O(|mean|), so float32 loses nothing to
@@ -548,7 +556,7 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_reduce_kernel(BatchN
           if (j < count) {
             const float dz = activation_input(xv[ch][j], p[ch]) > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
             add_to(acc[ch].dz, dz);
-            add_product_to(acc[ch].dz_xc, dz, xv[ch][j] - p[ch].mean);
+            add_product_to(acc[ch].dz_xc, dz, centred(xv[ch][j], p[ch]));
           }
         }
       }
@@ -620,7 +628,7 @@ __global__ void __launch_bounds__(Tl::kThreads) bn_backward_input_kernel(BatchNo
 #pragma unroll
       for (int j = 0; j < Wk::kValues; ++j) {
         float dz = activation_input(xv[ch][j], p[ch]) > 0.0f ? dy[ch][j] : dy[ch][j] * args.slope;
-        if (TRAINING) dz = dz - mean_dz[ch] - (xv[ch][j] - p[ch].mean) * p[ch].invstd * mean_dz_xhat[ch];
+        if (TRAINING) dz = dz - mean_dz[ch] - centred(xv[ch][j], p[ch]) * p[ch].invstd * mean_dz_xhat[ch];
         xv[ch][j] = dz * p[ch].scale;
       }
     }
@@ -785,9 +793,12 @@ void launch_partial_statistics(const BatchNormForwardTrainArgs& args, cudaStream
 // Finalize over `rows` statistics rows (mean, invstd, running statistics), then y.
 void finalize_and_normalise(const BatchNormForwardTrainArgs& args, const float* statistics, int64_t rows,
                             bool shifted, cudaStream_t stream, const char* op) {
-  // The residual goes to the first row's count slots (the splits') or residual slots (the
-  // devices'), read before by this channel's finalize thread alone; the caller reads neither.
-  float* residual = shifted ? const_cast<float*>(statistics) : const_cast<float*>(statistics) + 3 * args.shape.channels;
+  // The residual goes to args.mean_residual, or else to the first row's count slots (the
+  // splits') or residual slots (the devices'), read before by this channel's finalize thread
+  // alone; the caller reads neither.
+  float* residual = args.mean_residual != nullptr ? args.mean_residual
+                    : shifted ? const_cast<float*>(statistics)
+                              : const_cast<float*>(statistics) + 3 * args.shape.channels;
   bn_finalize_statistics_kernel<<<finalize_grid(args.shape, op), kFinalizeThreads, 0, stream>>>(args, statistics, rows,
                                                                                                  shifted, residual);
   check_launch(op);

@@ -30,7 +30,8 @@ struct BnChannelArgs {
   bool stat_is_invstd;
   float eps;
   // Optional fp32 [C]: what rounding the batch mean to float32 left off (mean − fp32 mean),
-  // folded into the bias of the forward's elementwise pass (training, one device).
+  // folded into the bias of z and taken off x − mean (training; nullptr in eval), so that the
+  // backward's activation mask and x̂ are the forward's.
   const float* mean_residual;
 };
 
@@ -53,6 +54,9 @@ struct BatchNormForwardTrainArgs {
   const int64_t* num_batches_tracked;  // device scalar, read when cumulative
   float* mean;                         // fp32 [C] out
   float* invstd;                       // fp32 [C] out
+  // fp32 [C] out: the batch mean's float32 rounding residual (mean − fp32 mean), saved for the
+  // backward; nullptr: it goes to scratch slots of the statistics rows instead.
+  float* mean_residual;
   float* partials;                     // fp32 [splits, 3, C]: (count, mean, M2) per split
   float momentum;                      // running-statistics factor unless cumulative
   bool cumulative;                     // factor = 1/num_batches_tracked
@@ -77,7 +81,7 @@ struct BatchNormBackwardArgs {
   BnTensor grad_out;
   BnTensor x;
   BnTensor grad_x;       // ptr == nullptr: no input gradient
-  BnChannelArgs channel; // mean, stat, weight, bias, stat_is_invstd, eps
+  BnChannelArgs channel; // mean, stat, weight, bias, stat_is_invstd, eps, mean_residual (training)
   BnVector grad_weight;  // optional: Σ dz·x̂, in its dtype
   BnVector grad_bias;    // optional: Σ dz
   float* partials;       // fp32 [splits, 4, C]: per split Σdz, Σdz·(x − mean) and their rounding errors

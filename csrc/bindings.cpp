@@ -140,8 +140,8 @@ fastgan::BatchNormForwardTrainArgs forward_train_args(
     uintptr_t x, int x_dtype, const Strides3& x_strides, uintptr_t y, int y_dtype, const Strides3& y_strides, int64_t n,
     int64_t c, int64_t s, uintptr_t weight, int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t running_mean,
     int running_mean_dtype, uintptr_t running_var, int running_var_dtype, uintptr_t num_batches_tracked, uintptr_t mean,
-    uintptr_t invstd, uintptr_t partials, int64_t splits, int64_t positions_per_split, float momentum, bool cumulative,
-    float eps, float slope) {
+    uintptr_t invstd, uintptr_t mean_residual, uintptr_t partials, int64_t splits, int64_t positions_per_split,
+    float momentum, bool cumulative, float eps, float slope) {
   fastgan::BatchNormForwardTrainArgs args{};
   args.shape = bn_shape(n, c, s, splits, positions_per_split);
   args.x = bn_tensor(x, x_dtype, x_strides);
@@ -153,6 +153,7 @@ fastgan::BatchNormForwardTrainArgs forward_train_args(
   args.num_batches_tracked = reinterpret_cast<const int64_t*>(num_batches_tracked);
   args.mean = reinterpret_cast<float*>(mean);
   args.invstd = reinterpret_cast<float*>(invstd);
+  args.mean_residual = reinterpret_cast<float*>(mean_residual);
   args.partials = reinterpret_cast<float*>(partials);
   args.momentum = momentum;
   args.cumulative = cumulative;
@@ -165,13 +166,14 @@ void batch_norm_forward_train(uintptr_t x, int x_dtype, const Strides3& x_stride
                               const Strides3& y_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
                               int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t running_mean,
                               int running_mean_dtype, uintptr_t running_var, int running_var_dtype,
-                              uintptr_t num_batches_tracked, uintptr_t mean, uintptr_t invstd, uintptr_t partials,
-                              int64_t splits, int64_t positions_per_split, float momentum, bool cumulative, float eps,
-                              float slope, uintptr_t stream) {
+                              uintptr_t num_batches_tracked, uintptr_t mean, uintptr_t invstd, uintptr_t mean_residual,
+                              uintptr_t partials, int64_t splits, int64_t positions_per_split, float momentum,
+                              bool cumulative, float eps, float slope, uintptr_t stream) {
   fastgan::batch_norm_forward_train(
       forward_train_args(x, x_dtype, x_strides, y, y_dtype, y_strides, n, c, s, weight, weight_dtype, bias, bias_dtype,
                          running_mean, running_mean_dtype, running_var, running_var_dtype, num_batches_tracked, mean,
-                         invstd, partials, splits, positions_per_split, momentum, cumulative, eps, slope),
+                         invstd, mean_residual, partials, splits, positions_per_split, momentum, cumulative, eps,
+                         slope),
       as_stream(stream));
 }
 
@@ -190,13 +192,13 @@ void batch_norm_forward_from_statistics(uintptr_t x, int x_dtype, const Strides3
                                         int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t running_mean,
                                         int running_mean_dtype, uintptr_t running_var, int running_var_dtype,
                                         uintptr_t num_batches_tracked, uintptr_t mean, uintptr_t invstd,
-                                        uintptr_t statistics, int64_t rows, float momentum, bool cumulative, float eps,
-                                        float slope, uintptr_t stream) {
+                                        uintptr_t mean_residual, uintptr_t statistics, int64_t rows, float momentum,
+                                        bool cumulative, float eps, float slope, uintptr_t stream) {
   // No reductions over x here: the split fields are unused (1, 1).
   fastgan::batch_norm_forward_from_statistics(
       forward_train_args(x, x_dtype, x_strides, y, y_dtype, y_strides, n, c, s, weight, weight_dtype, bias, bias_dtype,
                          running_mean, running_mean_dtype, running_var, running_var_dtype, num_batches_tracked, mean,
-                         invstd, 0, 1, 1, momentum, cumulative, eps, slope),
+                         invstd, mean_residual, 0, 1, 1, momentum, cumulative, eps, slope),
       reinterpret_cast<const float*>(statistics), rows, as_stream(stream));
 }
 
@@ -222,15 +224,16 @@ fastgan::BatchNormBackwardArgs backward_args(
     uintptr_t grad_out, int grad_out_dtype, const Strides3& grad_out_strides, uintptr_t x, int x_dtype,
     const Strides3& x_strides, uintptr_t grad_x, int grad_x_dtype, const Strides3& grad_x_strides, int64_t n, int64_t c,
     int64_t s, uintptr_t weight, int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean, int mean_dtype,
-    uintptr_t stat, int stat_dtype, bool stat_is_invstd, uintptr_t grad_weight, int grad_weight_dtype,
-    uintptr_t grad_bias, int grad_bias_dtype, uintptr_t partials, uintptr_t coefficients, int64_t splits,
-    int64_t positions_per_split, bool training, float eps, float slope) {
+    uintptr_t mean_residual, uintptr_t stat, int stat_dtype, bool stat_is_invstd, uintptr_t grad_weight,
+    int grad_weight_dtype, uintptr_t grad_bias, int grad_bias_dtype, uintptr_t partials, uintptr_t coefficients,
+    int64_t splits, int64_t positions_per_split, bool training, float eps, float slope) {
   fastgan::BatchNormBackwardArgs args{};
   args.shape = bn_shape(n, c, s, splits, positions_per_split);
   args.grad_out = bn_tensor(grad_out, grad_out_dtype, grad_out_strides);
   args.x = bn_tensor(x, x_dtype, x_strides);
   args.grad_x = bn_tensor(grad_x, grad_x_dtype, grad_x_strides);
   args.channel.mean = bn_vector(mean, mean_dtype);
+  args.channel.mean_residual = reinterpret_cast<const float*>(mean_residual);
   args.channel.stat = bn_vector(stat, stat_dtype);
   args.channel.weight = bn_vector(weight, weight_dtype);
   args.channel.bias = bn_vector(bias, bias_dtype);
@@ -249,15 +252,15 @@ void batch_norm_backward(uintptr_t grad_out, int grad_out_dtype, const Strides3&
                          int x_dtype, const Strides3& x_strides, uintptr_t grad_x, int grad_x_dtype,
                          const Strides3& grad_x_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
                          int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean, int mean_dtype,
-                         uintptr_t stat, int stat_dtype, bool stat_is_invstd, uintptr_t grad_weight,
-                         int grad_weight_dtype, uintptr_t grad_bias, int grad_bias_dtype, uintptr_t partials,
-                         uintptr_t coefficients, int64_t splits, int64_t positions_per_split, bool training, float eps,
-                         float slope, uintptr_t stream) {
+                         uintptr_t mean_residual, uintptr_t stat, int stat_dtype, bool stat_is_invstd,
+                         uintptr_t grad_weight, int grad_weight_dtype, uintptr_t grad_bias, int grad_bias_dtype,
+                         uintptr_t partials, uintptr_t coefficients, int64_t splits, int64_t positions_per_split,
+                         bool training, float eps, float slope, uintptr_t stream) {
   fastgan::batch_norm_backward(
       backward_args(grad_out, grad_out_dtype, grad_out_strides, x, x_dtype, x_strides, grad_x, grad_x_dtype,
-                    grad_x_strides, n, c, s, weight, weight_dtype, bias, bias_dtype, mean, mean_dtype, stat, stat_dtype,
-                    stat_is_invstd, grad_weight, grad_weight_dtype, grad_bias, grad_bias_dtype, partials, coefficients,
-                    splits, positions_per_split, training, eps, slope),
+                    grad_x_strides, n, c, s, weight, weight_dtype, bias, bias_dtype, mean, mean_dtype, mean_residual,
+                    stat, stat_dtype, stat_is_invstd, grad_weight, grad_weight_dtype, grad_bias, grad_bias_dtype,
+                    partials, coefficients, splits, positions_per_split, training, eps, slope),
       as_stream(stream));
 }
 
@@ -265,29 +268,30 @@ constexpr Strides3 kNoStrides3{0, 0, 0};
 
 // The synchronised backward's stages: the saved batch statistics (fp32 mean, invstd), training.
 void batch_norm_backward_sums(uintptr_t grad_out, int grad_out_dtype, const Strides3& grad_out_strides, uintptr_t x,
-                              int x_dtype, const Strides3& x_strides, int64_t n, int64_t c, int64_t s,
-                              uintptr_t weight, int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean,
+                              int x_dtype, const Strides3& x_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
+                              int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean, uintptr_t mean_residual,
                               uintptr_t invstd, uintptr_t grad_weight, int grad_weight_dtype, uintptr_t grad_bias,
                               int grad_bias_dtype, uintptr_t partials, uintptr_t sums, int64_t splits,
                               int64_t positions_per_split, float eps, float slope, uintptr_t stream) {
   fastgan::batch_norm_backward_sums(
       backward_args(grad_out, grad_out_dtype, grad_out_strides, x, x_dtype, x_strides, 0, fastgan::kFloat32,
-                    kNoStrides3, n, c, s, weight, weight_dtype, bias, bias_dtype, mean, fastgan::kFloat32, invstd,
-                    fastgan::kFloat32, true, grad_weight, grad_weight_dtype, grad_bias, grad_bias_dtype, partials, sums,
-                    splits, positions_per_split, true, eps, slope),
+                    kNoStrides3, n, c, s, weight, weight_dtype, bias, bias_dtype, mean, fastgan::kFloat32,
+                    mean_residual, invstd, fastgan::kFloat32, true, grad_weight, grad_weight_dtype, grad_bias,
+                    grad_bias_dtype, partials, sums, splits, positions_per_split, true, eps, slope),
       as_stream(stream));
 }
 
 void batch_norm_backward_input(uintptr_t grad_out, int grad_out_dtype, const Strides3& grad_out_strides, uintptr_t x,
                                int x_dtype, const Strides3& x_strides, uintptr_t grad_x, int grad_x_dtype,
                                const Strides3& grad_x_strides, int64_t n, int64_t c, int64_t s, uintptr_t weight,
-                               int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean, uintptr_t invstd,
-                               uintptr_t coefficients, float eps, float slope, uintptr_t stream) {
+                               int weight_dtype, uintptr_t bias, int bias_dtype, uintptr_t mean,
+                               uintptr_t mean_residual, uintptr_t invstd, uintptr_t coefficients, float eps,
+                               float slope, uintptr_t stream) {
   fastgan::batch_norm_backward_input(
       backward_args(grad_out, grad_out_dtype, grad_out_strides, x, x_dtype, x_strides, grad_x, grad_x_dtype,
-                    grad_x_strides, n, c, s, weight, weight_dtype, bias, bias_dtype, mean, fastgan::kFloat32, invstd,
-                    fastgan::kFloat32, true, 0, fastgan::kFloat32, 0, fastgan::kFloat32, 0, coefficients, 1, 1, true,
-                    eps, slope),
+                    grad_x_strides, n, c, s, weight, weight_dtype, bias, bias_dtype, mean, fastgan::kFloat32,
+                    mean_residual, invstd, fastgan::kFloat32, true, 0, fastgan::kFloat32, 0, fastgan::kFloat32, 0,
+                    coefficients, 1, 1, true, eps, slope),
       as_stream(stream));
 }
 
@@ -319,8 +323,9 @@ PYBIND11_MODULE(FASTGAN_MODULE_NAME, m) {
         py::arg("y_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"),
         py::arg("bias"), py::arg("bias_dtype"), py::arg("running_mean"), py::arg("running_mean_dtype"),
         py::arg("running_var"), py::arg("running_var_dtype"), py::arg("num_batches_tracked"), py::arg("mean"),
-        py::arg("invstd"), py::arg("partials"), py::arg("splits"), py::arg("positions_per_split"),
-        py::arg("momentum"), py::arg("cumulative"), py::arg("eps"), py::arg("slope"), py::arg("stream"));
+        py::arg("invstd"), py::arg("mean_residual"), py::arg("partials"), py::arg("splits"),
+        py::arg("positions_per_split"), py::arg("momentum"), py::arg("cumulative"), py::arg("eps"), py::arg("slope"),
+        py::arg("stream"));
   m.def("batch_norm_forward_eval", &batch_norm_forward_eval,
         "BatchNorm + LeakyReLU eval forward: one elementwise pass with the running statistics.",
         py::arg("x"), py::arg("x_dtype"), py::arg("x_strides"), py::arg("y"), py::arg("y_dtype"),
@@ -329,14 +334,13 @@ PYBIND11_MODULE(FASTGAN_MODULE_NAME, m) {
         py::arg("running_var"), py::arg("running_var_dtype"), py::arg("eps"), py::arg("slope"), py::arg("stream"));
   m.def("batch_norm_backward", &batch_norm_backward,
         "BatchNorm + LeakyReLU backward: split sums, finalize (grad_weight, grad_bias), input gradient.",
-        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"),
-        py::arg("x_dtype"), py::arg("x_strides"), py::arg("grad_x"), py::arg("grad_x_dtype"),
-        py::arg("grad_x_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"),
-        py::arg("weight_dtype"), py::arg("bias"), py::arg("bias_dtype"), py::arg("mean"), py::arg("mean_dtype"),
-        py::arg("stat"), py::arg("stat_dtype"), py::arg("stat_is_invstd"), py::arg("grad_weight"),
-        py::arg("grad_weight_dtype"), py::arg("grad_bias"), py::arg("grad_bias_dtype"), py::arg("partials"),
-        py::arg("coefficients"), py::arg("splits"), py::arg("positions_per_split"), py::arg("training"),
-        py::arg("eps"), py::arg("slope"), py::arg("stream"));
+        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"), py::arg("x_dtype"),
+        py::arg("x_strides"), py::arg("grad_x"), py::arg("grad_x_dtype"), py::arg("grad_x_strides"), py::arg("n"),
+        py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"), py::arg("bias"), py::arg("bias_dtype"),
+        py::arg("mean"), py::arg("mean_dtype"), py::arg("mean_residual"), py::arg("stat"), py::arg("stat_dtype"),
+        py::arg("stat_is_invstd"), py::arg("grad_weight"), py::arg("grad_weight_dtype"), py::arg("grad_bias"),
+        py::arg("grad_bias_dtype"), py::arg("partials"), py::arg("coefficients"), py::arg("splits"),
+        py::arg("positions_per_split"), py::arg("training"), py::arg("eps"), py::arg("slope"), py::arg("stream"));
   m.def("batch_norm_statistics", &batch_norm_statistics,
         "Synchronised BatchNorm, forward stage 1: split statistics merged into this device's (count, mean, M2).",
         py::arg("x"), py::arg("x_dtype"), py::arg("x_strides"), py::arg("n"), py::arg("c"), py::arg("s"),
@@ -344,25 +348,25 @@ PYBIND11_MODULE(FASTGAN_MODULE_NAME, m) {
   m.def("batch_norm_forward_from_statistics", &batch_norm_forward_from_statistics,
         "Synchronised BatchNorm, forward stage 2: merge every device's statistics, finalize (running statistics "
         "in place), elementwise pass.",
-        py::arg("x"), py::arg("x_dtype"), py::arg("x_strides"), py::arg("y"), py::arg("y_dtype"),
-        py::arg("y_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"),
-        py::arg("bias"), py::arg("bias_dtype"), py::arg("running_mean"), py::arg("running_mean_dtype"),
-        py::arg("running_var"), py::arg("running_var_dtype"), py::arg("num_batches_tracked"), py::arg("mean"),
-        py::arg("invstd"), py::arg("statistics"), py::arg("rows"), py::arg("momentum"), py::arg("cumulative"),
+        py::arg("x"), py::arg("x_dtype"), py::arg("x_strides"), py::arg("y"), py::arg("y_dtype"), py::arg("y_strides"),
+        py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"), py::arg("bias"),
+        py::arg("bias_dtype"), py::arg("running_mean"), py::arg("running_mean_dtype"), py::arg("running_var"),
+        py::arg("running_var_dtype"), py::arg("num_batches_tracked"), py::arg("mean"), py::arg("invstd"),
+        py::arg("mean_residual"), py::arg("statistics"), py::arg("rows"), py::arg("momentum"), py::arg("cumulative"),
         py::arg("eps"), py::arg("slope"), py::arg("stream"));
   m.def("batch_norm_backward_sums", &batch_norm_backward_sums,
         "Synchronised BatchNorm, backward stage 1: this device's grad_weight, grad_bias and raw sums.",
-        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"),
-        py::arg("x_dtype"), py::arg("x_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"),
-        py::arg("weight_dtype"), py::arg("bias"), py::arg("bias_dtype"), py::arg("mean"), py::arg("invstd"),
+        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"), py::arg("x_dtype"),
+        py::arg("x_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"),
+        py::arg("bias"), py::arg("bias_dtype"), py::arg("mean"), py::arg("mean_residual"), py::arg("invstd"),
         py::arg("grad_weight"), py::arg("grad_weight_dtype"), py::arg("grad_bias"), py::arg("grad_bias_dtype"),
         py::arg("partials"), py::arg("sums"), py::arg("splits"), py::arg("positions_per_split"), py::arg("eps"),
         py::arg("slope"), py::arg("stream"));
   m.def("batch_norm_backward_input", &batch_norm_backward_input,
         "Synchronised BatchNorm, backward stage 2: the input gradient from the global coefficients.",
-        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"),
-        py::arg("x_dtype"), py::arg("x_strides"), py::arg("grad_x"), py::arg("grad_x_dtype"),
-        py::arg("grad_x_strides"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("weight"),
-        py::arg("weight_dtype"), py::arg("bias"), py::arg("bias_dtype"), py::arg("mean"), py::arg("invstd"),
-        py::arg("coefficients"), py::arg("eps"), py::arg("slope"), py::arg("stream"));
+        py::arg("grad_out"), py::arg("grad_out_dtype"), py::arg("grad_out_strides"), py::arg("x"), py::arg("x_dtype"),
+        py::arg("x_strides"), py::arg("grad_x"), py::arg("grad_x_dtype"), py::arg("grad_x_strides"), py::arg("n"),
+        py::arg("c"), py::arg("s"), py::arg("weight"), py::arg("weight_dtype"), py::arg("bias"), py::arg("bias_dtype"),
+        py::arg("mean"), py::arg("mean_residual"), py::arg("invstd"), py::arg("coefficients"), py::arg("eps"),
+        py::arg("slope"), py::arg("stream"));
 }

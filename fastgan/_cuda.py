@@ -127,7 +127,7 @@ def _in_layout_of(grad_out: Tensor, x: Tensor) -> Tensor:
 
 
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
-                                    partials, *, plan, momentum, cumulative, eps, slope):
+                                    partials, *, plan, momentum, cumulative, eps, slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_train`` (always 64-bit offsets)."""
     n, c, s = x.shape
     _backend.extension().batch_norm_forward_train(
@@ -137,7 +137,7 @@ def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_va
         running_mean=address(running_mean), running_mean_dtype=dtype_code(running_mean),
         running_var=address(running_var), running_var_dtype=dtype_code(running_var),
         num_batches_tracked=address(num_batches_tracked) if cumulative else 0,
-        mean=address(mean), invstd=address(invstd), partials=address(partials),
+        mean=address(mean), invstd=address(invstd), mean_residual=address(mean_residual), partials=address(partials),
         splits=plan.splits, positions_per_split=plan.positions_per_split,
         momentum=float(momentum) if momentum is not None else 0.0, cumulative=bool(cumulative),
         eps=float(eps), slope=float(slope), stream=stream_handle(x),
@@ -158,7 +158,7 @@ def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var
 
 
 def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials,
-                               coefficients, *, plan, training, stat_is_invstd, eps, slope):
+                               coefficients, *, plan, training, stat_is_invstd, eps, slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward`` (always 64-bit offsets).
 
     The reduction and finalize run when ``training`` or a parameter gradient is asked for; the
@@ -171,7 +171,8 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
         grad_x=address(grad_x), grad_x_dtype=dtype_code(grad_x),
         grad_x_strides=grad_x.stride() if grad_x is not None else _NO_STRIDES_3D, n=n, c=c, s=s,
         weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
-        mean=address(mean), mean_dtype=dtype_code(mean), stat=address(stat), stat_dtype=dtype_code(stat),
+        mean=address(mean), mean_dtype=dtype_code(mean), mean_residual=address(mean_residual),
+        stat=address(stat), stat_dtype=dtype_code(stat),
         stat_is_invstd=bool(stat_is_invstd),
         grad_weight=address(grad_weight), grad_weight_dtype=dtype_code(grad_weight),
         grad_bias=address(grad_bias), grad_bias_dtype=dtype_code(grad_bias),
@@ -192,7 +193,8 @@ def launch_batch_norm_statistics(x, partials, merged, *, plan):
 
 
 def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean,
-                                              invstd, statistics, *, plan, momentum, cumulative, eps, slope):
+                                              invstd, statistics, *, plan, momentum, cumulative, eps, slope,
+                                              mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_from_statistics``."""
     n, c, s = x.shape
     _backend.extension().batch_norm_forward_from_statistics(
@@ -202,14 +204,15 @@ def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, 
         running_mean=address(running_mean), running_mean_dtype=dtype_code(running_mean),
         running_var=address(running_var), running_var_dtype=dtype_code(running_var),
         num_batches_tracked=address(num_batches_tracked) if cumulative else 0,
-        mean=address(mean), invstd=address(invstd), statistics=address(statistics), rows=statistics.shape[0],
+        mean=address(mean), invstd=address(invstd), mean_residual=address(mean_residual),
+        statistics=address(statistics), rows=statistics.shape[0],
         momentum=float(momentum) if momentum is not None else 0.0, cumulative=bool(cumulative),
         eps=float(eps), slope=float(slope), stream=stream_handle(x),
     )
 
 
 def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
-                                    plan, eps, slope):
+                                    plan, eps, slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_sums``."""
     grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
@@ -217,7 +220,7 @@ def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, gra
         grad_out=address(grad_out), grad_out_dtype=dtype_code(grad_out), grad_out_strides=grad_out.stride(),
         x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(), n=n, c=c, s=s,
         weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
-        mean=address(mean), invstd=address(invstd),
+        mean=address(mean), mean_residual=address(mean_residual), invstd=address(invstd),
         grad_weight=address(grad_weight), grad_weight_dtype=dtype_code(grad_weight),
         grad_bias=address(grad_bias), grad_bias_dtype=dtype_code(grad_bias),
         partials=address(partials), sums=address(sums),
@@ -227,7 +230,7 @@ def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, gra
 
 
 def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
-                                     slope):
+                                     slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_input``."""
     grad_out = _in_layout_of(grad_out, x)
     n, c, s = x.shape
@@ -236,6 +239,7 @@ def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, in
         x=address(x), x_dtype=dtype_code(x), x_strides=x.stride(),
         grad_x=address(grad_x), grad_x_dtype=dtype_code(grad_x), grad_x_strides=grad_x.stride(), n=n, c=c, s=s,
         weight=address(weight), weight_dtype=dtype_code(weight), bias=address(bias), bias_dtype=dtype_code(bias),
-        mean=address(mean), invstd=address(invstd), coefficients=address(coefficients),
+        mean=address(mean), mean_residual=address(mean_residual), invstd=address(invstd),
+        coefficients=address(coefficients),
         eps=float(eps), slope=float(slope), stream=stream_handle(x),
     )

@@ -30,8 +30,9 @@ Forward (training), three launches:
      residual ρ = μ_exact − μ; var = M2/P (biased, for normalising), invstd =
      1/sqrt(var + eps) rounded once; update the running statistics in place with the unbiased
      M2/(P − 1) and factor = momentum, or 1/num_batches_tracked (cumulative average) read on
-     the device, so no host synchronisation. ρ goes to the first split row's count slots,
-     which only this channel's program has read.
+     the device, so no host synchronisation. ρ goes to an fp32 [C] output saved for the
+     backward (or, without one, to the first split row's count slots, which only this
+     channel's program has read).
   3. elementwise: y = leaky_relu((x − μ)·a + b) with a = w·invstd, b = bias − ρ·a.
 Eval is launch 3 alone with μ, var from the running statistics (ρ = 0).
 
@@ -41,11 +42,15 @@ device merges its splits into one (count, mean, M2, mean residual) row [4, C]
 rounding dropped) so that devices with different pivots combine as they are; the caller
 all-gathers the rows into [devices, 4, C], and the finalize merges those rows exactly as it
 merges splits (Chan's formula is associative; each row's mean is its float32 mean plus its
-residual), with P the global count; ρ then goes to the first device row's residual slots.
+residual), with P the global count; ρ then goes to the saved output (or the first device row's residual
+slots).
 
-Backward. With x̂ = (x − μ)·invstd, z = (x − μ)·w·invstd + bias, y = z if z > 0 else slope·z:
+Backward. With x̂ = ((x − μ) − ρ)·invstd, z = (x − μ)·a + b as in the forward (training; ρ = 0
+in eval), y = z if z > 0 else slope·z:
     dz = dy if z > 0 else slope·dy
-    dbias = Σ dz,   dw = Σ dz·x̂ = invstd·Σ dz·(x − μ)    (sums over the P positions of a channel)
+    dbias = Σ dz,   dw = Σ dz·x̂ = invstd·Σ dz·((x − μ) − ρ)    (sums over the P positions of a channel)
+Without ρ the backward's z would differ from the forward's by up to |ρ·a| (~1e-4·ulp(μ)·a),
+enough to flip the activation's branch for elements near 0 when |mean| ≫ std.
     training: dx = w·invstd·(dz − Σdz/P − x̂·Σ(dz·x̂)/P)   (μ and σ depend on x)
     eval:     dx = w·invstd·dz
 (the training line: y depends on x directly and through μ = Σx/P and invstd =
@@ -130,9 +135,11 @@ def _invstd_f64(stat, eps, STAT_IS_INVSTD: tl.constexpr):
 def _normalise_coefficients(channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, residual_ptr, eps,
                             STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                             HAS_RESIDUAL: tl.constexpr):
-    """Per-channel fp32 (mean, invstd, scale = w·invstd, shift) with z = (x − mean)·scale + shift:
-    stat is invstd (saved batch statistics) or a variance (running statistics, eval), and
-    shift = bias − residual·scale takes the mean's float32 rounding residual (forward only)."""
+    """Per-channel fp32 (mean, residual, invstd, scale = w·invstd, shift) with z = (x − mean)·scale
+    + shift and x̂ = ((x − mean) − residual)·invstd: stat is invstd (saved batch statistics) or a
+    variance (running statistics, eval), and shift = bias − residual·scale takes the mean's float32
+    rounding residual (training, forward and backward alike, so that the backward's activation
+    mask is the forward's; 0 without HAS_RESIDUAL)."""
     mean = tl.load(mean_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
     stat = tl.load(stat_ptr + channels, mask=c_mask, other=1.0)
     invstd = _invstd_f64(stat, eps, STAT_IS_INVSTD)
@@ -146,8 +153,11 @@ def _normalise_coefficients(channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bi
     else:
         shift = tl.zeros(mean.shape, tl.float32)
     if HAS_RESIDUAL:
-        shift -= tl.load(residual_ptr + channels, mask=c_mask, other=0.0) * scale
-    return mean, invstd.to(tl.float32), scale, shift
+        residual = tl.load(residual_ptr + channels, mask=c_mask, other=0.0).to(tl.float32)
+        shift -= residual * scale
+    else:
+        residual = tl.zeros(mean.shape, tl.float32)
+    return mean, residual, invstd.to(tl.float32), scale, shift
 
 
 @triton.jit
@@ -314,7 +324,7 @@ def bn_leaky_relu_forward_kernel(
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
-    mean, _, scale, shift = _normalise_coefficients(
+    mean, _, _, scale, shift = _normalise_coefficients(
         channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, residual_ptr, eps,
         STAT_IS_INVSTD, HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL,
     )
@@ -329,11 +339,12 @@ def bn_leaky_relu_forward_kernel(
 
 
 @triton.jit
-def _activation_grad(x, dy, mean, scale, shift, slope):
-    """(x − mean, dz) of a tile: dz = dy where z = (x − mean)·scale + shift > 0, else slope·dy."""
+def _activation_grad(x, dy, mean, residual, scale, shift, slope):
+    """((x − mean) − residual, dz) of a tile: dz = dy where z = (x − mean)·scale + shift > 0 (the
+    forward's z), else slope·dy."""
     centred = x - mean[:, None]
     z = centred * scale[:, None] + shift[:, None]
-    return centred, tl.where(z > 0, dy, dy * slope)
+    return centred - residual[:, None], tl.where(z > 0, dy, dy * slope)
 
 
 @triton.jit
@@ -367,12 +378,13 @@ def _sum_lanes(total, error):
 def bn_leaky_relu_backward_reduce_kernel(
     grad_out_ptr, x_ptr,   # dy and the saved input, (N, C, S) with their own strides
     mean_ptr, stat_ptr, weight_ptr, bias_ptr,  # as in the forward
+    residual_ptr,          # fp32 [C]: the forward's mean rounding residual (when HAS_RESIDUAL)
     partials_ptr,          # fp32 [splits, 4, C] out: per split Σdz, Σdz·(x − mean) and their rounding errors
     C, S, P,
     g_stride_n, g_stride_c, g_stride_s,
     x_stride_n, x_stride_c, x_stride_s,
     positions_per_split, eps, slope,
-    STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -380,9 +392,9 @@ def bn_leaky_relu_backward_reduce_kernel(
     split = tl.program_id(1)
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
-    mean, _, scale, shift = _normalise_coefficients(
-        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, mean_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT,
-        HAS_BIAS, False,
+    mean, residual, _, scale, shift = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, residual_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT,
+        HAS_BIAS, HAS_RESIDUAL,
     )
     start = split * positions_per_split
     end = tl.minimum(start + positions_per_split, P)
@@ -402,7 +414,7 @@ def bn_leaky_relu_backward_reduce_kernel(
         dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64,
                                                   CHANNELS_LAST, ALIGN),
                      mask=mask, other=0.0).to(tl.float32)
-        centred, dz = _activation_grad(x, dy, mean, scale, shift, slope)
+        centred, dz = _activation_grad(x, dy, mean, residual, scale, shift, slope)
         centred = tl.where(mask, centred, 0.0)
         sum_dz, step_error = _two_sum(sum_dz, dz)
         error_dz += step_error
@@ -458,6 +470,7 @@ def bn_leaky_relu_backward_finalize_kernel(
 def bn_leaky_relu_backward_input_kernel(
     grad_out_ptr, x_ptr, grad_x_ptr,  # dy, saved x, dx: (N, C, S) each with its own strides
     mean_ptr, stat_ptr, weight_ptr, bias_ptr,
+    residual_ptr,          # fp32 [C]: the forward's mean rounding residual (when HAS_RESIDUAL)
     coefficients_ptr,      # fp32 [2, C] from the finalize kernel (training only)
     C, S, P,
     g_stride_n, g_stride_c, g_stride_s,
@@ -465,7 +478,7 @@ def bn_leaky_relu_backward_input_kernel(
     dx_stride_n, dx_stride_c, dx_stride_s,
     eps, slope,
     TRAINING: tl.constexpr, STAT_IS_INVSTD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, INT64: tl.constexpr, CHANNELS_LAST: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -473,9 +486,9 @@ def bn_leaky_relu_backward_input_kernel(
     C = _channel_count(C, CHANNELS_LAST, ALIGN)
     c_mask = channels < C
     mask = _tile_mask(channels, positions, C, P, CHANNELS_LAST, ALIGN)
-    mean, invstd, scale, shift = _normalise_coefficients(
-        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, mean_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT,
-        HAS_BIAS, False,
+    mean, residual, invstd, scale, shift = _normalise_coefficients(
+        channels, c_mask, mean_ptr, stat_ptr, weight_ptr, bias_ptr, residual_ptr, eps, STAT_IS_INVSTD, HAS_WEIGHT,
+        HAS_BIAS, HAS_RESIDUAL,
     )
     x = tl.load(x_ptr + _tile_offsets(channels, positions, S, x_stride_n, x_stride_c, x_stride_s, INT64,
                                       CHANNELS_LAST, ALIGN),
@@ -483,7 +496,7 @@ def bn_leaky_relu_backward_input_kernel(
     dy = tl.load(grad_out_ptr + _tile_offsets(channels, positions, S, g_stride_n, g_stride_c, g_stride_s, INT64,
                                               CHANNELS_LAST, ALIGN),
                  mask=mask, other=0.0).to(tl.float32)
-    centred, dz = _activation_grad(x, dy, mean, scale, shift, slope)
+    centred, dz = _activation_grad(x, dy, mean, residual, scale, shift, slope)
     if TRAINING:
         mean_dz = tl.load(coefficients_ptr + channels, mask=c_mask, other=0.0)
         mean_dz_xhat = tl.load(coefficients_ptr + C + channels, mask=c_mask, other=0.0)
@@ -539,13 +552,15 @@ def _finalize_block(channels: int) -> int:
 
 
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
-                                    partials, *, plan, momentum, cumulative, eps, slope):
+                                    partials, *, plan, momentum, cumulative, eps, slope, mean_residual=None):
     """Statistics, finalize (running statistics updated in place) and the elementwise pass.
-    ``partials``: fp32 [splits, 3, C] scratch; the finalize leaves the mean's rounding residual
-    in its first row's count slots."""
+    ``partials``: fp32 [splits, 3, C] scratch. The mean's rounding residual goes to
+    ``mean_residual`` (fp32 [C], for the backward) when given, else to the first row's count
+    slots of ``partials``."""
     _launch_partial_statistics(x, partials, plan)
     _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
-                            partials[0, 0], plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope)
+                            partials[0, 0] if mean_residual is None else mean_residual, plan=plan, momentum=momentum,
+                            cumulative=cumulative, eps=eps, slope=slope)
 
 
 def launch_batch_norm_statistics(x, partials, merged, *, plan):
@@ -561,13 +576,15 @@ def launch_batch_norm_statistics(x, partials, merged, *, plan):
 
 
 def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean,
-                                              invstd, statistics, *, plan, momentum, cumulative, eps, slope):
+                                              invstd, statistics, *, plan, momentum, cumulative, eps, slope,
+                                              mean_residual=None):
     """Finalize over the device rows ``statistics`` (fp32 [devices, 4, C], every device's
     merged row), updating the running statistics, then the elementwise pass. The mean's
-    rounding residual is left in the first row's residual slots."""
+    rounding residual goes to ``mean_residual`` (fp32 [C]) when given, else to the first row's
+    residual slots."""
     _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
-                            statistics, statistics[0, 3], plan=plan, momentum=momentum, cumulative=cumulative,
-                            eps=eps, slope=slope)
+                            statistics, statistics[0, 3] if mean_residual is None else mean_residual, plan=plan,
+                            momentum=momentum, cumulative=cumulative, eps=eps, slope=slope)
 
 
 def _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
@@ -621,61 +638,66 @@ def _launch_elementwise(x, y, mean, stat, weight, bias, residual, *, plan, eps, 
 
 
 def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials,
-                               coefficients, *, plan, training, stat_is_invstd, eps, slope):
+                               coefficients, *, plan, training, stat_is_invstd, eps, slope, mean_residual=None):
     """Reduction (``partials``: fp32 [splits, 4, C] scratch), finalize (dw, dbias) and, when
-    ``grad_x`` is given, the elementwise dx pass."""
+    ``grad_x`` is given, the elementwise dx pass. ``mean_residual``: the forward's (fp32 [C],
+    training), so that the activation mask and x̂ are the forward's."""
     n, c, s = x.shape
     p = n * s
     if training or grad_weight is not None or grad_bias is not None:
         _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients,
                               plan=plan, training=training, stat_is_invstd=stat_is_invstd, inv_p=1.0 / p, eps=eps,
-                              slope=slope)
+                              slope=slope, mean_residual=mean_residual)
     if grad_x is not None:
         _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coefficients, plan=plan,
-                               training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope)
+                               training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope,
+                               mean_residual=mean_residual)
 
 
 def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
-                                    plan, eps, slope):
+                                    plan, eps, slope, mean_residual=None):
     """The first stage of a synchronised training backward: this device's dw, dbias (when
     given) and raw sums (Σdz, Σdz·x̂) into ``sums`` (fp32 [2, C]; zeros for an empty ``x``)."""
     _launch_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan,
-                          training=True, stat_is_invstd=True, inv_p=1.0, eps=eps, slope=slope)
+                          training=True, stat_is_invstd=True, inv_p=1.0, eps=eps, slope=slope,
+                          mean_residual=mean_residual)
 
 
 def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
-                                     slope):
+                                     slope, mean_residual=None):
     """The last stage of a synchronised training backward: dx from the global coefficients
     (fp32 [2, C]: Σdz/P and Σdz·x̂/P summed over every device, P the global count)."""
     _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, plan=plan, training=True,
-                           stat_is_invstd=True, eps=eps, slope=slope)
+                           stat_is_invstd=True, eps=eps, slope=slope, mean_residual=mean_residual)
 
 
-def _backward_constants(weight, bias, plan, stat_is_invstd, *tensors):
+def _backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, *tensors):
     return dict(STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p,
+                HAS_RESIDUAL=mean_residual is not None, INT64=plan.needs_int64, BLOCK_C=plan.block_c,
+                BLOCK_P=plan.block_p,
                 **_tile_launch(plan, *tensors))
 
 
-def _reduce_constants(weight, bias, plan, stat_is_invstd, grad_out, x):
+def _reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x):
     """The backward reduction's launch keywords: twice the tile's warps for 4-byte (and wider)
     elements, which halves the four compensated per-lane accumulators each thread holds
     (fp32: 72-80 registers down to 40-58) while every thread still reads 16-byte runs; 2-byte
     elements keep the tile's warps, or a thread's run would shrink to 8 bytes."""
-    constants = _backward_constants(weight, bias, plan, stat_is_invstd, grad_out, x)
+    constants = _backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x)
     if x.element_size() >= 4:
         constants["num_warps"] *= 2
     return constants
 
 
 def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients, *,
-                          plan, training, stat_is_invstd, inv_p, eps, slope):
+                          plan, training, stat_is_invstd, inv_p, eps, slope, mean_residual):
     n, c, s = x.shape
     bn_leaky_relu_backward_reduce_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
-        grad_out, x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean, partials,
+        grad_out, x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
+        mean_residual if mean_residual is not None else mean, partials,
         c, s, n * s, *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope,
         # No FP contraction: fusing a product into its compensated sum would break the TwoSum.
-        enable_fp_fusion=False, **_reduce_constants(weight, bias, plan, stat_is_invstd, grad_out, x),
+        enable_fp_fusion=False, **_reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x),
     )
     block = _finalize_block(c)
     bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
@@ -690,7 +712,7 @@ def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, gr
 
 
 def _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coefficients, *, plan, training,
-                           stat_is_invstd, eps, slope):
+                           stat_is_invstd, eps, slope, mean_residual):
     n, c, s = x.shape
     p = n * s
     if p == 0:
@@ -698,7 +720,8 @@ def _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coeffi
     grid = (triton.cdiv(c, plan.block_c), triton.cdiv(p, plan.block_p))
     bn_leaky_relu_backward_input_kernel[grid](
         grad_out, x, grad_x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
-        coefficients if coefficients is not None else mean,
+        mean_residual if mean_residual is not None else mean, coefficients if coefficients is not None else mean,
         c, s, p, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps, slope,
-        TRAINING=training, **_backward_constants(weight, bias, plan, stat_is_invstd, grad_out, x, grad_x),
+        TRAINING=training,
+        **_backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x, grad_x),
     )

@@ -298,7 +298,9 @@ def test_saves_no_more_than_eager(backend, device):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
     large = [t.untyped_storage().data_ptr() for t in saved if t.numel() == x.numel()]
-    assert sum(t.numel() for t in saved if t.numel() != x.numel()) <= 4 * 8
+    # weight, bias, the mean and invstd; the kernels' mean is a (float32 mean, residual) pair.
+    vectors = 4 if backend == "torch" else 5
+    assert sum(t.numel() for t in saved if t.numel() != x.numel()) <= vectors * 8
     x_storage, y_storage = x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()
     assert sorted(large) == sorted([x_storage, y_storage] if backend == "torch" else [x_storage])
     eager = []
@@ -561,6 +563,49 @@ def test_dcgan_saves_no_more_than_eager(backend, device):
 
 def relative_error(value, reference):
     return ((value.double() - reference).norm() / reference.norm()).item()
+
+
+def at_rounded_mean(shape, mean, std, at_mean, channels_last, device):
+    """float32 (N, C, *) input with mean ≫ std built so that, in every channel, ``at_mean``
+    elements equal the float32-rounded batch mean μ exactly while the exact mean lies a quarter
+    ulp below μ (rounding residual ρ = −ulp(μ)/4): with zero bias those elements' z = −ρ·w·invstd
+    is a tiny positive number, whose sign a backward that drops ρ gets wrong (z = 0 there)."""
+    channels = shape[1]
+    values = (torch.randn(shape, dtype=torch.float64) * std + mean).float().transpose(0, 1).reshape(channels, -1)
+    positions = values.shape[1]
+    for row in values:
+        rounded = row.double().mean().float()
+        row[1:1 + at_mean] = rounded
+        quarter_ulp = (torch.nextafter(rounded, torch.tensor(math.inf)) - rounded).double() / 4
+        # One other element takes up the difference, putting the exact mean at μ − ulp/4.
+        row[0] = (row[0].double() + ((rounded.double() - quarter_ulp) * positions - row.double().sum())).float()
+        exact = row.double().mean()
+        assert exact.float() == rounded and exact < rounded.double()
+    x = values.reshape(channels, shape[0], *shape[2:]).transpose(0, 1).contiguous().to(device)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def test_backward_mask_uses_the_mean_residual(kernel_backend, device):
+    """The backward rebuilds the activation's input z with the float32 mean's rounding residual,
+    as the forward normalised: elements whose z lies within |residual·w·invstd| of 0 take the
+    forward's branch of the LeakyReLU, so the gradients stay at float32 accuracy against float64
+    when |mean| ≫ std. (Eager float32 PyTorch itself flips those elements, its gradients ~10%
+    off here, so the yardstick is float32's resolution, not eager's error.)"""
+    shape, channels = (4, 3, 5, 7), 3
+    for channels_last, slope in ((False, 0.2), (True, 0.2), (False, 0.0)):
+        x = at_rounded_mean(shape, 1e3, 1.0, 3, channels_last, device)
+        weight, bias = (torch.rand(channels) + 0.5).to(device), torch.zeros(channels, device=device)
+        upstream = torch.randn(shape, device=device)
+        results = []
+        for op, dtype in ((bn_module.batch_norm_leaky_relu, torch.float32), (None, torch.float64)):
+            leaves = [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+            if op is None:
+                y = F.leaky_relu(F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.1, 1e-5), slope)
+            else:
+                y = op(*leaves, None, None, True, 0.1, 1e-5, slope, backend=kernel_backend)
+            results.append((y, *torch.autograd.grad(y, leaves, upstream.to(dtype))))
+        for name, got, exact in zip(("y", "grad x", "grad weight", "grad bias"), *results):
+            assert relative_error(got, exact) < 1e-5, (name, channels_last, slope, relative_error(got, exact))
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

@@ -308,6 +308,33 @@ def _error_within_twice_eager_float32(rank, world_size, backend, seed):
     return results
 
 
+def _mask_uses_the_mean_residual(rank, world_size, backend):
+    """This process's errors against float64 of y, grad x, grad weight and grad bias on a
+    concatenated batch whose elements sit at its float32-rounded mean (the global residual
+    negative: test_batch_norm.at_rounded_mean), split over the processes."""
+    from test_batch_norm import at_rounded_mean
+
+    device = _device(backend)
+    torch.manual_seed(0)  # the same global batch on every process
+    channels, sizes, slope = 3, (2, 3), 0.2
+    global_x = at_rounded_mean((sum(sizes), channels, 5, 7), 1e3, 1.0, 3, False, "cpu")
+    xs = list(global_x.split(sizes))
+    upstream = [torch.randn(x.shape) for x in xs]
+    weight, bias = torch.rand(channels) + 0.5, torch.zeros(channels)
+    mine = _mine(xs, rank)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (global_x, weight, bias))
+    y64 = F.leaky_relu(F.batch_norm(x64, None, None, w64, b64, True, 0.1, 1e-5), slope)
+    (grad_x64,) = torch.autograd.grad(y64, x64, torch.cat(upstream).double(), retain_graph=True)
+    exact = (y64[mine].detach(), grad_x64[mine],
+             *torch.autograd.grad((y64[mine] * upstream[rank].double()).sum(), (w64, b64)))
+    x, w, b = (t.to(device).requires_grad_() for t in (xs[rank], weight, bias))
+    y = batch_norm_leaky_relu(x, w, b, None, None, True, 0.1, 1e-5, slope, process_group=dist.group.WORLD,
+                              backend=backend)
+    ours = (y.detach(), *torch.autograd.grad(y, (x, w, b), upstream[rank].to(device)))
+    return [(name, ((got.double().cpu() - want).norm() / want.norm()).item())
+            for name, got, want in zip(("y", "grad x", "grad weight", "grad bias"), ours, exact)]
+
+
 def _compiled_matches_eager(rank, world_size, backend):
     device = _device(backend)
     torch._dynamo.reset()
@@ -373,6 +400,16 @@ def test_error_within_twice_eager_float32(backend, _fresh_seed, request):
                                         timeout=TIMEOUT_S):
         for mean, std, slope, name, ours, eager in rank_results:
             assert ours <= 2 * eager, (mean, std, slope, name, ours, eager)
+
+
+def test_backward_mask_uses_the_mean_residual(backend):
+    """Synchronised, the backward rebuilds z with the global mean's float32 rounding residual
+    (as test_batch_norm.test_backward_mask_uses_the_mean_residual does unsynchronised): elements
+    at the rounded mean keep the forward's branch of the activation, so the gradients stay at
+    float32 accuracy against float64 (eager float32 itself flips them, so no eager yardstick)."""
+    for rank_results in run_distributed(_mask_uses_the_mean_residual, WORLD, backend, timeout=TIMEOUT_S):
+        for name, error in rank_results:
+            assert error < 1e-5, (name, error)
 
 
 def test_torch_compile_fullgraph(backend):

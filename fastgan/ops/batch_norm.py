@@ -13,10 +13,13 @@ kernels and the backward derivation):
     eval:     μ, σ² = running_mean, running_var
     y = leaky_relu(w·(x − μ)/sqrt(σ² + eps) + bias, negative_slope)
 
-Memory: the kernel path saves x and two vectors of C for the backward (the activation's mask
-recomputed from x); the torch backend (PyTorch's ``native_batch_norm_backward``) saves x and y,
-reading the mask from y, as eager BatchNorm followed by an in-place activation does (y is the
-next layer's input, kept by that layer anyway). The in-place-ABN alternative (save y alone,
+Memory: the kernel path saves x and three vectors of C for the backward (the activation's mask
+recomputed from x): invstd and the batch mean as a float32 pair (μ, ρ), ρ the float32 rounding
+residual the forward normalises with, so that the backward rebuilds the forward's z (and so its
+activation mask) even when |mean| ≫ std, where dropping ρ shifts z by up to |ρ·w·invstd|; the
+torch backend (PyTorch's ``native_batch_norm_backward``) saves x and y, reading the mask from y,
+as eager BatchNorm followed by an in-place activation does (y is the next layer's input, kept by
+that layer anyway). The in-place-ABN alternative (save y alone,
 invert the activation and the affine map to recover x̂) is not used: it cannot invert ReLU
 (slope 0), divides by the weight, and makes an exact double backward impossible because x
 would no longer be in the graph. Saving x keeps the second-order gradients (R1 penalties
@@ -501,16 +504,19 @@ def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
 
 def _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
                   momentum: float, cumulative: bool, eps: float, slope: float, backend: str):
+    """(y3, mean, invstd): in training mean is fp32 [2, C], the batch mean rounded to float32 and
+    what that rounding dropped (the forward normalises with their sum, and the backward needs
+    both to rebuild the forward's activation mask), invstd fp32 [C]; in eval both are empty."""
     y3 = _launch.output_like(x3)
     plan = _plan(x3, y3)
     channels = x3.shape[1]
     if training:
-        mean = _launch.output(x3, (channels,), torch.float32)
+        mean = _launch.output(x3, (2, channels), torch.float32)  # (float32 mean, its rounding residual)
         invstd = _launch.output(x3, (channels,), torch.float32)
         partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
         _launcher(backend, "batch_norm_forward_train")(
-            x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
-            plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope,
+            x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean[0], invstd, partials,
+            plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope, mean_residual=mean[1],
         )
     else:
         mean, invstd = x3.new_empty((0,), dtype=torch.float32), x3.new_empty((0,), dtype=torch.float32)
@@ -544,13 +550,17 @@ def _batch_norm_leaky_relu_op(
 @_batch_norm_leaky_relu_op.register_fake
 def _batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num_batches_tracked, training,
                                 momentum, cumulative, eps, slope, backend):
-    stats = (x3.shape[1],) if training else (0,)
-    return torch.empty_like(x3), x3.new_empty(stats, dtype=torch.float32), x3.new_empty(stats, dtype=torch.float32)
+    mean_shape, invstd_shape = ((2, x3.shape[1]), (x3.shape[1],)) if training else ((0,), (0,))
+    return (torch.empty_like(x3), x3.new_empty(mean_shape, dtype=torch.float32),
+            x3.new_empty(invstd_shape, dtype=torch.float32))
 
 
 def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat_is_invstd: bool, eps: float,
                    slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str):
+    """(grad_x, grad_weight, grad_bias), empty where not wanted. ``mean``: the forward's saved
+    (mean, residual) pair fp32 [2, C] (training), or the running mean [C] (eval)."""
     channels = x3.shape[1]
+    mean, mean_residual = mean.unbind(0) if mean.dim() == 2 else (mean, None)
     grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
@@ -560,7 +570,7 @@ def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat
     coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
     _launcher(backend, "batch_norm_backward")(
         grad_out3, x3, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials, coefficients,
-        plan=plan, training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope,
+        plan=plan, training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope, mean_residual=mean_residual,
     )
     # Absent gradients are distinct empty tensors: custom-op outputs may not alias each other.
     return tuple(g if g is not None else x3.new_empty((0,)) for g in (grad_x, grad_weight, grad_bias))
@@ -663,7 +673,8 @@ _DEVICE_ROW = 4
 def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum: float,
                        cumulative: bool, eps: float, slope: float, backend: str, group):
     """Training forward over the batch concatenated across ``group``; returns y3, the global
-    mean and invstd (fp32 [C]) and the global count P per channel (fp32 [C], on the device)."""
+    mean as an fp32 [2, C] pair (float32 mean, its rounding residual), invstd (fp32 [C]) and
+    the global count P per channel (fp32 [C], on the device)."""
     channels = x3.shape[1]
     y3 = _launch.output_like(x3)
     plan = _plan(x3, y3)
@@ -672,11 +683,11 @@ def _sync_forward_impl(x3, weight, bias, running_mean, running_var, num_batches_
     _launcher(backend, "batch_norm_statistics")(x3, partials, local[0], plan=plan)
     gathered = x3.new_empty((dist.get_world_size(group), _DEVICE_ROW, channels), dtype=torch.float32)
     all_gather_into(gathered, local, group)
-    mean = _launch.output(x3, (channels,), torch.float32)
+    mean = _launch.output(x3, (2, channels), torch.float32)
     invstd = _launch.output(x3, (channels,), torch.float32)
     _launcher(backend, "batch_norm_forward_from_statistics")(
-        x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, gathered,
-        plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope,
+        x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean[0], invstd, gathered,
+        plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope, mean_residual=mean[1],
     )
     return y3, mean, invstd, gathered[:, 0].sum(0)
 
@@ -687,6 +698,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     all-reduced over ``group``; the all-reduce runs even when grad_x is not wanted here, since
     the other processes' input gradients need this process's sums."""
     channels = x3.shape[1]
+    mean, mean_residual = mean.unbind(0)  # the forward's (float32 mean, rounding residual)
     grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
@@ -696,13 +708,14 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     sums = x3.new_empty((2, channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_backward_sums")(
         grad_out3, x3, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, plan=plan, eps=eps,
-        slope=slope,
+        slope=slope, mean_residual=mean_residual,
     )
     all_reduce_sum(sums, group)
     if grad_x is not None:
         coefficients = sums / count  # Σdz/P and Σdz·x̂/P over the global batch
         _launcher(backend, "batch_norm_backward_input")(
             grad_out3, x3, grad_x, weight, bias, mean, invstd, coefficients, plan=plan, eps=eps, slope=slope,
+            mean_residual=mean_residual,
         )
     return grad_x, grad_weight, grad_bias
 
@@ -734,8 +747,9 @@ def _sync_batch_norm_leaky_relu_op(
 @_sync_batch_norm_leaky_relu_op.register_fake
 def _sync_batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
                                      cumulative, eps, slope, backend, group_name):
-    stats = (x3.shape[1],)
-    return (torch.empty_like(x3), *(x3.new_empty(stats, dtype=torch.float32) for _ in range(3)))
+    channels = x3.shape[1]
+    return (torch.empty_like(x3), x3.new_empty((2, channels), dtype=torch.float32),
+            *(x3.new_empty((channels,), dtype=torch.float32) for _ in range(2)))
 
 
 @torch.library.custom_op("fastgan::sync_batch_norm_leaky_relu_backward", mutates_args=())
