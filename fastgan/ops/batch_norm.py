@@ -67,6 +67,7 @@ also compiles with ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -473,25 +474,34 @@ def _three_d(t: Tensor) -> Optional[Tensor]:
         return None
 
 
-def _largest_offset(*tensors: Tensor) -> int:
-    return max(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) + 1 for t in tensors)
+def _largest_offset(*layouts) -> int:
+    """One past the largest element offset of (shape, strides) layouts."""
+    return max(sum((size - 1) * abs(step) for size, step in zip(shape, strides)) + 1 for shape, strides in layouts)
 
 
 def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
-    n, c, s = x3.shape
+    """The launch plan for x3 (N, C, S) and the tensors walked with it; it depends only on
+    their shapes and strides, so it is planned once per layout (host time is the cost of a
+    small block)."""
+    return _planned(x3.shape, x3.stride(), tuple((t.shape, t.stride()) for t in others), x3.device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _planned(shape, stride, others, device) -> BatchNormPlan:
+    n, c, s = shape
     positions = n * s
-    channels_last = x3.stride(1) == 1 and c > 1
+    channels_last = stride[1] == 1 and c > 1
     block_c, block_p = _CHANNELS_LAST_TILE if channels_last else _CHANNELS_FIRST_TILE
     block_c = min(block_c, _launch.triton_next_power_of_2(max(c, 1)))
     block_c = max(block_c, 2)
     channel_blocks = -(-c // block_c)
     position_blocks = max(1, -(-positions // block_p))
-    budget = _launch.program_budget(x3.device, channel_blocks * position_blocks)
+    budget = _launch.program_budget(device, channel_blocks * position_blocks)
     splits = max(1, min(position_blocks, budget // channel_blocks))
     positions_per_split = -(-position_blocks // splits) * block_p
     splits = max(1, -(-positions // positions_per_split))
     return BatchNormPlan(splits, positions_per_split, block_c, block_p,
-                         _indexing.needs_int64(_largest_offset(x3, *others)), channels_last)
+                         _indexing.needs_int64(_largest_offset((shape, stride), *others)), channels_last)
 
 
 def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
@@ -631,7 +641,10 @@ def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
         grads = _differentiable_backward(grad_out3, x3, weight, bias, *running, ctx.eps, ctx.slope,
                                          (need_x, need_weight, need_bias))
     else:
-        outputs = _batch_norm_leaky_relu_backward_op(
+        # Traced (torch.compile): the registered backward op; eager: its implementation directly,
+        # as the forward does (the custom-op dispatcher costs tens of µs per call).
+        backward = _batch_norm_leaky_relu_backward_op if torch.compiler.is_compiling() else _backward_impl
+        outputs = backward(
             _in_layout_of(grad_out3, x3), x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
             need_x, need_weight and weight is not None, need_bias and bias is not None, ctx.backend,
         )
