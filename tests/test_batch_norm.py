@@ -637,3 +637,44 @@ def test_error_within_twice_eager_float32(backend, device, mean, std, training):
         for name, mine, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), got, theirs, exact):
             ours_error, eager_error = relative_error(mine, reference), relative_error(pytorch, reference)
             assert ours_error <= 2 * eager_error, (name, slope, ours_error, eager_error)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 7, 9), (33, 4), (3, 6, 11)], ids=str)
+def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, shape):
+    """On one CPU thread the torch backend takes float32 planar training statistics by
+    whole-tensor reductions (the path multi-threaded CI runs would never reach): values,
+    gradients and running statistics match float64, and stay within twice eager float32's
+    error when |mean| >> std."""
+    calls = []
+    planar = bn_module._planar_normalise
+    monkeypatch.setattr(bn_module, "_planar_normalise", lambda *args: calls.append(1) or planar(*args))
+    x = make_input(shape, False, "cpu").requires_grad_()
+    weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
+    assert_matches(*run_both("torch", x, weight, bias, running_mean, running_var, True))
+    assert calls, "the planar path was not taken"
+    for mean, std in ((40.0, 3.0), (1e3, 1.0)):
+        x = (torch.randn(shape, dtype=torch.float64) * std + mean).float()
+        upstream = torch.randn(shape)
+
+        def run(op, dtype):
+            leaves = [t.to(dtype).requires_grad_() for t in (x, weight.detach(), bias.detach())]
+            y = op(*leaves)
+            return (y, *torch.autograd.grad(y, leaves, upstream.to(dtype)))
+
+        def eager(x_, w_, b_):
+            return F.leaky_relu(F.batch_norm(x_, None, None, w_, b_, True, 0.1, 1e-5), 0.2)
+
+        def ours(x_, w_, b_):
+            return batch_norm_leaky_relu(x_, w_, b_, None, None, True, 0.1, 1e-5, 0.2, backend="torch")
+
+        exact, theirs, got = run(eager, torch.float64), run(eager, torch.float32), run(ours, torch.float32)
+        for name, mine, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), got, theirs, exact):
+            assert relative_error(mine, reference) <= 2 * relative_error(pytorch, reference), (name, mean, std)
