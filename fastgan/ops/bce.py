@@ -143,8 +143,8 @@ class _GanBCELossesTorchFunction(torch.autograd.Function):
         real, fake = ctx.saved_tensors
         need_real, need_fake = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # create_graph: the same forms, out of place, so they are tracked
-            return _gan_torch_grads_differentiable(real, fake, grad_d, grad_g, ctx.real_target, ctx.fake_target,
-                                                   need_real, need_fake)
+            return *_gan_closed_form_grads(real, fake, grad_d, grad_g, ctx.real_target, ctx.fake_target,
+                                           need_real, need_fake), None, None
         inv_real, inv_fake = 1.0 / real.numel(), 1.0 / fake.numel()
         d_real = d_fake = None
         if need_real and grad_d is not None:
@@ -185,7 +185,10 @@ def _log_sigmoid_sum(x: Tensor, accumulate: torch.dtype) -> Tensor:
     return F.softplus(x, beta=-1.0).sum(dtype=accumulate)
 
 
-def _gan_torch_grads_differentiable(real, fake, grad_d, grad_g, real_target, fake_target, need_real, need_fake):
+def _gan_closed_form_grads(real, fake, grad_d, grad_g, real_target, fake_target, need_real, need_fake):
+    """(d/d real, d/d fake) of grad_d·d_loss + grad_g·g_loss in differentiable PyTorch (None
+    where not needed or no incoming gradient): the second-order path of both the kernel and
+    the torch backend's forms."""
     d_real = d_fake = None
     if need_real and grad_d is not None:
         d_real = grad_d * (torch.sigmoid(real) - real_target) / real.numel()
@@ -195,7 +198,7 @@ def _gan_torch_grads_differentiable(real, fake, grad_d, grad_g, real_target, fak
         if grad_g is not None:
             g_term = grad_g * -torch.sigmoid(-fake) / fake.numel()
             d_fake = g_term if d_fake is None else d_fake + g_term
-    return d_real, d_fake, None, None
+    return d_real, d_fake
 
 
 def bce_with_logits_grads(
@@ -729,14 +732,8 @@ def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
     d_real = d_fake = None
     if torch.is_grad_enabled() or grad_d_saved is None:
         # Second order, or no saved gradient: closed forms in differentiable PyTorch.
-        if need_real and grad_d is not None:
-            d_real = grad_d * (torch.sigmoid(real) - ctx.real_target) / real.numel()
-        if need_fake:
-            if grad_d is not None:
-                d_fake = grad_d * (torch.sigmoid(fake) - ctx.fake_target) / fake.numel()
-            if grad_g is not None:
-                g_term = grad_g * -torch.sigmoid(-fake) / fake.numel()
-                d_fake = g_term if d_fake is None else d_fake + g_term
+        d_real, d_fake = _gan_closed_form_grads(real, fake, grad_d, grad_g, ctx.real_target, ctx.fake_target,
+                                                need_real, need_fake)
     else:
         fake_offset = _shared_grad_layout(real, fake)
         if grad_d is not None and (need_real or need_fake):

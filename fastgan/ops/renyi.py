@@ -154,6 +154,13 @@ def renyi_divergence(
 # --------------------------------------------------------------------------------------
 
 
+def _closed_form_grad(log_ratio: Tensor, grad: Tensor, beta: float, dim: int) -> Tensor:
+    """−grad·softmax(β·r, dim) in differentiable PyTorch (``grad`` broadcast along ``dim``): the
+    second-order (create_graph=True) backward of the kernel path and of the torch backend's form."""
+    weights = torch.softmax(beta * log_ratio.to(_compute_dtype(log_ratio.dtype)), dim=dim)
+    return (-grad * weights).to(log_ratio.dtype)
+
+
 def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Tensor:
     """The torch backend on CPU tensors for β ≠ 0 and n ≥ 1: :class:`_RenyiTorchFunction` when
     the shift m is finite in every row, else the reference (infinite or NaN logits at the
@@ -227,9 +234,7 @@ class _RenyiTorchFunction(torch.autograd.Function):
         log_ratio, neg_shift, expsum = ctx.saved_tensors
         grad = grad_out if ctx.keepdim or log_ratio.dim() == 1 else grad_out.unsqueeze(ctx.dim)
         if torch.is_grad_enabled():
-            # Second order (create_graph=True): the closed form in differentiable PyTorch.
-            weights = torch.softmax(ctx.beta * log_ratio.to(_compute_dtype(log_ratio.dtype)), dim=ctx.dim)
-            return (-grad * weights).to(log_ratio.dtype), None, None, None, None
+            return _closed_form_grad(log_ratio, grad, ctx.beta, ctx.dim), None, None, None, None
         # −grad·exp(x)/E, written in place over x.
         weights = torch.add(neg_shift, log_ratio, alpha=ctx.beta).exp_()
         return weights.mul_(torch.div(grad, expsum).neg_()), None, None, None, None
@@ -349,9 +354,7 @@ def _renyi_backward(ctx, grad_out, kernel):
     if grad_out is None or not ctx.needs_input_grad[0]:
         return None, None, None
     if torch.is_grad_enabled():
-        # Second order (create_graph=True): the closed form in differentiable PyTorch.
-        weights = torch.softmax(ctx.beta * rows.to(_compute_dtype(rows.dtype)), dim=1)
-        return (-grad_out.unsqueeze(1) * weights).to(rows.dtype), None, None
+        return _closed_form_grad(rows, grad_out.unsqueeze(1), ctx.beta, 1), None, None
     return kernel(rows, grad_out, shift, expsum, ctx.beta, ctx.backend), None, None
 
 
