@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from fastgan import _emulation
+from fastgan import _emulation, _environment
 
 BACKENDS = ("cuda", "triton", "torch")
 _CHOICES = BACKENDS + ("auto",)
@@ -113,7 +113,7 @@ def extension():
 
 def triton_interpreting() -> bool:
     """True when Triton kernels run on the CPU through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _environment.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,7 +173,7 @@ def requested_backend(backend: str | None) -> str:
         return _validate_name(backend, "backend")
     if _context_stack:
         return _context_stack[-1]
-    env = os.environ.get("FASTGAN_BACKEND")
+    env = _environment.get("FASTGAN_BACKEND")
     if env:
         return _validate_name(env, "FASTGAN_BACKEND")
     return "auto"

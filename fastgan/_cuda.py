@@ -91,12 +91,20 @@ def launch_gan_bce_forward(
     )
 
 
+def _renyi_row_geometry(rows: Tensor) -> tuple[int, int, int, int]:
+    """(rows, n, row stride, column stride) of a (rows, n) view, or of a 1-d tensor taken as one row."""
+    if rows.dim() == 1:
+        return 1, rows.shape[0], 0, rows.stride(0)
+    num_rows, n = rows.shape
+    return num_rows, n, rows.stride(0), rows.stride(1)
+
+
 def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
                          needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_forward`` (always 64-bit indexing)."""
-    num_rows, n = rows.shape
+    num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
     _backend.extension().renyi_forward(
-        address(rows), dtype_code(rows), num_rows, n, rows.stride(0), rows.stride(1),
+        address(rows), dtype_code(rows), num_rows, n, row_stride, col_stride,
         address(out), dtype_code(out), address(shift), address(expsum), address(partials),
         beta, inv_beta, log_n, cols_per_split, splits, stream_handle(rows),
     )
@@ -104,10 +112,10 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, 
 
 def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_backward`` (always 64-bit indexing)."""
-    num_rows, n = rows.shape
+    num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
     _backend.extension().renyi_backward(
-        address(rows), dtype_code(rows), num_rows, n, rows.stride(0), rows.stride(1),
-        address(grad_out), dtype_code(grad_out), grad_out.stride(0),
+        address(rows), dtype_code(rows), num_rows, n, row_stride, col_stride,
+        address(grad_out), dtype_code(grad_out), grad_out.stride(0) if grad_out.dim() else 0,
         address(shift), address(expsum), address(grad), dtype_code(grad), beta, stream_handle(rows),
     )
 

@@ -295,15 +295,24 @@ def _row_align(*strides: int) -> int:
     return align
 
 
+def _row_geometry(rows) -> tuple[int, int, int, int]:
+    """(rows, n, row stride, column stride) of a (rows, n) view, or of a 1-d tensor taken as
+    one row (the common case, passed without an unsqueeze: host time)."""
+    if rows.dim() == 1:
+        return 1, rows.shape[0], 0, rows.stride(0)
+    num_rows, n = rows.shape
+    return num_rows, n, rows.stride(0) if num_rows > 1 else 0, rows.stride(1)
+
+
 def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
                          needs_int64, block):
-    """Launch the forward (and, for split rows, the finishing kernel) on a (rows, n) view."""
-    num_rows, n = rows.shape
-    row_stride = rows.stride(0) if num_rows > 1 else 0
+    """Launch the forward (and, for split rows, the finishing kernel) on a (rows, n) view or
+    a 1-d tensor (one row)."""
+    num_rows, n, row_stride, col_stride = _row_geometry(rows)
     align = _row_align(row_stride)
     renyi_forward_kernel[(num_rows, splits)](
         rows, out, shift, expsum, partials if partials is not None else shift,
-        n, n - n % VECTOR_GROUP, row_stride // align, rows.stride(1), beta, inv_beta, log_n, cols_per_split // block,
+        n, n - n % VECTOR_GROUP, row_stride // align, col_stride, beta, inv_beta, log_n, cols_per_split // block,
         SINGLE_SPLIT=splits == 1, HAS_TAIL=n % block != 0, HAS_REMAINDER=n % VECTOR_GROUP != 0, ROW_ALIGN=align,
         INT64=needs_int64, BLOCK=block, num_warps=_reduction_warps(rows),
     )
@@ -315,13 +324,14 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, 
 
 
 def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
-    """Launch the backward on the forward's (rows, n) view; ``grad`` is contiguous (rows, n)."""
-    num_rows, n = rows.shape
+    """Launch the backward on the forward's (rows, n) view or 1-d row; ``grad`` is contiguous
+    and shaped like ``rows``, ``grad_out`` has one value per row (0-d for a 1-d row)."""
+    num_rows, n, row_stride, col_stride = _row_geometry(rows)
     blocks_per_row = triton.cdiv(n, block)
-    row_stride, grad_row_stride = (rows.stride(0), n) if num_rows > 1 else (0, 0)
+    grad_row_stride = n if num_rows > 1 else 0
     align = _row_align(row_stride, grad_row_stride)
     renyi_backward_kernel[(num_rows * blocks_per_row,)](
         rows, grad_out, shift, expsum, grad, n, n - n % VECTOR_GROUP, row_stride // align, grad_row_stride // align,
-        rows.stride(1), grad_out.stride(0), beta, blocks_per_row,
+        col_stride, grad_out.stride(0) if grad_out.dim() else 0, beta, blocks_per_row,
         HAS_REMAINDER=n % VECTOR_GROUP != 0, ROW_ALIGN=align, INT64=needs_int64, BLOCK=block,
     )

@@ -62,7 +62,11 @@ def output(like: torch.Tensor, shape, dtype: torch.dtype | None = None) -> torch
 
     The one allocation point of the kernel paths, so tests can poison it and check that.
     """
-    return like.new_empty(shape, dtype=dtype if dtype is not None else like.dtype)
+    if dtype is None or dtype == like.dtype:
+        # Sizes as separate ints parse faster than a tuple (0.7 µs against 1.0-1.4 µs a call;
+        # host time is the cost at 64-1024 logits).
+        return like.new_empty(*shape) if shape else like.new_empty(())
+    return like.new_empty(shape, dtype=dtype)
 
 
 def output_like(like: torch.Tensor) -> torch.Tensor:

@@ -334,6 +334,8 @@ class _BceCall(NamedTuple):
     launch: object  # _launch.LaunchShape
     mean_scale: float
     partials: int  # fp32 partial sums the reduction needs (0: a single program)
+    direct: bool  # operands passed as they are: no expansion, copy or partials, some elements
+    launch_options: dict  # the launcher's keyword arguments
 
 
 _BCE_CALLS: dict = {}
@@ -379,12 +381,16 @@ def _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, w
         launch = _launch.reduction(numel, _launch.program_budget(input.device, max(blocks, 1)))
     else:
         launch = _launch.elementwise(numel)
+    mean_scale = 1.0 / numel if reduction == _MEAN and numel else 1.0
+    partials = launch.num_programs if reduce and launch.num_programs > 1 else 0
     return _BceCall(
         target_value=target_value, reduction=reduction, write_grad=write_grad, backend=backend,
         out_dtype=_result_dtype(input, target, weight, pos_weight), loss_shape=() if reduce else tuple(shape),
         grad_shape=tuple(shape) if write_grad else (0,), expand=expand, copy_contiguous=copy_contiguous, plan=plan,
-        launch=launch, mean_scale=1.0 / numel if reduction == _MEAN and numel else 1.0,
-        partials=launch.num_programs if reduce and launch.num_programs > 1 else 0,
+        launch=launch, mean_scale=mean_scale, partials=partials,
+        direct=plan is not None and not any(expand) and not copy_contiguous and not partials,
+        launch_options=dict(target_value=target_value, grad_scale=mean_scale, loss_scale=mean_scale,
+                            reduce=reduce, plan=plan, launch=launch),
     )
 
 
@@ -406,6 +412,10 @@ def _bce_kernel_forward(
 def _run_bce_call(input, target, weight, pos_weight, call: _BceCall) -> tuple[Tensor, Tensor]:
     loss = _launch.output(input, call.loss_shape, call.out_dtype)
     grad = _launch.output(input, call.grad_shape)
+    if call.direct:  # the common case, with nothing to prepare
+        _launcher(call.backend, "bce_with_logits_forward")(
+            input, target, weight, pos_weight, loss, None, grad if call.write_grad else None, **call.launch_options)
+        return loss, grad
     if call.plan is None:  # no elements
         if call.reduction != _NONE:
             loss.fill_(float("nan") if call.reduction == _MEAN else 0.0)
@@ -423,10 +433,7 @@ def _run_bce_call(input, target, weight, pos_weight, call: _BceCall) -> tuple[Te
         operands = [None if t is None else t.contiguous() for t in operands]
     partials = torch.empty(call.partials, dtype=torch.float32, device=input.device) if call.partials else None
     _launcher(call.backend, "bce_with_logits_forward")(
-        input, *operands, loss, partials, grad if call.write_grad else None,
-        target_value=call.target_value, grad_scale=call.mean_scale, loss_scale=call.mean_scale,
-        reduce=call.reduction != _NONE, plan=call.plan, launch=call.launch,
-    )
+        input, *operands, loss, partials, grad if call.write_grad else None, **call.launch_options)
     return loss, grad
 
 
@@ -514,9 +521,38 @@ class _BCEWithLogitsFunction(torch.autograd.Function):
         input, target, weight, pos_weight, saved_grad = ctx.saved_tensors
         call = ctx.call
         needs = ctx.needs_input_grad
+        if (saved_grad is not None and grad_loss is not None and not any(needs[1:4])
+                and not torch.is_grad_enabled()):
+            # The training loop's case, inlined: the saved kernel gradient times the incoming one.
+            grad = grad_loss * saved_grad
+            return (grad if grad.dtype == input.dtype else grad.to(input.dtype)), None, None, None, None
         grads = _bce_grads(grad_loss, input, target, call.target_value, weight, pos_weight, saved_grad,
                            call.reduction, needs[:4])
         return grads[0], grads[1], grads[2], grads[3], None
+
+
+class _BCELabelsFunction(torch.autograd.Function):
+    """:class:`_BCEWithLogitsFunction` for the commonest call, (logits, labels) of one dtype
+    with no weights: two fewer arguments and saved tensors (host time at 64-1024 logits)."""
+
+    @staticmethod
+    def forward(ctx, input, target, call):
+        loss, grad = _run_bce_call(input, target, None, None, call)
+        ctx.save_for_backward(input, target, grad if call.write_grad else None)
+        ctx.call = call
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        input, target, saved_grad = ctx.saved_tensors
+        call = ctx.call
+        needs = ctx.needs_input_grad
+        if saved_grad is not None and not needs[1] and not torch.is_grad_enabled():
+            grad = grad_loss * saved_grad
+            return (grad if grad.dtype == input.dtype else grad.to(input.dtype)), None, None
+        grads = _bce_grads(grad_loss, input, target, call.target_value, None, None, saved_grad, call.reduction,
+                           (needs[0], needs[1], False, False))
+        return grads[0], grads[1], None
 
 
 # Argument keys already validated, with the dtype the backend must handle.
@@ -570,7 +606,7 @@ def bce_with_logits(
                           target.device, reduction, torch.is_grad_enabled() and input.requires_grad, name)
             call = _LABELS_CALLS.get(labels_key)
             if call is not None:
-                return _BCEWithLogitsFunction.apply(input, target, None, None, call)
+                return _BCELabelsFunction.apply(input, target, call)
     if isinstance(target, torch.Tensor):
         target_tensor, target_value = target, 0.0
     elif isinstance(target, numbers.Real) and not isinstance(target, bool):
@@ -617,6 +653,7 @@ def bce_with_logits(
         if len(_LABELS_CALLS) >= _MAX_CACHED_CALLS:
             _LABELS_CALLS.clear()
         _LABELS_CALLS[labels_key] = call
+        return _BCELabelsFunction.apply(input, target_tensor, call)
     return _BCEWithLogitsFunction.apply(input, target_tensor, weight, pos_weight, call)
 
 
@@ -683,7 +720,8 @@ def _gan_kernel_forward(
         partials = torch.empty(3 * num_programs, dtype=torch.float32, device=real.device)
     if write_grad:
         fake_d_part = grad_fake_d if fake_offset is None else grad_d[fake_offset:]
-        grads = (grad_d[:n_real], fake_d_part, grad_fake_g)
+        # grad_d itself for d d_loss/d real: the launchers take its start and write n_real values.
+        grads = (grad_d, fake_d_part, grad_fake_g)
     else:
         grads = (None, None, None)
     _launcher(backend, "gan_bce_forward")(

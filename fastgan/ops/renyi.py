@@ -49,9 +49,10 @@ from fastgan.ops.bce import _compute_dtype
 
 def check_alpha(alpha) -> float:
     """α as a float; a clear ValueError unless it is a finite real ≥ 0."""
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise ValueError(f"alpha must be a real number >= 0, got {type(alpha).__name__}")
-    alpha = float(alpha)
+    if type(alpha) is not float:  # a Python float needs no conversion (the ABC check costs host time)
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise ValueError(f"alpha must be a real number >= 0, got {type(alpha).__name__}")
+        alpha = float(alpha)
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a finite real number >= 0, got {alpha}")
     return alpha
@@ -133,10 +134,10 @@ def renyi_divergence(
             return renyi_divergence_reference(log_ratio, alpha, dim, keepdim)
         return _renyi_torch(log_ratio, beta, dim, keepdim)
     if log_ratio.dim() == 1 and not keepdim and not torch.compiler.is_compiling():
-        # The common case, a batch of logits: one row, the result a 0-d tensor (host time
-        # matters at 64-1024 logits: no movedim/reshape/view on this path).
-        out = _RenyiFunction.apply(log_ratio.unsqueeze(0), beta, name, ())
-        return out
+        # The common case, a batch of logits: one row, passed as it is (1-d), the result a
+        # 0-d tensor (host time matters at 64-1024 logits: no view on this path, and no view's
+        # node in the backward).
+        return _RenyiFunction.apply(log_ratio, beta, name, ())
     moved = log_ratio.movedim(dim, -1)
     # (rows, n): a view whenever the kept dimensions share one stride (e.g. (N,) or (N, G)
     # reduced over dim 0); otherwise reshape copies.
@@ -256,8 +257,16 @@ def _launcher(backend: str, name: str):
     return getattr(_cuda, "launch_" + name)
 
 
+def _rows_and_n(rows: Tensor) -> tuple[int, int]:
+    """(rows, n) of a (rows, n) view, or of a 1-d tensor taken as one row."""
+    return (1, rows.shape[0]) if rows.dim() == 1 else tuple(rows.shape)
+
+
 def _row_layout(rows: Tensor) -> tuple[int, int, bool]:
-    """(splits, columns per split, 64-bit indexing) for the forward over a (rows, n) view."""
+    """(splits, columns per split, 64-bit indexing) for the forward over a (rows, n) view or a
+    1-d tensor (one row)."""
+    if rows.dim() == 1:
+        return _planned_row_layout(1, rows.shape[0], 0, rows.stride(0), rows.device)
     num_rows, n = rows.shape
     return _planned_row_layout(num_rows, n, rows.stride(0), rows.stride(1), rows.device)
 
@@ -276,9 +285,10 @@ def _planned_row_layout(num_rows: int, n: int, row_stride: int, col_stride: int,
 
 
 def _renyi_kernel_forward(rows: Tensor, beta: float, backend: str, out_shape=None) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (D_α per row, fp32 per-row shift m, fp32 per-row E) for a (rows, n) view; the
-    first is shaped ``out_shape`` (its ``rows`` elements in order) when given, else (rows,)."""
-    num_rows, n = rows.shape
+    """Returns (D_α per row, fp32 per-row shift m, fp32 per-row E) for a (rows, n) view or a
+    1-d tensor (one row); the first is shaped ``out_shape`` (its ``rows`` elements in order)
+    when given, else (rows,)."""
+    num_rows, n = _rows_and_n(rows)
     out = _launch.output(rows, (num_rows,) if out_shape is None else out_shape)
     shift = _launch.output(rows, (num_rows,), torch.float32)
     expsum = _launch.output(rows, (num_rows,), torch.float32)
@@ -302,6 +312,7 @@ def _renyi_kernel_forward(rows: Tensor, beta: float, backend: str, out_shape=Non
 
 
 def _renyi_kernel_backward(rows, grad_out, shift, expsum, beta, backend) -> Tensor:
+    """The gradient, shaped like ``rows``."""
     grad = _launch.output(rows, rows.shape)
     if rows.numel() == 0:
         return grad
@@ -380,6 +391,13 @@ class _RenyiFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if grad_out is not None and grad_out.dim() != 1:
+        if grad_out is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        rows, shift, expsum = ctx.saved_tensors
+        if rows.dim() == 1:  # one row: a 0-d grad_out, its value the row's
+            if torch.is_grad_enabled():
+                return _closed_form_grad(rows, grad_out, ctx.beta, 0), None, None, None
+            return _renyi_kernel_backward(rows, grad_out, shift, expsum, ctx.beta, ctx.backend), None, None, None
+        if grad_out.dim() != 1:
             grad_out = grad_out.reshape(-1)
         return *_renyi_backward(ctx, grad_out, _renyi_kernel_backward), None
