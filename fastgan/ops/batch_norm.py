@@ -466,15 +466,25 @@ def _launcher(backend: str, name: str):
     return getattr(_cuda, "launch_" + name)
 
 
-def _three_d(t: Tensor) -> Optional[Tensor]:
-    """(N, C, S) view of an (N, C, *) tensor, or None when the spatial dimensions do not
-    share one stride (NCHW-contiguous and channels_last both do)."""
-    n, c = t.shape[:2]
-    spatial = math.prod(t.shape[2:])
-    try:
-        return t.view(n, c, spatial)
-    except RuntimeError:
-        return None
+def _three_d(t: Tensor) -> Tensor:
+    """(N, C, S) view of an (N, C, *) tensor whose spatial dimensions merge (see
+    :func:`_spatial_dims_merge`)."""
+    return t.view(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+def _spatial_dims_merge(t: Tensor) -> bool:
+    """True when the spatial dimensions of (N, C, *) ``t`` share one stride, so that (N, C, S)
+    is a view of it (NCHW-contiguous and channels_last both are): each dimension's stride is
+    the next one's times its size, size-1 dimensions aside. Read from the strides alone
+    (host time: a trial view would join the autograd graph)."""
+    inner_stride = None
+    for size, step in zip(reversed(t.shape[2:]), reversed(t.stride()[2:])):
+        if size == 1:
+            continue
+        if inner_stride is not None and step != inner_stride:
+            return False
+        inner_stride = step * size
+    return True
 
 
 def _largest_offset(*layouts) -> int:
@@ -510,7 +520,9 @@ def _planned(shape, stride, others, device) -> BatchNormPlan:
 def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
     """``t`` with ``like``'s strides (copied once when they differ), so the kernels read x and
     its incoming gradient with one tile orientation and both with vector accesses."""
-    if all(st == sl for st, sl, size in zip(t.stride(), like.stride(), like.shape) if size > 1):
+    strides = t.stride()
+    if strides == like.stride() or all(
+            st == sl for st, sl, size in zip(strides, like.stride(), like.shape) if size > 1):
         return t
     return _launch.output_like(like).copy_(t)
 
@@ -569,11 +581,14 @@ def _batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num
 
 
 def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat_is_invstd: bool, eps: float,
-                   slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str):
+                   slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str,
+                   mean_residual: Optional[Tensor] = None):
     """(grad_x, grad_weight, grad_bias), empty where not wanted. ``mean``: the forward's saved
-    (mean, residual) pair fp32 [2, C] (training), or the running mean [C] (eval)."""
+    (mean, residual) pair fp32 [2, C] (training), or the running mean [C] (eval); or the
+    training mean [C] with its residual [C] given apart as ``mean_residual``."""
     channels = x3.shape[1]
-    mean, mean_residual = mean.unbind(0) if mean.dim() == 2 else (mean, None)
+    if mean.dim() == 2:
+        mean, mean_residual = mean.unbind(0)
     grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
@@ -855,6 +870,51 @@ class _BatchNormLeakyReLUFunction(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
+class _EagerBatchNormLeakyReLUFunction(torch.autograd.Function):
+    """The kernel path in eager mode, unsynchronised: :class:`_BatchNormLeakyReLUFunction`'s
+    forward and backward implementations with less host time per call (what decides a small
+    block's speed). It takes x in its own shape and views it as (N, C, S) inside, so no view
+    nodes join the graph; returns y alone (the statistics stay in ctx); takes the constants as
+    one tuple (``apply`` pays per argument); and saves the mean and its residual apart, as
+    the forward already has them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, constants):
+        training, momentum, cumulative, eps, slope, backend = constants
+        n, c = x.shape[0], x.shape[1]
+        x3 = x.view(n, c, -1) if x.dim() != 3 else x
+        y3, mean, invstd = _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training,
+                                         momentum, cumulative, eps, slope, backend)
+        if training:
+            ctx.save_for_backward(x, weight, bias, mean[0], mean[1], invstd)
+        else:
+            ctx.save_for_backward(x, weight, bias, running_mean, None, running_var)
+        ctx.constants = constants
+        return y3.view(x.shape) if x.dim() != 3 else y3
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, mean_residual, stat = ctx.saved_tensors
+        training, _, _, eps, slope, backend = ctx.constants
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            # Second order (e.g. an R1 penalty): recompute the forward differentiably from x.
+            running = (None, None) if training else (mean, stat)
+            grads = _differentiable_backward(grad_out, x, weight, bias, *running, eps, slope,
+                                             (need_x, need_weight, need_bias))
+            return grads + (None,) * 4
+        n, c = x.shape[0], x.shape[1]
+        x3 = x.view(n, c, -1) if x.dim() != 3 else x
+        grad_out3 = _in_layout_of(grad_out, x)
+        if grad_out3.dim() != 3:
+            grad_out3 = grad_out3.view(x3.shape)
+        grad_x, grad_weight, grad_bias = _backward_impl(
+            grad_out3, x3, weight, bias, mean, stat, training, training, eps, slope,
+            need_x, need_weight and weight is not None, need_bias and bias is not None, backend, mean_residual)
+        return (grad_x.view(x.shape) if need_x else None, grad_weight if need_weight else None,
+                grad_bias if need_bias else None, None, None, None, None)
+
+
 def batch_norm_leaky_relu(
     x: Tensor,
     weight: Optional[Tensor],
@@ -924,19 +984,21 @@ def batch_norm_leaky_relu(
     for value, label in ((running_mean, "running_mean"), (running_var, "running_var")):
         if value is not None and not value.is_contiguous():
             raise ValueError(f"{label} must be contiguous: the kernels update it in place")
-    x3 = _three_d(x)
-    if x3 is None:
+    if not _spatial_dims_merge(x):
         _backend.warn_once(
             f"batch_norm_leaky_relu:layout:{x.stride()}",
             "fastgan.ops.batch_norm_leaky_relu: the input is neither contiguous nor channels_last; "
             "copying it to contiguous memory first",
         )
-        x3 = _three_d(x.contiguous())
+        x = x.contiguous()
     if training:
         _advance(num_batches_tracked, running_mean)
     cumulative = training and running_mean is not None and momentum is None
     statistics = (running_mean, running_var, num_batches_tracked if cumulative else None)
     constants = (float(momentum) if momentum is not None else 0.0, cumulative, float(eps), float(negative_slope), name)
+    if group is None and not torch.compiler.is_compiling():
+        return _EagerBatchNormLeakyReLUFunction.apply(x, weight, bias, *statistics, (training, *constants))
+    x3 = _three_d(x)
     if group is not None:
         y3 = _SyncBatchNormLeakyReLUFunction.apply(x3, weight, bias, *statistics, *constants, group.group_name)[0]
     else:
