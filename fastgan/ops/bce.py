@@ -598,7 +598,12 @@ def bce_with_logits(
         name = _backend.select_backend("bce_with_logits", backend, device, input.dtype)
         if name == "torch":
             if input.dtype in _EAGER_BCE_DTYPES:
-                # PyTorch's own op, which validates it as _check_bce_args would (same messages).
+                # PyTorch's own op. With equal shapes, the ATen op itself: F's wrapper only
+                # checks the shapes and maps the reduction name (0.4 µs a call); otherwise F,
+                # which validates it as _check_bce_args would (same messages).
+                if input.shape == target.shape:
+                    return torch.binary_cross_entropy_with_logits(input, target, None, None,
+                                                                  _REDUCTION_CODES[reduction])
                 return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
         elif not torch.compiler.is_compiling():
             # A call seen before is validated and planned: one lookup (host time is the cost at 64-1024 logits).
