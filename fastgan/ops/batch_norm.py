@@ -294,8 +294,38 @@ def _planar_normalise(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
     return y, rough_mean.add_(residual), var, invstd
 
 
+def _eager_ops_suffice(x, weight, bias, running_mean, running_var, training: bool, momentum, slope) -> bool:
+    """Whether the torch backend's block is eager PyTorch's own BatchNorm followed by its
+    in-place activation (:func:`_eager_batch_norm_leaky_relu`). It is, unless: the planar
+    statistics are faster (float32/float64 NCHW training on one CPU thread, see
+    :func:`_native_forward`); the slope is negative (PyTorch's in-place LeakyReLU has no
+    backward for it); the running average is cumulative (momentum None); or the parameters'
+    dtypes differ in a way PyTorch's op does not take. Those run
+    :class:`_NativeBatchNormLeakyReLUFunction`."""
+    if slope < 0 or (training and momentum is None and running_mean is not None):
+        return False
+    if (training and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
+            and (x.dim() == 2 or x.is_contiguous()) and torch.get_num_threads() == 1):
+        return False
+    dtype = _parameter_dtype(x, weight, bias, running_mean, running_var)
+    return all(t is None or t.dtype == dtype for t in (weight, bias, running_mean, running_var))
+
+
+def _eager_batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training: bool, momentum, eps: float,
+                                 slope: float) -> Tensor:
+    """``F.batch_norm`` then an in-place ``leaky_relu_`` (``relu_`` for slope 0): PyTorch's own
+    ops and autograd nodes (C++ backward, exact double backward), so exactly eager's values,
+    gradients and speed; in place, the block saves x and y only (BatchNorm its input, the
+    activation its result), as :class:`_NativeBatchNormLeakyReLUFunction` does."""
+    y = torch.batch_norm(x, weight, bias, running_mean, running_var, training,
+                         momentum if momentum is not None else 0.0, eps, torch.backends.cudnn.enabled)
+    return torch.relu_(y) if slope == 0 else torch._C._nn.leaky_relu_(y, slope)
+
+
 class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
-    """Autograd for the torch backend (no process group). Saves what eager BatchNorm followed
+    """Autograd for the torch backend (no process group) where eager's own ops do not suffice
+    (see :func:`_eager_ops_suffice`: the planar statistics, a negative slope, the cumulative
+    average, mixed parameter dtypes). Saves what eager BatchNorm followed
     by an in-place activation saves: x, the output y and two vectors of C (batch mean and
     invstd in training, the running statistics in eval). The activation's mask is read from y
     (y > 0 exactly where the BatchNorm output is, for a slope ≥ 0), so the backward is
@@ -975,6 +1005,9 @@ def batch_norm_leaky_relu(
     if name == "torch":
         if training:
             _advance(num_batches_tracked, running_mean)
+        if _eager_ops_suffice(x, weight, bias, running_mean, running_var, training, momentum, negative_slope):
+            return _eager_batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, momentum,
+                                                float(eps), float(negative_slope))
         return _NativeBatchNormLeakyReLUFunction.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                        training, momentum, float(eps), float(negative_slope))
     # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
