@@ -74,7 +74,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 def emulating() -> bool:
     """True when ``FASTGAN_CUDA_EMULATE=1``: the cuda backend runs on CPU tensors, emulated."""
-    return _emulation.enabled()
+    return _emulation.flag_set(_environment.get(_emulation.ENV_FLAG))
 
 
 @functools.lru_cache(maxsize=None)

@@ -34,8 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional
 
-from fastgan import _environment
-
 MODULE_NAME = "_C_emulated"
 ENV_FLAG = "FASTGAN_CUDA_EMULATE"
 SANITIZERS = {
@@ -54,11 +52,14 @@ class EmulationError(RuntimeError):
     """The emulated CUDA build cannot be made or loaded (the message says why)."""
 
 
-def enabled(environ=None) -> bool:
-    """True when ``FASTGAN_CUDA_EMULATE`` asks for the emulated cuda backend (in ``environ``,
-    default the process environment)."""
-    value = _environment.get(ENV_FLAG, "0") if environ is None else environ.get(ENV_FLAG, "0")
-    return value.strip().lower() not in ("", "0", "false", "no", "off")
+def enabled(environ=os.environ) -> bool:
+    """True when ``FASTGAN_CUDA_EMULATE`` asks for the emulated cuda backend."""
+    return flag_set(environ.get(ENV_FLAG))
+
+
+def flag_set(value: Optional[str]) -> bool:
+    """Whether an ``FASTGAN_CUDA_EMULATE`` value (None: unset) asks for emulation."""
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def source_dir() -> Path:
