@@ -132,11 +132,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 TOY_DEFAULTS = dict(
     model="mlp", latent_dim=8, components=None, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
-    steps=11000, batch_size=128, lr_g=3e-3, lr_d=9e-3, beta1=0.5, beta2=0.999, lr_decay=0.02, d_steps=1,
+    steps=11000, batch_size=256, lr_g=3e-3, lr_d=9e-3, beta1=0.5, beta2=0.999, lr_decay=0.02, d_steps=1,
     r1_gamma=0.86, r1_every=1, ema_decay=0.999, log_every=500, sample_keep=0.85, mh_steps=20, sir_pool=20,
 )
-# grid100's own preset: the toy preset with these changes (100 modes: twice the batch, so each
-# D step sees every mode about 2.5 times, and more steps; see README).
+# grid100's own preset: the toy preset with these changes (100 modes: more steps; the batch of
+# 256 lets each D step see every mode about 2.5 times; see README).
 GRID100_OVERRIDES = dict(steps=30000, batch_size=256)
 IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
