@@ -138,6 +138,11 @@ TOY_DEFAULTS = dict(
 # grid100's own preset: the toy preset with these changes (100 modes: more steps; the batch of
 # 256 lets each D step see every mode about 2.5 times; see README).
 GRID100_OVERRIDES = dict(steps=30000, batch_size=256)
+# ring8's own preset: a weaker R1 penalty. Its modes are 5x narrower (σ 0.01) on a 4x smaller
+# extent than grid25's, so the same γ smooths the discriminator over the modes' own width and it
+# cannot pull in their tails (γ 0.86: 84-99 % high-quality over 5 seeds; 0.2: 98.4-99.8 %).
+RING8_OVERRIDES = dict(r1_gamma=0.2)
+TOY_OVERRIDES = {"grid100": GRID100_OVERRIDES, "ring8": RING8_OVERRIDES}
 IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, lr_decay=1.0, d_steps=1, r1_gamma=0.0,
@@ -183,8 +188,7 @@ def _resolve_config(args: argparse.Namespace) -> dict:
     data = args.data or "grid25"
     kind = _data_kind(data)
     config = dict({"toy": TOY_DEFAULTS, "shapes": SHAPES_DEFAULTS}.get(kind, IMAGE_DEFAULTS))
-    if data == "grid100":
-        config.update(GRID100_OVERRIDES)
+    config.update(TOY_OVERRIDES.get(data, {}))
     for key in list(config) + ["image_size"]:
         value = getattr(args, key, None)
         if value is not None:
@@ -841,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a GAN into a run directory",
         description="Train a GAN. With no arguments: the tuned MLP GAN on the embedded grid25 mixture (CPU, about a minute). "
         "Unset flags take the preset of the data kind. Toy mixtures: "
-        + _preset_text(TOY_DEFAULTS) + " (grid100: " + _preset_text(GRID100_OVERRIDES) + "). shapes: "
+        + _preset_text(TOY_DEFAULTS) + " (grid100: " + _preset_text(GRID100_OVERRIDES) + "; ring8: "
+        + _preset_text(RING8_OVERRIDES) + "). shapes: "
         + _preset_text({key: value for key, value in SHAPES_DEFAULTS.items() if IMAGE_DEFAULTS.get(key) != value})
         + " (else as images). Images (DCGAN): " + _preset_text(IMAGE_DEFAULTS) + ".",
     )

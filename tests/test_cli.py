@@ -342,6 +342,9 @@ def test_info_and_help(capsys):
 def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
     assert (config["components"], config["steps"], config["batch_size"]) == (components, steps, batch)
+    assert config["r1_gamma"] == (0.2 if data == "ring8" else 0.86)  # ring8's narrow modes: a weaker R1
+    given = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--r1-gamma", "3"]))
+    assert given["r1_gamma"] == 3.0  # a flag beats the preset
     flags = cli.build_parser().parse_args(["train", "--data", data, "--components", "0", "--steps", "7", "--device", "cpu"])
     assert (cli._resolve_config(flags)["components"], cli._resolve_config(flags)["steps"]) == (0, 7)
     _, generator, _ = cli._build(config)
