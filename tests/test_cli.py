@@ -338,7 +338,7 @@ def test_info_and_help(capsys):
 
 
 @pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 256), ("ring8", 8, 11000, 256),
-                                                         ("grid100", 100, 30000, 256)])
+                                                         ("grid100", 100, 20000, 512)])
 def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
     assert (config["components"], config["steps"], config["batch_size"]) == (components, steps, batch)
