@@ -992,9 +992,10 @@ def batch_norm_leaky_relu(
                 num_batches_tracked, synchronised=group is not None)
     # The kernels take float32/float16/bfloat16 tensors and parameters; anything else (float64
     # buffers, say) selects like a float64 input does: the torch backend.
-    dtypes = [t.dtype for t in (x, weight, bias, running_mean, running_var) if t is not None]
-    unsupported = [d for d in dtypes if d not in _backend.KERNEL_DTYPES]
-    name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, unsupported[0] if unsupported else x.dtype)
+    unsupported = next((t.dtype for t in (x, weight, bias, running_mean, running_var)
+                        if t is not None and t.dtype not in _backend.KERNEL_DTYPES), None)
+    name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device,
+                                   unsupported if unsupported is not None else x.dtype)
     # An empty synchronised batch still runs the kernel path: its collectives must match the
     # other processes' (the reference's differ in shape).
     if (name == "torch" and group is not None) or (x.numel() == 0 and group is None):
