@@ -412,26 +412,24 @@ def _bce_kernel_forward(
 def _run_bce_call(input, target, weight, pos_weight, call: _BceCall) -> tuple[Tensor, Tensor]:
     loss = _launch.output(input, call.loss_shape, call.out_dtype)
     grad = _launch.output(input, call.grad_shape)
-    if call.direct:  # the common case, with nothing to prepare
-        _launcher(call.backend, "bce_with_logits_forward")(
-            input, target, weight, pos_weight, loss, None, grad if call.write_grad else None, **call.launch_options)
-        return loss, grad
-    if call.plan is None:  # no elements
-        if call.reduction != _NONE:
-            loss.fill_(float("nan") if call.reduction == _MEAN else 0.0)
-        return loss, grad
-    operands = [target, weight, pos_weight]
-    if any(call.expand):
-        operands = [t.expand(input.shape) if grow else t for t, grow in zip(operands, call.expand)]
-    if call.copy_contiguous:
-        _backend.warn_once(
-            "bce_with_logits:rank",
-            "fastgan.ops.bce_with_logits: operands with more than 4 non-mergeable dimensions "
-            "are copied to contiguous memory first",
-        )
-        input = input.contiguous()
-        operands = [None if t is None else t.contiguous() for t in operands]
-    partials = torch.empty(call.partials, dtype=torch.float32, device=input.device) if call.partials else None
+    operands, partials = (target, weight, pos_weight), None
+    if not call.direct:  # the common case has nothing to prepare
+        if call.plan is None:  # no elements
+            if call.reduction != _NONE:
+                loss.fill_(float("nan") if call.reduction == _MEAN else 0.0)
+            return loss, grad
+        if any(call.expand):
+            operands = [t.expand(input.shape) if grow else t for t, grow in zip(operands, call.expand)]
+        if call.copy_contiguous:
+            _backend.warn_once(
+                "bce_with_logits:rank",
+                "fastgan.ops.bce_with_logits: operands with more than 4 non-mergeable dimensions "
+                "are copied to contiguous memory first",
+            )
+            input = input.contiguous()
+            operands = [None if t is None else t.contiguous() for t in operands]
+        if call.partials:
+            partials = torch.empty(call.partials, dtype=torch.float32, device=input.device)
     _launcher(call.backend, "bce_with_logits_forward")(
         input, *operands, loss, partials, grad if call.write_grad else None, **call.launch_options)
     return loss, grad
@@ -467,6 +465,12 @@ def _bce_setup_context(ctx, inputs, output):
     ctx.reduction = reduction
 
 
+def _scaled_saved_grad(grad_loss: Tensor, saved_grad: Tensor, input: Tensor) -> Tensor:
+    """d loss/d input from the kernel's saved gradient: one multiply, in the input's dtype."""
+    grad = grad_loss * saved_grad
+    return grad if grad.dtype == input.dtype else grad.to(input.dtype)
+
+
 def _bce_grads(grad_loss, input, target, target_value, weight, pos_weight, saved_grad, reduction, wanted):
     """Gradients for (input, target, weight, pos_weight), None where not ``wanted``: the saved
     kernel gradient times the incoming one when that is all that is asked (one multiply), else
@@ -476,8 +480,7 @@ def _bce_grads(grad_loss, input, target, target_value, weight, pos_weight, saved
         return result
     fast_input_grad = wanted[0] and saved_grad is not None and not torch.is_grad_enabled()
     if fast_input_grad:
-        grad = grad_loss * saved_grad
-        result[0] = grad if grad.dtype == input.dtype else grad.to(input.dtype)
+        result[0] = _scaled_saved_grad(grad_loss, saved_grad, input)
     slow = (wanted[0] and not fast_input_grad,) + tuple(wanted[1:])
     if any(slow):
         scale = grad_loss / input.numel() if reduction == _MEAN else grad_loss
@@ -521,11 +524,6 @@ class _BCEWithLogitsFunction(torch.autograd.Function):
         input, target, weight, pos_weight, saved_grad = ctx.saved_tensors
         call = ctx.call
         needs = ctx.needs_input_grad
-        if (saved_grad is not None and grad_loss is not None and not any(needs[1:4])
-                and not torch.is_grad_enabled()):
-            # The training loop's case, inlined: the saved kernel gradient times the incoming one.
-            grad = grad_loss * saved_grad
-            return (grad if grad.dtype == input.dtype else grad.to(input.dtype)), None, None, None, None
         grads = _bce_grads(grad_loss, input, target, call.target_value, weight, pos_weight, saved_grad,
                            call.reduction, needs[:4])
         return grads[0], grads[1], grads[2], grads[3], None
@@ -548,8 +546,8 @@ class _BCELabelsFunction(torch.autograd.Function):
         call = ctx.call
         needs = ctx.needs_input_grad
         if saved_grad is not None and not needs[1] and not torch.is_grad_enabled():
-            grad = grad_loss * saved_grad
-            return (grad if grad.dtype == input.dtype else grad.to(input.dtype)), None, None
+            # _bce_grads' fast case, without its general bookkeeping (host time at 64-1024 logits).
+            return _scaled_saved_grad(grad_loss, saved_grad, input), None, None
         grads = _bce_grads(grad_loss, input, target, call.target_value, None, None, saved_grad, call.reduction,
                            (needs[0], needs[1], False, False))
         return grads[0], grads[1], None
@@ -759,14 +757,18 @@ def _gan_bce_losses_fake(real, fake, real_target, fake_target, write_grad, backe
         fake.new_empty((sizes[2],))
 
 
+def _save_gan_context(ctx, real, fake, grads, real_target, fake_target, write_grad) -> None:
+    """What :func:`_gan_backward` reads: the logits, the kernel's gradients when written, the labels."""
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(real, fake, *(grads if write_grad else (None, None, None)))
+    ctx.real_target = real_target
+    ctx.fake_target = fake_target
+
+
 def _gan_setup_context(ctx, inputs, output):
     real, fake, real_target, fake_target, write_grad, _ = inputs
     ctx.mark_non_differentiable(*output[2:])
-    ctx.set_materialize_grads(False)
-    saved = output[2:] if write_grad else (None, None, None)
-    ctx.save_for_backward(real, fake, *saved)
-    ctx.real_target = real_target
-    ctx.fake_target = fake_target
+    _save_gan_context(ctx, real, fake, output[2:], real_target, fake_target, write_grad)
 
 
 def _gan_backward(ctx, grad_d, grad_g, *_grads_of_saved):
@@ -813,10 +815,7 @@ class _GanBCELossesFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, real, fake, real_target, fake_target, write_grad, backend):
         d_loss, g_loss, *grads = _gan_kernel_forward(real, fake, real_target, fake_target, write_grad, backend)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(real, fake, *(grads if write_grad else (None, None, None)))
-        ctx.real_target = real_target
-        ctx.fake_target = fake_target
+        _save_gan_context(ctx, real, fake, grads, real_target, fake_target, write_grad)
         return d_loss, g_loss
 
     @staticmethod
@@ -869,6 +868,7 @@ def gan_bce_losses(
     same_dtype = real_logits.dtype == fake_logits.dtype
     dtype = real_logits.dtype if same_dtype else _kernel_dtype(real_logits, fake_logits)
     name = _backend.select_backend("gan_bce_losses", backend, device, dtype)
+    write_grad = torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)
     if name == "torch":
         if not same_dtype and not torch.compiler.is_compiling():
             _backend.warn_once("gan_bce_losses:mixed-dtypes",
@@ -877,10 +877,9 @@ def gan_bce_losses(
         if not same_dtype or real_logits.numel() == 0 or fake_logits.numel() == 0 or torch.compiler.is_compiling():
             # Empty inputs need no speed; torch.compile fuses the reference anyway.
             return gan_bce_losses_reference(real_logits, fake_logits, real_target, fake_target)
-        if not (torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)):
+        if not write_grad:
             return GanBCELosses(*_gan_torch_losses(real_logits, fake_logits, real_target, fake_target))
         return GanBCELosses(*_GanBCELossesTorchFunction.apply(real_logits, fake_logits, real_target, fake_target))
-    write_grad = torch.is_grad_enabled() and (real_logits.requires_grad or fake_logits.requires_grad)
     args = (real_logits, fake_logits, real_target, fake_target, write_grad, name)
     if torch.compiler.is_compiling():
         outputs = _gan_bce_losses_op(*args)
