@@ -372,10 +372,17 @@ def _renyi_setup_context(ctx, inputs, output):
 
 
 def _renyi_backward(ctx, grad_out, kernel):
+    """(d/d rows, None, None) for a (rows, n) view, whose ``grad_out`` holds one value per row,
+    or a 1-d row, whose ``grad_out`` is 0-d."""
     rows, shift, expsum = ctx.saved_tensors
     if grad_out is None or not ctx.needs_input_grad[0]:
         return None, None, None
+    one_row = rows.dim() == 1
+    if not one_row and grad_out.dim() != 1:
+        grad_out = grad_out.reshape(-1)
     if torch.is_grad_enabled():
+        if one_row:
+            return _closed_form_grad(rows, grad_out, ctx.beta, 0), None, None
         return _closed_form_grad(rows, grad_out.unsqueeze(1), ctx.beta, 1), None, None
     return kernel(rows, grad_out, shift, expsum, ctx.beta, ctx.backend), None, None
 
@@ -402,13 +409,4 @@ class _RenyiFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if grad_out is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        rows, shift, expsum = ctx.saved_tensors
-        if rows.dim() == 1:  # one row: a 0-d grad_out, its value the row's
-            if torch.is_grad_enabled():
-                return _closed_form_grad(rows, grad_out, ctx.beta, 0), None, None, None
-            return _renyi_kernel_backward(rows, grad_out, shift, expsum, ctx.beta, ctx.backend), None, None, None
-        if grad_out.dim() != 1:
-            grad_out = grad_out.reshape(-1)
         return *_renyi_backward(ctx, grad_out, _renyi_kernel_backward), None
