@@ -286,9 +286,10 @@ def test_renyi_writes_every_output(kernel_backend, device, monkeypatch):
         assert not torch.isnan(got).any() and not torch.isnan(grad).any()
 
 
-def test_renyi_double_backward(backend, device):
-    r = log_ratios((9, 2), device).requires_grad_()
-    v = torch.randn(9, 2, device=device)
+@pytest.mark.parametrize("shape", [(9, 2), (9,)], ids=["rows", "one-row"])  # a 1-d row has its own path
+def test_renyi_double_backward(backend, device, shape):
+    r = log_ratios(shape, device).requires_grad_()
+    v = torch.randn(shape, device=device)
     for alpha in (0.5, 1.0, 3.0):
         (g,) = torch.autograd.grad(renyi_divergence(r, alpha, backend=backend).sum(), r, create_graph=True)
         # At α = 1 the gradient −1/N is constant: the second derivative is zero (or absent).
