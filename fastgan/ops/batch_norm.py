@@ -218,6 +218,13 @@ def _as_compute(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+def _planar_on_one_cpu_thread(x: Tensor) -> bool:
+    """Where the torch backend's planar statistics beat PyTorch's CPU BatchNorm kernel (see
+    :func:`_native_forward`): planar layouts ((N, C), contiguous (N, C, *)) of CPU tensors
+    with one intra-op thread."""
+    return (x.dim() == 2 or x.is_contiguous()) and x.device.type == "cpu" and torch.get_num_threads() == 1
+
+
 def _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
                     momentum: Optional[float], eps: float, slope: float):
     """(y, saved mean, saved invstd) of the torch backend, then an in-place leaky_relu. Half
@@ -236,8 +243,8 @@ def _native_forward(x, weight, bias, running_mean, running_var, num_batches_trac
     # Whole-tensor reductions beat PyTorch's CPU statistics kernel on one intra-op thread (2.2x at
     # 32x64x16x16); with more threads that kernel parallelises over channels and is as fast or
     # faster (measured on 2 threads), and on a GPU it is cuDNN's.
-    planar = (x.dim() == 2 or x.is_contiguous()) and x.device.type == "cpu" and torch.get_num_threads() == 1
-    if training and planar and x_c.dtype == dtype and dtype in (torch.float32, torch.float64) and x.numel():
+    if (training and _planar_on_one_cpu_thread(x) and x_c.dtype == dtype and dtype in (torch.float32, torch.float64)
+            and x.numel()):
         y, save_mean, var, save_invstd = _planar_normalise(x_c, weight_c, bias_c, eps)
         if running_mean is not None:
             _update_running(running_mean, running_var, save_mean, var, x.numel() // x.shape[1],
@@ -304,8 +311,7 @@ def _eager_ops_suffice(x, weight, bias, running_mean, running_var, training: boo
     :class:`_NativeBatchNormLeakyReLUFunction`."""
     if slope < 0 or (training and momentum is None and running_mean is not None):
         return False
-    if (training and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
-            and (x.dim() == 2 or x.is_contiguous()) and torch.get_num_threads() == 1):
+    if training and x.dtype in (torch.float32, torch.float64) and _planar_on_one_cpu_thread(x):
         return False
     dtype = _parameter_dtype(x, weight, bias, running_mean, running_var)
     return all(t is None or t.dtype == dtype for t in (weight, bias, running_mean, running_var))
@@ -611,14 +617,11 @@ def _batch_norm_leaky_relu_fake(x3, weight, bias, running_mean, running_var, num
 
 
 def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat_is_invstd: bool, eps: float,
-                   slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str,
-                   mean_residual: Optional[Tensor] = None):
+                   slope: float, need_x: bool, need_weight: bool, need_bias: bool, backend: str):
     """(grad_x, grad_weight, grad_bias), empty where not wanted. ``mean``: the forward's saved
-    (mean, residual) pair fp32 [2, C] (training), or the running mean [C] (eval); or the
-    training mean [C] with its residual [C] given apart as ``mean_residual``."""
+    (mean, residual) pair fp32 [2, C] (training), or the running mean [C] (eval)."""
     channels = x3.shape[1]
-    if mean.dim() == 2:
-        mean, mean_residual = mean.unbind(0)
+    mean, mean_residual = mean.unbind(0) if mean.dim() == 2 else (mean, None)
     grad_out3 = _in_layout_of(grad_out3, x3)
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
@@ -678,25 +681,29 @@ def _setup_context(ctx, inputs, output):
     ctx.training, ctx.eps, ctx.slope, ctx.backend = training, eps, slope, backend
 
 
-def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
-    x3, weight, bias, mean, stat = ctx.saved_tensors
-    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-    if grad_out3 is None:
-        return (None,) * 12
+def _block_grads(grad_out3, x3, weight, bias, mean, stat, training: bool, eps: float, slope: float, backend: str,
+                 wanted) -> tuple:
+    """(grad_x3, grad_weight, grad_bias), None where not ``wanted``, from what the forward saved
+    (``mean``, ``stat``: the fp32 (mean, residual) pair and invstd in training, the running
+    statistics in eval): the backward of both kernel-path Functions."""
+    need_x, need_weight, need_bias = wanted
     if torch.is_grad_enabled():
         # Second order (e.g. an R1 penalty): recompute the forward differentiably from x.
-        running = (None, None) if ctx.training else (mean, stat)
-        grads = _differentiable_backward(grad_out3, x3, weight, bias, *running, ctx.eps, ctx.slope,
-                                         (need_x, need_weight, need_bias))
-    else:
-        # Traced (torch.compile): the registered backward op; eager: its implementation directly,
-        # as the forward does (the custom-op dispatcher costs tens of µs per call).
-        backward = _batch_norm_leaky_relu_backward_op if torch.compiler.is_compiling() else _backward_impl
-        outputs = backward(
-            _in_layout_of(grad_out3, x3), x3, weight, bias, mean, stat, ctx.training, ctx.training, ctx.eps, ctx.slope,
-            need_x, need_weight and weight is not None, need_bias and bias is not None, ctx.backend,
-        )
-        grads = tuple(g if wanted else None for g, wanted in zip(outputs, (need_x, need_weight, need_bias)))
+        running = (None, None) if training else (mean, stat)
+        return _differentiable_backward(grad_out3, x3, weight, bias, *running, eps, slope, wanted)
+    # Traced (torch.compile): the registered backward op; eager: its implementation directly,
+    # as the forward does (the custom-op dispatcher costs tens of µs per call).
+    backward = _batch_norm_leaky_relu_backward_op if torch.compiler.is_compiling() else _backward_impl
+    outputs = backward(grad_out3, x3, weight, bias, mean, stat, training, training, eps, slope,
+                       need_x, need_weight and weight is not None, need_bias and bias is not None, backend)
+    return tuple(g if w else None for g, w in zip(outputs, wanted))
+
+
+def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
+    if grad_out3 is None:
+        return (None,) * 12
+    grads = _block_grads(grad_out3, *ctx.saved_tensors, ctx.training, ctx.eps, ctx.slope, ctx.backend,
+                         ctx.needs_input_grad[:3])
     return grads + (None,) * 9
 
 
@@ -904,45 +911,28 @@ class _EagerBatchNormLeakyReLUFunction(torch.autograd.Function):
     """The kernel path in eager mode, unsynchronised: :class:`_BatchNormLeakyReLUFunction`'s
     forward and backward implementations with less host time per call (what decides a small
     block's speed). It takes x in its own shape and views it as (N, C, S) inside, so no view
-    nodes join the graph; returns y alone (the statistics stay in ctx); takes the constants as
-    one tuple (``apply`` pays per argument); and saves the mean and its residual apart, as
-    the forward already has them."""
+    nodes join the graph; returns y alone (the statistics stay in ctx); and takes the
+    constants as one tuple (``apply`` pays per argument)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, constants):
         training, momentum, cumulative, eps, slope, backend = constants
-        n, c = x.shape[0], x.shape[1]
-        x3 = x.view(n, c, -1) if x.dim() != 3 else x
-        y3, mean, invstd = _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_tracked, training,
-                                         momentum, cumulative, eps, slope, backend)
-        if training:
-            ctx.save_for_backward(x, weight, bias, mean[0], mean[1], invstd)
-        else:
-            ctx.save_for_backward(x, weight, bias, running_mean, None, running_var)
+        y3, mean, invstd = _forward_impl(_three_d(x), weight, bias, running_mean, running_var, num_batches_tracked,
+                                         training, momentum, cumulative, eps, slope, backend)
+        ctx.save_for_backward(x, weight, bias, *((mean, invstd) if training else (running_mean, running_var)))
         ctx.constants = constants
-        return y3.view(x.shape) if x.dim() != 3 else y3
+        return y3.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, mean, mean_residual, stat = ctx.saved_tensors
+        x, weight, bias, mean, stat = ctx.saved_tensors
         training, _, _, eps, slope, backend = ctx.constants
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():
-            # Second order (e.g. an R1 penalty): recompute the forward differentiably from x.
-            running = (None, None) if training else (mean, stat)
-            grads = _differentiable_backward(grad_out, x, weight, bias, *running, eps, slope,
-                                             (need_x, need_weight, need_bias))
-            return grads + (None,) * 4
-        n, c = x.shape[0], x.shape[1]
-        x3 = x.view(n, c, -1) if x.dim() != 3 else x
-        grad_out3 = _in_layout_of(grad_out, x)
-        if grad_out3.dim() != 3:
-            grad_out3 = grad_out3.view(x3.shape)
-        grad_x, grad_weight, grad_bias = _backward_impl(
-            grad_out3, x3, weight, bias, mean, stat, training, training, eps, slope,
-            need_x, need_weight and weight is not None, need_bias and bias is not None, backend, mean_residual)
-        return (grad_x.view(x.shape) if need_x else None, grad_weight if need_weight else None,
-                grad_bias if need_bias else None, None, None, None, None)
+        x3 = _three_d(x)
+        # In x's layout first, so that (N, C, S) is a view of it as it is of x.
+        grad_out3 = _in_layout_of(grad_out, x).view(x3.shape)
+        grad_x3, grad_weight, grad_bias = _block_grads(grad_out3, x3, weight, bias, mean, stat, training, eps, slope,
+                                                       backend, ctx.needs_input_grad[:3])
+        return (grad_x3.view(x.shape) if grad_x3 is not None else None), grad_weight, grad_bias, None, None, None, None
 
 
 def batch_norm_leaky_relu(
