@@ -845,8 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a GAN into a run directory",
         description="Train a GAN. With no arguments: the tuned MLP GAN on the embedded grid25 mixture (CPU, about a minute). "
         "Unset flags take the preset of the data kind. Toy mixtures: "
-        + _preset_text(TOY_DEFAULTS) + " (grid100: " + _preset_text(GRID100_OVERRIDES) + "; ring8: "
-        + _preset_text(RING8_OVERRIDES) + "). shapes: "
+        + _preset_text(TOY_DEFAULTS) + " ("
+        + "; ".join(f"{data}: {_preset_text(overrides)}" for data, overrides in TOY_OVERRIDES.items()) + "). shapes: "
         + _preset_text({key: value for key, value in SHAPES_DEFAULTS.items() if IMAGE_DEFAULTS.get(key) != value})
         + " (else as images). Images (DCGAN): " + _preset_text(IMAGE_DEFAULTS) + ".",
     )
