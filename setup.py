@@ -9,6 +9,10 @@ against csrc/emulation, so the ``cuda`` backend runs on CPU tensors under
 ``FASTGAN_CUDA_EMULATE=1`` (fastgan/_emulation.py, which builds it on first use when it is not
 built here). The sources ship in the package (fastgan/csrc) for that.
 
+And ``fastgan._C_cpu``: fastgan's native CPU kernels (csrc/cpu, plain C++ vectorized by the host
+compiler; fastgan/_native.py), which the torch backend uses on the CPU where one pass does what
+PyTorch's op does in several.
+
 Environment:
   FASTGAN_BUILD_CUDA    auto (default): build when nvcc is found, else install without the
                         extension and say why in one line; 1: the extension is required;
@@ -16,6 +20,9 @@ Environment:
   FASTGAN_BUILD_EMULATED  auto (default): build the emulated extension when a host C++
                         compiler works, else say why in one line (it is then built on first
                         use); 1: required; 0: never at install time.
+  FASTGAN_BUILD_CPU     auto (default): build the native CPU kernels when a host C++ compiler
+                        works, else say why in one line (PyTorch's ops are used instead);
+                        1: required; 0: never.
   TORCH_CUDA_ARCH_LIST  target architectures, e.g. "8.0;9.0+PTX" (the default).
   MAX_JOBS              parallel nvcc jobs (default: the number of CPUs).
   CUDA_HOME / CUDA_PATH the CUDA toolkit, when not found from nvcc on PATH or /usr/local/cuda.
@@ -132,9 +139,9 @@ def find_cuda_home(environ=os.environ) -> tuple[Path | None, str]:
     return None, "nvcc not found (set CUDA_HOME, put nvcc on PATH, or install the toolkit in /usr/local/cuda)"
 
 
-def _emulation_builder():
-    """fastgan/_emulation.py, loaded by path (importing the package would import torch)."""
-    spec = importlib.util.spec_from_file_location("_fastgan_emulation_build", ROOT / "fastgan" / "_emulation.py")
+def _builder(name: str):
+    """fastgan/<name>.py, loaded by path (importing the package would import torch)."""
+    spec = importlib.util.spec_from_file_location(f"_fastgan_build{name}", ROOT / "fastgan" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -157,13 +164,30 @@ class BuildCudaExtension(build_ext):
                     raise SystemExit(f"fastgan: FASTGAN_BUILD_CUDA=1 but the CUDA extension cannot be built: {error}")
                 self._skip(f"{error} (set FASTGAN_BUILD_CUDA=1 to make this an error, 0 to silence it)")
         self._build_emulated()
+        self._build_native_cpu()
+
+    def _build_native_cpu(self) -> None:
+        mode = build_mode(variable="FASTGAN_BUILD_CPU")
+        if mode == "0":
+            return
+        builder = _builder("_native")
+        target = Path(self.get_ext_fullpath("fastgan." + builder.MODULE_NAME))
+        try:
+            print(f"fastgan: building the native CPU kernels into {target}", flush=True)
+            builder.build_module(target, CSRC)
+        except builder.NativeBuildError as error:
+            if mode == "1":
+                raise SystemExit(f"fastgan: FASTGAN_BUILD_CPU=1 but the native CPU kernels cannot be built: {error}")
+            print(f"fastgan: building without the native CPU kernels ({str(error).splitlines()[0]}); the torch "
+                  "backend uses PyTorch's ops on the CPU (set FASTGAN_BUILD_CPU=1 to make this an error)",
+                  file=sys.stderr, flush=True)
 
     def _build_emulated(self) -> None:
         mode = build_mode(variable="FASTGAN_BUILD_EMULATED")
         if mode == "0":
             return
         target = Path(self.get_ext_fullpath("fastgan._C_emulated"))
-        builder = _emulation_builder()
+        builder = _builder("_emulation")
         try:
             print(f"fastgan: building the emulated CUDA kernels (FASTGAN_CUDA_EMULATE=1) into {target.parent}", flush=True)
             builder.install_module(target.parent, CSRC)
@@ -238,10 +262,11 @@ def _run_compiler(command: list[str]) -> str:
 if __name__ == "__main__":
     setup(
         packages=find_packages(include=["fastgan", "fastgan.*"])
-        + ["fastgan.kernels", "fastgan.csrc", "fastgan.csrc.emulation", "fastgan.csrc.testing"],
+        + ["fastgan.kernels", "fastgan.csrc", "fastgan.csrc.cpu", "fastgan.csrc.emulation", "fastgan.csrc.testing"],
         package_dir={"fastgan.kernels": "kernels", "fastgan.csrc": "csrc"},
         # The CUDA sources, for the emulated build on first use (fastgan/_emulation.py).
-        package_data={"fastgan.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp"], "fastgan.csrc.emulation": ["*.h", "*.cpp"],
+        package_data={"fastgan.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp"], "fastgan.csrc.cpu": ["*.h", "*.cpp"],
+                      "fastgan.csrc.emulation": ["*.h", "*.cpp"],
                       "fastgan.csrc.testing": ["*.cu"]},
         ext_modules=[Extension("fastgan._C", sources=[str(p.relative_to(ROOT)) for p in CUDA_SOURCES])],
         cmdclass={"build_ext": BuildCudaExtension},

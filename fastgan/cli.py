@@ -35,7 +35,7 @@ def collect_info() -> dict:
     import torch
 
     import fastgan
-    from fastgan import _backend
+    from fastgan import _backend, _native
 
     triton_module, triton_reason = _backend._triton_status()
     extension, extension_reason = _backend._compiled_extension_status()
@@ -59,6 +59,7 @@ def collect_info() -> dict:
         "cuda_extension": extension.build_info() if extension is not None else None,
         "cuda_extension_missing": extension_reason or None,
         "cuda_emulation": emulation,
+        "cpu_kernels": _native.status(),
         "device": device,
         "environment": {
             name: value
@@ -66,6 +67,7 @@ def collect_info() -> dict:
                 ("FASTGAN_BACKEND", _env("FASTGAN_BACKEND")),
                 ("TRITON_INTERPRET", _env("TRITON_INTERPRET")),
                 ("FASTGAN_CUDA_EMULATE", _env("FASTGAN_CUDA_EMULATE")),
+                (_native.ENV_SWITCH, _env(_native.ENV_SWITCH)),
             )
             if value is not None
         },
@@ -97,6 +99,7 @@ def format_info(info: dict) -> str:
         f"  triton        {info['triton'] or 'not installed'}",
         f"  extension     {built}",
         f"  emulation     {info['cuda_emulation']}",
+        f"  cpu kernels   {info['cpu_kernels']}",
         f"  device        {info['device']}",
     ]
     for name, value in info["environment"].items():

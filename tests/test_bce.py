@@ -1,13 +1,16 @@
 """fastgan.ops.bce_with_logits and gan_bce_losses against float64 references, on every backend."""
 
 import math
+import subprocess
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastgan
+from fastgan import _backend, _native
 from fastgan.ops import _launch, bce as bce_module
 from fastgan.ops.bce import bce_with_logits, bce_with_logits_reference, gan_bce_losses, gan_bce_losses_reference
 
@@ -445,6 +448,193 @@ def test_bce_errors_name_the_argument(device):
         gan_bce_losses([1.0], x)
     with pytest.raises(TypeError, match="fake_target"):
         gan_bce_losses(x, x, fake_target=None)
+
+
+# ---------------------------------------------------------------------------------------
+# The torch backend's native CPU kernel (csrc/cpu/bce.cpp): contiguous float32/bfloat16
+# (logits, labels) of one dtype. The parametrized tests above run it at small sizes on the
+# torch backend; these add the threaded sizes, the backward's shortcuts and the fallbacks.
+# ---------------------------------------------------------------------------------------
+
+NATIVE_DTYPES = [torch.float32, torch.bfloat16]
+# Past twice the thread grain (the kernel uses a second thread), not a multiple of its block.
+THREADED_N = 2 * _native.THREAD_GRAIN + 1029
+
+
+@pytest.fixture
+def native_kernels():
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    return _native.module()
+
+
+def native_logits(n, dtype):
+    """Non-zero-mean logits with the extremes placed throughout, and labels in [0, 1] with exact 0s and 1s."""
+    x = logits((n,), "cpu")
+    extremes = torch.tensor([1e4, -1e4, 88.0, -88.0, 30.0, -30.0, 1e-8, 0.0], dtype=torch.float64)
+    places = torch.randperm(n)[: min(n, 8 * 16)]
+    x[places] = extremes.repeat(16)[: places.numel()]
+    y = torch.rand(n, dtype=torch.float64)
+    y[torch.randperm(n)[: n // 10]] = torch.randint(0, 2, (n // 10,), dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def test_native_kernel_grain_matches_python(native_kernels):
+    assert native_kernels.thread_grain() == _native.THREAD_GRAIN
+
+
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=str)
+def test_native_kernel_is_what_the_cpu_torch_backend_runs(native_kernels, dtype):
+    x, y = native_logits(1001, dtype)
+    loss = bce_with_logits(x.requires_grad_(), y, backend="torch")
+    assert type(loss.grad_fn).__name__ == "_NativeBCEFunctionBackward"
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=str)
+def test_native_kernel_threaded_size_matches_reference(native_kernels, dtype, reduction):
+    x, y = native_logits(THREADED_N, dtype)
+    x.requires_grad_()
+    ours = bce_with_logits(x, y, reduction=reduction, backend="torch")
+    v = torch.randn_like(ours)  # a non-trivial incoming gradient
+    (grad,) = torch.autograd.grad(ours, x, v)
+    xt = x.detach().clone().requires_grad_()
+    theirs = F.binary_cross_entropy_with_logits(xt, y, reduction=reduction)
+    (their_grad,) = torch.autograd.grad(theirs, xt, v)
+    xr = x.detach().double().requires_grad_()
+    ref = bce_with_logits_reference(xr, y.double(), reduction=reduction)
+    (ref_grad,) = torch.autograd.grad(ref, xr, v.double())
+    assert_matches_reference(ours, theirs, ref, dtype, "loss")
+    assert_matches_reference(grad, their_grad, ref_grad, dtype, "grad", scale=(v.double() / (
+        THREADED_N if reduction == "mean" else 1)).expand_as(ref_grad))
+
+
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=str)
+def test_native_kernel_result_does_not_depend_on_the_thread_count(native_kernels, dtype):
+    x, y = native_logits(THREADED_N, dtype)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            xi = x.clone().requires_grad_()
+            loss = bce_with_logits(xi, y, backend="torch")
+            loss.backward()
+            results.append((loss, xi.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+@pytest.mark.parametrize("n", [1, 15, 1025, THREADED_N])
+def test_native_kernel_writes_every_output_element(native_kernels, monkeypatch, n):
+    def poisoned(like, shape, dtype=None):
+        return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
+
+    monkeypatch.setattr(_launch, "output", poisoned)
+    for dtype in NATIVE_DTYPES:
+        x, y = native_logits(max(n, 128), dtype)
+        x, y = x[:n].clone().requires_grad_(), y[:n].clone()
+        for reduction in REDUCTIONS:
+            loss = bce_with_logits(x, y, reduction=reduction, backend="torch")
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+            assert not torch.isnan(loss).any() and not torch.isnan(grad).any(), (dtype, reduction)
+
+
+def test_native_kernel_small_losses_keep_relative_precision(native_kernels):
+    # As test_bce_small_losses_keep_relative_precision, with labels as a tensor (the native path).
+    x = torch.tensor([20.0, 25.0, 40.0, 80.0])
+    y = torch.ones(4)
+    ours = bce_with_logits(x, y, reduction="none", backend="torch")
+    want = bce_with_logits_reference(x.double(), y.double(), reduction="none")
+    torch.testing.assert_close(ours.double(), want, rtol=1e-5, atol=0)
+
+
+def test_native_kernel_rounds_bfloat16_once(native_kernels):
+    # Computed in float32 and rounded once, each bfloat16 loss is within half a bfloat16 ulp of
+    # the exact value where the float32 terms do not cancel: label 1 with any logit, label 0
+    # with a non-negative one (PyTorch's bfloat16 op rounds after every step).
+    x = torch.cat([logits((3000,), "cpu", scale=8.0), logits((3000,), "cpu", scale=8.0).abs()]).bfloat16()
+    y = torch.cat([torch.ones(3000), torch.zeros(3000)]).bfloat16()
+    ours = bce_with_logits(x, y, reduction="none", backend="torch").double()
+    exact = bce_with_logits_reference(x.double(), y.double(), reduction="none")
+    _, exponent = torch.frexp(exact)
+    half_ulp = torch.ldexp(torch.full_like(exact, 0.5), exponent - 8)  # bfloat16 keeps 8 significant bits
+    assert ((ours - exact).abs() <= half_ulp * 1.01).all()
+
+
+def test_native_kernel_backward_shortcuts(native_kernels):
+    x, y = native_logits(257, torch.float32)
+    want = F.binary_cross_entropy_with_logits(x.double().requires_grad_(), y.double())
+    (want_grad,) = torch.autograd.grad(want, want.grad_fn.next_functions[0][0].variable)
+    x.requires_grad_()
+    # loss.backward(): the saved gradient is returned as it is.
+    bce_with_logits(x, y, backend="torch").backward()
+    torch.testing.assert_close(x.grad.double(), want_grad, rtol=1e-5, atol=1e-9)
+    # A retained graph run twice, and a scaled loss: autograd must not accumulate into the saved buffer.
+    x.grad = None
+    loss = bce_with_logits(x, y, backend="torch")
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)
+    (3 * loss).backward()
+    torch.testing.assert_close(x.grad.double(), 5 * want_grad, rtol=1e-5, atol=1e-9)
+    # A gradient for the labels (PyTorch gives one) and second order take the closed forms.
+    labels = y.clone().requires_grad_()
+    grads = torch.autograd.grad(bce_with_logits(x, labels, backend="torch"), (x, labels), create_graph=True)
+    their = torch.autograd.grad(F.binary_cross_entropy_with_logits(x, labels), (x, labels), create_graph=True)
+    for ours, theirs in zip(grads, their):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-9)
+    (second,) = torch.autograd.grad(grads[0].sum(), x)
+    (their_second,) = torch.autograd.grad(their[0].sum(), x)
+    torch.testing.assert_close(second, their_second, rtol=1e-5, atol=1e-9)
+
+
+def test_native_kernel_steps_aside_for_torch_func(native_kernels):
+    x, y = native_logits(33, torch.float32)
+    ours = torch.func.grad(lambda t: bce_with_logits(t, y, backend="torch"))(x)
+    theirs = torch.func.grad(lambda t: F.binary_cross_entropy_with_logits(t, y))(x)
+    torch.testing.assert_close(ours, theirs)
+    batched = torch.func.vmap(lambda t: bce_with_logits(t, y[:11], backend="torch"))(x.view(3, 11))
+    torch.testing.assert_close(batched, F.binary_cross_entropy_with_logits(
+        x.view(3, 11), y[:11].expand(3, 11), reduction="none").mean(1))
+
+
+@pytest.mark.parametrize("sanitize", ["address", "thread"])
+def test_native_kernels_under_sanitizers(sanitize, tmp_path):
+    # csrc/testing/cpu_driver.cpp: exactly sized buffers, NaN-filled outputs, 1/2/4 threads.
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    try:
+        program = _native.build_driver(tmp_path / f"cpu_driver_{sanitize}", csrc, sanitize)
+    except _native.NativeBuildError as error:
+        if "no host C++ compiler" in str(error) or "cannot find -l" in str(error) or "libtsan" in str(error):
+            pytest.skip(str(error).splitlines()[0])
+        raise
+    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "checks passed" in result.stdout, result.stdout + result.stderr
+    assert "Sanitizer" not in result.stderr, result.stderr
+
+
+def test_native_kernels_off_or_missing_run_pytorchs_op(monkeypatch):
+    x, y = native_logits(65, torch.float32)
+    x.requires_grad_()
+    monkeypatch.setenv(_native.ENV_SWITCH, "0")
+    _native.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # turned off on purpose: nothing to say
+            loss = bce_with_logits(x, y, backend="torch")
+        assert type(loss.grad_fn).__name__ == "BinaryCrossEntropyWithLogitsBackward0"
+        assert _native.status().startswith("off")
+        monkeypatch.delenv(_native.ENV_SWITCH)
+        monkeypatch.setattr(_native, "module", lambda: None)
+        monkeypatch.setattr(_native, "status", lambda: "off: fastgan._C_cpu is not built (test)")
+        monkeypatch.setattr(_backend, "_warned", set())
+        with pytest.warns(UserWarning, match="native CPU kernels are not used .*not built"):
+            loss = bce_with_logits(x, y, backend="torch")
+        assert type(loss.grad_fn).__name__ == "BinaryCrossEntropyWithLogitsBackward0"
+    finally:
+        _native.reset()
 
 
 def test_explicit_unavailable_backend_raises(device, monkeypatch):

@@ -73,6 +73,36 @@ def test_extension_built_when_required():
     assert info["cuda_archs"]
 
 
+def test_native_cpu_kernels_built_when_required():
+    from fastgan import _native
+
+    spec = importlib.util.find_spec("fastgan._C_cpu")
+    if spec is None:
+        if os.environ.get("FASTGAN_BUILD_CPU") == "1":
+            pytest.fail("FASTGAN_BUILD_CPU=1 but fastgan._C_cpu is not installed")
+        pytest.skip("fastgan._C_cpu is not built here (no host C++ compiler at install time)")
+    from fastgan import _C_cpu
+
+    assert _C_cpu.build_info()["instruction_set"]
+    assert _native.status().startswith("on:") or not _native.enabled()
+
+
+def test_native_cpu_kernels_build_from_the_sources(setup_module, tmp_path):
+    # As setup.py does it: fastgan/_native.py loaded by path (no torch, no package import).
+    builder = setup_module._builder("_native")
+    assert setup_module.build_mode({"FASTGAN_BUILD_CPU": "0"}, variable="FASTGAN_BUILD_CPU") == "0"
+    try:
+        builder.compiler()
+    except builder.NativeBuildError as error:
+        pytest.skip(str(error))
+    built = builder.build_module(tmp_path / builder.module_filename(), ROOT / "csrc")
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('_C_cpu', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.thread_grain())")
+    result = subprocess.run([sys.executable, "-c", code, str(built)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == builder.THREAD_GRAIN
+
+
 def test_kernels_install_as_fastgan_kernels():
     import fastgan.kernels.bce
 

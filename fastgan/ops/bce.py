@@ -12,7 +12,9 @@ Public functions: :func:`bce_with_logits` (same contract as
 ``torch.nn.functional.binary_cross_entropy_with_logits``) and :func:`gan_bce_losses`
 (the discriminator's two BCE terms and the generator's non-saturating loss in one kernel
 launch). Each picks a backend per call (see :mod:`fastgan._backend`); the references
-beside them are the ``torch`` backend.
+beside them are the ``torch`` backend. On the CPU the torch backend runs PyTorch's own op,
+except for contiguous float32/bfloat16 (logits, labels) of one dtype: those go to fastgan's
+one-pass native CPU kernel (csrc/cpu/bce.cpp, :class:`_NativeBCEFunction`) when it is built.
 
 Autograd. The kernels write the input gradient during the forward (scaled by 1/N for a
 mean), so the backward is one multiply by the incoming gradient. Gradients for
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgan import _backend, _indexing
+from fastgan import _backend, _indexing, _native
 from fastgan.ops import _launch
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -553,6 +555,71 @@ class _BCELabelsFunction(torch.autograd.Function):
         return grads[0], grads[1], None
 
 
+# --------------------------------------------------------------------------------------
+# bce_with_logits: the torch backend's native CPU path.
+# --------------------------------------------------------------------------------------
+
+_NATIVE_BCE_DTYPES = (torch.float32, torch.bfloat16)
+_NATIVE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # csrc/cpu/bce.h
+
+
+def _native_bce_applies(input: Tensor, target: Tensor) -> bool:
+    """Whether a contiguous CPU (logits, labels) call can take the native kernel: it is built and
+    on, and nothing needs PyTorch's dispatch (torch.compile tracing, torch.func transforms,
+    tensor subclasses that override torch functions)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch._C._has_torch_function((input, target)):
+        return False
+    if _native.module() is None:
+        if _native.enabled():
+            _backend.warn_once("native-cpu", f"fastgan: the native CPU kernels are not used ({_native.status()}); "
+                                             "bce_with_logits runs PyTorch's op on the CPU")
+        return False
+    return True
+
+
+def _native_bce_forward(input: Tensor, target: Tensor, reduction: int, write_grad: bool):
+    """(loss, grad_scale·dl/dx or None) from the native kernel; input and target contiguous."""
+    numel = input.numel()
+    loss = _launch.output(input, input.shape if reduction == _NONE else ())
+    grad = _launch.output(input, input.shape) if write_grad else None
+    threads = torch.get_num_threads() if numel >= 2 * _native.THREAD_GRAIN else 1
+    _native.module().bce_with_logits_forward(
+        input.data_ptr(), target.data_ptr(), loss.data_ptr(), grad.data_ptr() if write_grad else 0,
+        _NATIVE_DTYPE_CODES[input.dtype], reduction, 1.0 / numel if reduction == _MEAN and numel else 1.0, numel,
+        threads)
+    return loss, grad
+
+
+class _NativeBCEFunction(torch.autograd.Function):
+    """(logits, labels) of one dtype, contiguous, on the CPU: the loss and grad_scale·dl/dx from
+    one read (csrc/cpu/bce.cpp), where PyTorch's op reads and writes memory about eight times
+    for the loss and three more for the gradient. The backward is a multiply by the incoming
+    gradient, or nothing when that is 1 (``loss.backward()``); target gradients and second
+    order take the closed forms (:func:`_bce_grads`)."""
+
+    @staticmethod
+    def forward(ctx, input, target, reduction):
+        loss, grad = _native_bce_forward(input, target, reduction, ctx.needs_input_grad[0])
+        ctx.save_for_backward(input, target, grad)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        input, target, saved_grad = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if saved_grad is not None and not needs[1] and not torch.is_grad_enabled():
+            if grad_loss.dim() == 0 and grad_loss.item() == 1.0:
+                # The saved gradient is the answer. Autograd copies it where the graph is retained.
+                return saved_grad, None, None
+            return _scaled_saved_grad(grad_loss, saved_grad, input), None, None
+        grads = _bce_grads(grad_loss, input, target, 0.0, None, None, saved_grad, ctx.reduction,
+                           (needs[0], needs[1], False, False))
+        return grads[0], grads[1], None
+
+
 # Argument keys already validated, with the dtype the backend must handle.
 _CHECKED_ARGUMENTS: dict = {}
 # (logits, labels) calls of one dtype already validated, with their plans (_BceCall).
@@ -600,6 +667,12 @@ def bce_with_logits(
                 # checks the shapes and maps the reduction name (0.4 µs a call); otherwise F,
                 # which validates it as _check_bce_args would (same messages).
                 if input.shape == target.shape:
+                    if (input.dtype in _NATIVE_BCE_DTYPES and device.type == "cpu" and input.is_contiguous()
+                            and target.is_contiguous() and _native_bce_applies(input, target)):
+                        code = _REDUCTION_CODES[reduction]
+                        if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
+                            return _NativeBCEFunction.apply(input, target, code)
+                        return _native_bce_forward(input, target, code, False)[0]
                     return torch.binary_cross_entropy_with_logits(input, target, None, None,
                                                                   _REDUCTION_CODES[reduction])
                 return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)

@@ -1,0 +1,31 @@
+// The CPU kernels of the BCE-with-logits family (csrc/cpu/bce.cpp). No PyTorch headers:
+// raw addresses, a dtype code, sizes; validation and autograd live in fastgan/ops/bce.py.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+
+namespace fastgan::cpu {
+
+// Dtype codes shared with csrc/common.h and fastgan/_cuda.py (float16 has no CPU kernel).
+enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// Reduction codes shared with fastgan/ops/bce.py (_REDUCTION_CODES).
+enum Reduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
+
+struct BceArgs {
+  const void* input;   // logits, contiguous, numel elements of dtype
+  const void* target;  // labels, the same layout and dtype
+  void* loss;          // one element (mean, sum) or numel elements (none), dtype
+  void* grad;          // grad_scale * dl/dx, numel elements of dtype; nullptr: not written
+  int dtype;
+  int reduction;
+  float grad_scale;
+  int64_t numel;
+  int threads;  // at most this many threads (the caller's torch.get_num_threads())
+};
+
+void bce_with_logits_forward(const BceArgs& args);
+// Elements per thread below which the work stays on the calling thread.
+int thread_grain();
+
+}  // namespace fastgan::cpu

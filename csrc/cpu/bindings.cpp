@@ -1,0 +1,55 @@
+// pybind11 module fastgan._C_cpu: the native CPU kernels' only file that knows about Python.
+//
+// Functions take raw addresses (Python ints from Tensor.data_ptr()), dtype codes and sizes;
+// validation, allocation and autograd live in Python (fastgan/_native.py, fastgan/ops/).
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "bce.h"
+
+namespace py = pybind11;
+
+namespace {
+
+void bce_with_logits_forward(uintptr_t input, uintptr_t target, uintptr_t loss, uintptr_t grad, int dtype,
+                             int reduction, float grad_scale, int64_t numel, int threads) {
+  fastgan::cpu::BceArgs args{reinterpret_cast<const void*>(input), reinterpret_cast<const void*>(target),
+                             reinterpret_cast<void*>(loss), reinterpret_cast<void*>(grad), dtype, reduction,
+                             grad_scale, numel, threads};
+  if (numel >= fastgan::cpu::thread_grain()) {
+    py::gil_scoped_release no_gil;  // long enough for other Python threads to run meanwhile
+    fastgan::cpu::bce_with_logits_forward(args);
+  } else {
+    fastgan::cpu::bce_with_logits_forward(args);
+  }
+}
+
+// The instruction set the kernels' target_clones resolve to on this machine.
+std::string instruction_set() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA)";
+  return "x86-64 baseline (SSE2)";
+#else
+  return "the compiler's default target";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C_cpu, m) {
+  m.doc() = "fastgan's native CPU kernels (csrc/cpu)";
+  m.def("bce_with_logits_forward", &bce_with_logits_forward, "One-pass BCE-with-logits loss and gradient",
+        py::arg("input"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("dtype"), py::arg("reduction"),
+        py::arg("grad_scale"), py::arg("numel"), py::arg("threads"));
+  m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the kernels use another thread");
+  m.def("build_info", [] {
+    py::dict info;
+    info["instruction_set"] = instruction_set();
+    info["compiler"] = std::string(__VERSION__);
+    return info;
+  });
+}

@@ -1,0 +1,136 @@
+"""fastgan's native CPU kernels, the extension ``fastgan._C_cpu`` (sources in ``csrc/cpu/``).
+
+Where PyTorch's CPU op makes several passes over memory that one can do (BCE-with-logits:
+loss and gradient from one read), the torch backend calls these kernels on the CPU. They are
+plain C++ built by the host compiler at install time (setup.py, ``FASTGAN_BUILD_CPU``); the
+compiler vectorizes them for the machine's instruction set. Without them the torch backend
+runs PyTorch's own ops and says so once.
+
+Loaded on first use, never at ``import fastgan``. ``FASTGAN_CPU_KERNELS=0`` (read at first
+use) turns them off. This module imports no torch and no other fastgan module: setup.py
+loads it by path to build the extension.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+MODULE_NAME = "_C_cpu"
+ENV_SWITCH = "FASTGAN_CPU_KERNELS"
+FLAGS = ["-O3", "-std=gnu++17", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall",
+         # The kernels' `omp simd` reductions, without linking an OpenMP runtime; no errno
+         # from math so the loops stay vector code.
+         "-fopenmp-simd", "-fno-math-errno"]
+
+
+# Elements per thread below which the kernels stay on the calling thread (csrc/cpu/bce.cpp's
+# kThreadGrain; tests check they agree): callers pass torch.get_num_threads() only above twice it.
+THREAD_GRAIN = 1 << 16
+
+
+# The sanitizer builds of csrc/testing/cpu_driver.cpp. ThreadSanitizer cannot run the ifunc
+# resolvers of the kernels' per-ISA clones, so that build has one version.
+SANITIZERS = {
+    "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+    "thread": ["-O1", "-g", "-fsanitize=thread", "-DFASTGAN_NO_ISA_CLONES"],
+}
+
+
+class NativeBuildError(RuntimeError):
+    """The native CPU kernels cannot be built (the message says why)."""
+
+
+def kernel_sources(csrc: Path) -> list[Path]:
+    """csrc/cpu's kernels (no Python in them); the module adds csrc/cpu/bindings.cpp."""
+    return sorted(path for path in (csrc / "cpu").glob("*.cpp") if path.name != "bindings.cpp")
+
+
+def module_filename() -> str:
+    return MODULE_NAME + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+
+
+def compiler(environ=os.environ) -> str:
+    """The host C++ compiler: $CXX, else g++, else c++."""
+    for candidate in (environ.get("CXX"), "g++", "c++"):
+        if candidate and shutil.which(candidate.split()[0]):
+            return candidate
+    raise NativeBuildError("no host C++ compiler found (set CXX, or install g++)")
+
+
+def _pybind11_include() -> str:
+    try:
+        import pybind11
+    except ImportError as error:
+        raise NativeBuildError(f"pybind11 is needed to build the native CPU kernels ({error})") from error
+    return pybind11.get_include()
+
+
+def build_module(output: Path, csrc: Path) -> Path:
+    """Compile ``csrc/cpu/*.cpp`` into the extension file ``output``; returns it."""
+    command = [*compiler().split(), *FLAGS, "-shared", f"-I{csrc / 'cpu'}", f"-I{_pybind11_include()}",
+               f"-I{sysconfig.get_paths()['include']}", *map(str, kernel_sources(csrc)),
+               str(csrc / "cpu" / "bindings.cpp")]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fastgan-cpu-") as tmp:
+        partial = Path(tmp) / output.name
+        result = subprocess.run([*command, "-o", str(partial)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise NativeBuildError(f"the native CPU build failed ({result.returncode}): {' '.join(command)}\n"
+                                   f"{result.stderr.strip()}")
+        shutil.move(str(partial), str(output))
+    return output
+
+
+def build_driver(output: Path, csrc: Path, sanitize: str) -> Path:
+    """Compile csrc/testing/cpu_driver.cpp with the kernels under ``sanitize`` ("address": ASan
+    + UBSan, or "thread"); returns the program."""
+    flags = [flag for flag in FLAGS if flag not in ("-O3", "-fPIC", "-fvisibility=hidden")]
+    command = [*compiler().split(), *flags, *SANITIZERS[sanitize], f"-I{csrc / 'cpu'}",
+               str(csrc / "testing" / "cpu_driver.cpp"), *map(str, kernel_sources(csrc)), "-o", str(output)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NativeBuildError(f"the {sanitize} driver build failed: {' '.join(command)}\n{result.stderr.strip()}")
+    return output
+
+
+def enabled(environ=os.environ) -> bool:
+    """False when ``FASTGAN_CPU_KERNELS`` turns the native CPU kernels off."""
+    return environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[Optional[object], str]:
+    if not enabled():
+        return None, f"{ENV_SWITCH}=0"
+    try:
+        return importlib.import_module(f"fastgan.{MODULE_NAME}"), ""
+    except ImportError as error:
+        return None, (f"fastgan.{MODULE_NAME} is not built ({error}); reinstall with a C++ compiler "
+                      "(pip install .) or build in place (python setup.py build_ext --inplace)")
+
+
+def module() -> Optional[object]:
+    """The ``fastgan._C_cpu`` module, or None when it is off or not built (see :func:`status`)."""
+    return _load()[0]
+
+
+def status() -> str:
+    """One line: the kernels' instruction set, or why they are not used."""
+    loaded, why = _load()
+    if loaded is None:
+        return f"off: {why}"
+    info = loaded.build_info()
+    return f"on: {info['instruction_set']} ({loaded.__file__})"
+
+
+def reset() -> None:
+    """Forget the loaded module, so the next use reads ``FASTGAN_CPU_KERNELS`` again (tests)."""
+    _load.cache_clear()
