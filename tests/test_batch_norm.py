@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan
+from fastgan import _native
 from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
 from fastgan.ops import _launch
 from fastgan.ops import batch_norm as bn_module
@@ -651,13 +652,15 @@ def one_thread():
 
 @pytest.mark.parametrize("shape", [(6, 5, 7, 9), (33, 4), (3, 6, 11)], ids=str)
 def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, shape):
-    """On one CPU thread the torch backend takes float32 planar training statistics by
-    whole-tensor reductions (the path multi-threaded CI runs would never reach): values,
+    """On one CPU thread, without the native CPU forward, the torch backend takes float32 planar
+    training statistics by whole-tensor reductions (the path multi-threaded CI runs would never reach): values,
     gradients and running statistics match float64, and stay within twice eager float32's
     error when |mean| >> std."""
     calls = []
     planar = bn_module._planar_normalise
     monkeypatch.setattr(bn_module, "_planar_normalise", lambda *args: calls.append(1) or planar(*args))
+    # The native CPU forward, where built, comes first for float32: this is the path without it.
+    monkeypatch.setattr(bn_module, "_cpu_kernel_applies", lambda *args: False)
     x = make_input(shape, False, "cpu").requires_grad_()
     weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
     assert_matches(*run_both("torch", x, weight, bias, running_mean, running_var, True))
@@ -680,3 +683,90 @@ def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, 
         exact, theirs, got = run(eager, torch.float64), run(eager, torch.float32), run(ours, torch.float32)
         for name, mine, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), got, theirs, exact):
             assert relative_error(mine, reference) <= 2 * relative_error(pytorch, reference), (name, mean, std)
+
+
+# ---------------------------------------------------------------------------------------
+# The torch backend's native CPU forward (csrc/cpu/batch_norm.cpp): float32, contiguous or
+# channels_last. The tests above run it wherever they use the torch backend on float32;
+# these check that it is taken, every layout and mode, its threads and every element written.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    calls = []
+    forward = bn_module._cpu_kernel_forward
+    monkeypatch.setattr(bn_module, "_cpu_kernel_forward", lambda *args: calls.append(1) or forward(*args))
+    return calls
+
+
+@pytest.mark.parametrize("shape,channels_last", [((6, 5, 7, 9), False), ((33, 4), False), ((3, 6, 11), False),
+                                                 ((2, 19, 3, 5), False)], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("slope", [0.0, 0.2, -0.3])
+def test_cpu_kernel_matches_float64(cpu_kernels, shape, channels_last, training, affine, slope):
+    x = make_input(shape, channels_last, "cpu")
+    weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
+    if not affine:
+        weight = bias = None
+    ours, want = run_both("torch", x, weight, bias, running_mean, running_var, training, slope=slope)
+    assert cpu_kernels, "the native CPU forward was not taken"
+    assert ours[0].stride() == x.stride()
+    assert_matches(ours, want)
+
+
+def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels, monkeypatch):
+    # Past twice the thread grain, with a tail: every thread count gives the same values.
+    shape = (3, 5, 263, 269)
+    assert math.prod(shape) > 2 * _native.BATCH_NORM_THREAD_GRAIN
+    poisoned = lambda like: torch.full_like(like, math.nan)  # noqa: E731 - every element must be written
+    monkeypatch.setattr(_launch, "output_like", poisoned)
+    x = make_input(shape, False, "cpu")
+    weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            rm, rv = running_mean.clone(), running_var.clone()
+            with torch.no_grad():
+                y = batch_norm_leaky_relu(x, weight, bias, rm, rv, True, 0.1, 1e-5, 0.2, backend="torch")
+            results.append((y, rm, rv))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(cpu_kernels) == 3
+    y, rm, rv = results[0]
+    assert not torch.isnan(y).any()
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    want = eager64(x, weight.detach(), bias.detach(), running_mean.double().clone(), running_var.double().clone(),
+                   True, 0.1, 1e-5, 0.2)
+    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
+    monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
+    for shape, channels_last in (((5, 3, 7, 9), False), ((17, 6), False)):
+        x = make_input(shape, channels_last, "cpu").requires_grad_()
+        weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
+        for training in (True, False):
+            y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, backend="torch")
+            assert not torch.isnan(y).any(), (shape, channels_last, training)
+    assert cpu_kernels
+
+
+def test_cpu_kernel_steps_aside(cpu_kernels):
+    # float64, the cumulative average, channels_last and other layouts take PyTorch's ops.
+    x = make_input((4, 3, 5, 5), False, "cpu")
+    weight, bias, running_mean, running_var = make_params(3, "cpu")
+    batch_norm_leaky_relu(x.double(), weight.double(), bias.double(), running_mean.double(), running_var.double(),
+                          True, backend="torch")
+    batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, None,
+                          num_batches_tracked=torch.zeros((), dtype=torch.long), backend="torch")
+    batch_norm_leaky_relu(x.transpose(2, 3), weight, bias, running_mean, running_var, True, backend="torch")
+    batch_norm_leaky_relu(x.to(memory_format=torch.channels_last), weight, bias, running_mean, running_var, True,
+                          backend="torch")
+    assert not cpu_kernels

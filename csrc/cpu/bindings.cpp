@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "batch_norm.h"
 #include "bce.h"
 
 namespace py = pybind11;
@@ -23,6 +24,22 @@ void bce_with_logits_forward(uintptr_t input, uintptr_t target, uintptr_t loss, 
     fastgan::cpu::bce_with_logits_forward(args);
   } else {
     fastgan::cpu::bce_with_logits_forward(args);
+  }
+}
+
+void batch_norm_leaky_relu_forward(uintptr_t x, uintptr_t y, uintptr_t weight, uintptr_t bias,
+                                   uintptr_t running_mean, uintptr_t running_var, uintptr_t save_mean,
+                                   uintptr_t save_invstd, int64_t batch, int64_t channels, int64_t spatial,
+                                   bool training, double momentum, double eps, float slope, int threads) {
+  auto f = [](uintptr_t address) { return reinterpret_cast<float*>(address); };
+  fastgan::cpu::BatchNormArgs args{f(x), f(y), f(weight), f(bias), f(running_mean), f(running_var), f(save_mean),
+                                   f(save_invstd), batch, channels, spatial, training, momentum, eps, slope,
+                                   threads};
+  if (batch * channels * spatial >= fastgan::cpu::batch_norm_thread_grain()) {
+    py::gil_scoped_release no_gil;
+    fastgan::cpu::batch_norm_leaky_relu_forward(args);
+  } else {
+    fastgan::cpu::batch_norm_leaky_relu_forward(args);
   }
 }
 
@@ -45,6 +62,11 @@ PYBIND11_MODULE(_C_cpu, m) {
   m.def("bce_with_logits_forward", &bce_with_logits_forward, "One-pass BCE-with-logits loss and gradient",
         py::arg("input"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("dtype"), py::arg("reduction"),
         py::arg("grad_scale"), py::arg("numel"), py::arg("threads"));
+  m.def("batch_norm_leaky_relu_forward", &batch_norm_leaky_relu_forward,
+        "BatchNorm + LeakyReLU forward of contiguous float32 (N, C, S)", py::arg("x"), py::arg("y"),
+        py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"),
+        py::arg("save_invstd"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
+        py::arg("training"), py::arg("momentum"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
   m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the kernels use another thread");
   m.def("build_info", [] {
     py::dict info;

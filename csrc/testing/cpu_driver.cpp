@@ -1,4 +1,4 @@
-// Every native CPU kernel (csrc/cpu) through its entry point, for AddressSanitizer + UBSan and
+// Every native CPU kernel (csrc/cpu: BCE, BatchNorm + LeakyReLU) through its entry point, for AddressSanitizer + UBSan and
 // ThreadSanitizer (tests/test_bce.py builds and runs it). Buffers are exactly sized heap arrays,
 // so a read or write past an operand is reported; outputs start as NaN, so an element left
 // unwritten fails the comparison with a float64 reference. Exits 1 on the first mismatch.
@@ -8,7 +8,9 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <tuple>
 
+#include "batch_norm.h"
 #include "bce.h"
 
 namespace {
@@ -96,6 +98,62 @@ int check(int64_t n, int threads, int reduction, bool write_grad, int dtype) {
   return 0;
 }
 
+// The BatchNorm + LeakyReLU forward (training with running statistics, then eval) against a
+// float64 computation of the same formula.
+int check_batch_norm(int64_t batch, int64_t channels, int64_t spatial, int threads) {
+  const int64_t n = batch * channels * spatial;
+  auto x = std::make_unique<float[]>(n), y = std::make_unique<float[]>(n);
+  auto weight = std::make_unique<float[]>(channels), bias = std::make_unique<float[]>(channels);
+  auto running_mean = std::make_unique<float[]>(channels), running_var = std::make_unique<float[]>(channels);
+  auto save_mean = std::make_unique<float[]>(channels), save_invstd = std::make_unique<float[]>(channels);
+  std::mt19937 rng(static_cast<unsigned>(n + threads));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < n; ++i) x[i] = 3.0f * normal(rng) + 40.0f;
+  for (int64_t c = 0; c < channels; ++c) {
+    weight[c] = 1.0f + 0.1f * normal(rng);
+    bias[c] = normal(rng);
+    running_mean[c] = 0.0f;
+    running_var[c] = 1.0f;
+  }
+  for (bool training : {true, false}) {
+    std::memset(y.get(), 0xFF, n * sizeof(float));
+    fastgan::cpu::BatchNormArgs args{x.get(), y.get(), weight.get(), bias.get(), running_mean.get(),
+                                     running_var.get(), training ? save_mean.get() : nullptr,
+                                     training ? save_invstd.get() : nullptr, batch, channels, spatial, training,
+                                     0.1, 1e-5, 0.2f, threads};
+    fastgan::cpu::batch_norm_leaky_relu_forward(args);
+    for (int64_t c = 0; c < channels; ++c) {
+      double mean = running_mean[c], var = running_var[c];
+      if (training) {
+        double sum = 0.0, squares = 0.0;
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t s = 0; s < spatial; ++s) sum += x[(b * channels + c) * spatial + s];
+        mean = sum / static_cast<double>(batch * spatial);
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t s = 0; s < spatial; ++s) {
+            const double d = x[(b * channels + c) * spatial + s] - mean;
+            squares += d * d;
+          }
+        var = squares / static_cast<double>(batch * spatial);
+      }
+      const double invstd = 1.0 / std::sqrt(var + 1e-5);
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t s = 0; s < spatial; ++s) {
+          const int64_t i = (b * channels + c) * spatial + s;
+          const double z = (x[i] - mean) * invstd * weight[c] + bias[c];
+          const double want = z > 0 ? z : 0.2 * z;
+          if (!close(y[i], want, 1e-4, 1.0)) {
+            std::printf("batch_norm y[%lld] = %g, want %g (training=%d threads=%d)\n", static_cast<long long>(i),
+                        y[i], want, training, threads);
+            return 1;
+          }
+        }
+      }
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main() {
@@ -112,6 +170,14 @@ int main() {
           }
         }
       }
+    }
+  }
+  const int64_t bn_grain = fastgan::cpu::batch_norm_thread_grain();
+  const std::tuple<int64_t, int64_t, int64_t> shapes[] = {{3, 5, 63}, {2, 7, 1}, {3, 5, 2 * bn_grain / 15 + 7}};
+  for (int threads : {1, 2, 4}) {
+    for (const auto& [batch, channels, spatial] : shapes) {
+      if (check_batch_norm(batch, channels, spatial, threads) != 0) return 1;
+      ++checks;
     }
   }
   std::printf("cpu_driver: %d checks passed\n", checks);

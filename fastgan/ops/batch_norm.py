@@ -77,7 +77,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgan import _backend, _indexing
+from fastgan import _backend, _indexing, _native
 from fastgan.ops import _launch
 from fastgan.ops.collectives import all_gather_into, all_reduce_sum, gather_batch
 from fastgan.ops.bce import _compute_dtype
@@ -225,6 +225,49 @@ def _planar_on_one_cpu_thread(x: Tensor) -> bool:
     return (x.dim() == 2 or x.is_contiguous()) and x.device.type == "cpu" and torch.get_num_threads() == 1
 
 
+def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> bool:
+    """Whether the torch backend's block runs fastgan's native CPU forward (csrc/cpu/batch_norm.cpp):
+    float32 CPU x, contiguous (channels_last keeps PyTorch's kernel, which is as fast for that
+    layout), float32 parameters and statistics, not the cumulative average, nothing that needs
+    PyTorch's dispatch (torch.compile tracing, torch.func transforms, tensor subclasses), and
+    the kernels built."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
+        return False
+    if training and momentum is None and running_mean is not None:
+        return False
+    if not x.is_contiguous():
+        return False
+    for t in (weight, bias, running_mean, running_var):
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
+            return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch._C._has_torch_function((x, weight, bias, running_mean, running_var)):
+        return False
+    return _native.module() is not None
+
+
+def _address(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bool, momentum, eps: float,
+                        slope: float):
+    """(y, saved mean, saved invstd) from the native CPU kernel; the running statistics are
+    updated in place in training. Statistics in float64, as PyTorch's CPU kernel takes them."""
+    channels = x.shape[1]
+    y = _launch.output_like(x)
+    save_mean = x.new_empty(channels) if training else x.new_empty(0)
+    save_invstd = x.new_empty(channels) if training else x.new_empty(0)
+    spatial = x.numel() // (x.shape[0] * channels)
+    threads = torch.get_num_threads() if x.numel() >= 2 * _native.BATCH_NORM_THREAD_GRAIN else 1
+    _native.module().batch_norm_leaky_relu_forward(
+        x.data_ptr(), y.data_ptr(), _address(weight), _address(bias), _address(running_mean), _address(running_var),
+        _address(save_mean) if training else 0, _address(save_invstd) if training else 0, x.shape[0], channels,
+        spatial, training, momentum if momentum is not None else 0.0, eps, slope, threads)
+    return y, save_mean, save_invstd
+
+
 def _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
                     momentum: Optional[float], eps: float, slope: float):
     """(y, saved mean, saved invstd) of the torch backend, then an in-place leaky_relu. Half
@@ -341,9 +384,14 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
     differentiable reference's, so second-order gradients stay exact."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, slope):
-        y, save_mean, save_invstd = _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked,
-                                                    training, momentum, eps, slope)
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, slope,
+                cpu_kernel):
+        if cpu_kernel:
+            y, save_mean, save_invstd = _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training,
+                                                            momentum, eps, slope)
+        else:
+            y, save_mean, save_invstd = _native_forward(x, weight, bias, running_mean, running_var,
+                                                        num_batches_tracked, training, momentum, eps, slope)
         ctx.set_materialize_grads(False)
         statistics = (save_mean, save_invstd) if training else (running_mean, running_var)
         ctx.save_for_backward(x, weight, bias, *statistics, y if slope >= 0 else None)
@@ -355,12 +403,12 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
         x, weight, bias, mean, stat, y = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         if grad_out is None:
-            return (None,) * 10
+            return (None,) * 11
         if torch.is_grad_enabled():
             running = (None, None) if ctx.training else (mean, stat)
             grads = _differentiable_backward(grad_out, x, weight, bias, *running, ctx.eps, ctx.slope,
                                              (need_x, need_weight, need_bias))
-            return grads + (None,) * 7
+            return grads + (None,) * 8
         dtype = _parameter_dtype(x, weight, bias, *((None, None) if ctx.training else (mean, stat)))
         weight_c = _as_compute(weight, dtype)
         if x.dtype in (torch.float16, torch.bfloat16):  # PyTorch's BatchNorm backward takes them as they are
@@ -380,7 +428,7 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
         grads = tuple(g.to(t.dtype) if wanted and t is not None else None
                       for g, t, wanted in zip((grad_x, grad_weight, grad_bias), (x, weight, bias),
                                               (need_x, need_weight, need_bias)))
-        return grads + (None,) * 7
+        return grads + (None,) * 8
 
 
 def _leaky_relu_grad_from_x(grad_out, x, weight, bias, mean, stat, training: bool, eps: float, slope: float) -> Tensor:
@@ -996,11 +1044,18 @@ def batch_norm_leaky_relu(
     if name == "torch":
         if training:
             _advance(num_batches_tracked, running_mean)
-        if _eager_ops_suffice(x, weight, bias, running_mean, running_var, training, momentum, negative_slope):
+        cpu_kernel = _cpu_kernel_applies(x, weight, bias, running_mean, running_var, training, momentum)
+        if cpu_kernel and not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, weight, bias))):
+            return _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training, momentum, float(eps),
+                                       float(negative_slope))[0]
+        if not cpu_kernel and _eager_ops_suffice(x, weight, bias, running_mean, running_var, training, momentum,
+                                                 negative_slope):
             return _eager_batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, momentum,
                                                 float(eps), float(negative_slope))
         return _NativeBatchNormLeakyReLUFunction.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
-                                                       training, momentum, float(eps), float(negative_slope))
+                                                       training, momentum, float(eps), float(negative_slope),
+                                                       cpu_kernel)
     # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
     # copy stays in the autograd graph); running statistics are updated in place, so refuse.
     weight = weight.contiguous() if weight is not None else None
