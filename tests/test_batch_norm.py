@@ -697,8 +697,9 @@ def cpu_kernels(monkeypatch):
     if _native.module() is None:
         pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
     calls = []
-    forward = bn_module._cpu_kernel_forward
-    monkeypatch.setattr(bn_module, "_cpu_kernel_forward", lambda *args: calls.append(1) or forward(*args))
+    forward, backward = bn_module._cpu_kernel_forward, bn_module._cpu_kernel_backward
+    monkeypatch.setattr(bn_module, "_cpu_kernel_forward", lambda *args: calls.append("forward") or forward(*args))
+    monkeypatch.setattr(bn_module, "_cpu_kernel_backward", lambda *args: calls.append("backward") or backward(*args))
     return calls
 
 
@@ -713,7 +714,7 @@ def test_cpu_kernel_matches_float64(cpu_kernels, shape, channels_last, training,
     if not affine:
         weight = bias = None
     ours, want = run_both("torch", x, weight, bias, running_mean, running_var, training, slope=slope)
-    assert cpu_kernels, "the native CPU forward was not taken"
+    assert cpu_kernels == ["forward", "backward"], "the native CPU forward and backward were not taken"
     assert ours[0].stride() == x.stride()
     assert_matches(ours, want)
 
@@ -725,6 +726,7 @@ def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels, monkeypatch):
     poisoned = lambda like: torch.full_like(like, math.nan)  # noqa: E731 - every element must be written
     monkeypatch.setattr(_launch, "output_like", poisoned)
     x = make_input(shape, False, "cpu")
+    upstream = torch.randn(shape)
     weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
     threads = torch.get_num_threads()
     results = []
@@ -732,14 +734,15 @@ def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels, monkeypatch):
         for count in (1, 2, 3):
             torch.set_num_threads(count)
             rm, rv = running_mean.clone(), running_var.clone()
-            with torch.no_grad():
-                y = batch_norm_leaky_relu(x, weight, bias, rm, rv, True, 0.1, 1e-5, 0.2, backend="torch")
-            results.append((y, rm, rv))
+            xi = x.clone().requires_grad_()
+            y = batch_norm_leaky_relu(xi, weight, bias, rm, rv, True, 0.1, 1e-5, 0.2, backend="torch")
+            grads = torch.autograd.grad(y, (xi, weight, bias), upstream)
+            results.append((y, rm, rv, *grads))
     finally:
         torch.set_num_threads(threads)
-    assert len(cpu_kernels) == 3
-    y, rm, rv = results[0]
-    assert not torch.isnan(y).any()
+    assert cpu_kernels == ["forward", "backward"] * 3
+    y, rm, rv, grad_x = results[0][:4]
+    assert not torch.isnan(y).any() and not torch.isnan(grad_x).any()
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
     want = eager64(x, weight.detach(), bias.detach(), running_mean.double().clone(), running_var.double().clone(),
@@ -754,7 +757,8 @@ def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
         weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
         for training in (True, False):
             y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, backend="torch")
-            assert not torch.isnan(y).any(), (shape, channels_last, training)
+            (grad_x,) = torch.autograd.grad(y.sum(), x)
+            assert not torch.isnan(y).any() and not torch.isnan(grad_x).any(), (shape, channels_last, training)
     assert cpu_kernels
 
 

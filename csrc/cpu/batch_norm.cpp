@@ -13,8 +13,11 @@
 // statistics are summed in float64 lanes, so |mean| >> std is as exact as PyTorch's
 // float64-accumulating kernel; centring x before scaling keeps y exact there too.
 //
-// The backward is PyTorch's (native_batch_norm_backward after leaky_relu_backward on y) from
-// the saved mean and invstd, exactly what eager BatchNorm + an in-place LeakyReLU saves.
+// Backward, from what eager BatchNorm + an in-place LeakyReLU saves (x, y, mean, invstd):
+//     dz = g * (y > 0 ? 1 : slope)             (the sign of z from y for slope >= 0, else z rebuilt)
+//     grad_bias = sum(dz),  grad_weight = invstd * sum(dz * (x - mean))      (float64 sums)
+//     grad_x = (dz - sum(dz)/P - (x - mean) * invstd^2 * sum(dz * (x - mean))/P) * w * invstd
+// in training (PyTorch's formula, in two passes), and grad_x = dz * w * invstd in eval.
 #include "batch_norm.h"
 
 #include <algorithm>
@@ -35,6 +38,8 @@ constexpr int64_t kThreadGrain = 1 << 19;
 #else
 #define FASTGAN_BN_CLONES
 #endif
+
+#define FASTGAN_INLINE_BN inline __attribute__((always_inline))
 
 // sum(x) of n contiguous floats in float64 lanes.
 FASTGAN_BN_CLONES double row_sum(const float* __restrict x, int64_t n) {
@@ -130,7 +135,87 @@ void planar_forward(const BatchNormArgs& args, int threads) {
   });
 }
 
+// The activation's gradient at one element: g where z > 0, g * slope elsewhere. The sign of z
+// is read from y (kFromY: slope >= 0, where y > 0 exactly where z > 0), else z is rebuilt from x.
+template <bool kFromY>
+FASTGAN_INLINE_BN float activation_grad(float g, float y, float x, float mean, float scale, float shift, float slope) {
+  const bool positive = kFromY ? y > 0.0f : (x - mean) * scale + shift > 0.0f;
+  return positive ? g : g * slope;
+}
+
+// sum(dz) and sum(dz * (x - mean)) over one row of n contiguous values, in float64 lanes.
+template <bool kFromY>
+FASTGAN_INLINE_BN void row_grad_sums(const float* __restrict g, const float* __restrict x, const float* __restrict y,
+                                     int64_t n, float mean, float scale, float shift, float slope, double& sum_dz,
+                                     double& dot) {
+  double sum = 0.0, product = 0.0;
+#pragma omp simd reduction(+ : sum, product)
+  for (int64_t i = 0; i < n; ++i) {
+    const float dz = activation_grad<kFromY>(g[i], kFromY ? y[i] : 0.0f, x[i], mean, scale, shift, slope);
+    sum += static_cast<double>(dz);
+    product += static_cast<double>(dz) * (static_cast<double>(x[i]) - static_cast<double>(mean));
+  }
+  sum_dz += sum;
+  dot += product;
+}
+
+// grad_x over one row: ((dz - grad_mean) - (x - mean) * projection) * w_invstd.
+template <bool kFromY>
+FASTGAN_INLINE_BN void row_grad_input(const float* __restrict g, const float* __restrict x, const float* __restrict y,
+                                      float* __restrict grad_x, int64_t n, float mean, float scale, float shift,
+                                      float slope, float grad_mean, float projection, float w_invstd) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float dz = activation_grad<kFromY>(g[i], kFromY ? y[i] : 0.0f, x[i], mean, scale, shift, slope);
+    grad_x[i] = ((dz - grad_mean) - (x[i] - mean) * projection) * w_invstd;
+  }
+}
+
+// One channel's backward (all N rows of it).
+template <bool kFromY>
+FASTGAN_BN_CLONES void channel_backward(const BatchNormBackwardArgs& args, int64_t c) {
+  const int64_t C = args.channels, S = args.spatial, N = args.batch;
+  const double count = static_cast<double>(N * S);
+  const float mean = args.mean[c];
+  const float invstd = args.stat_is_var ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(args.stat[c]) + args.eps))
+                                        : args.stat[c];
+  const float w = args.weight != nullptr ? args.weight[c] : 1.0f;
+  const float scale = w * invstd, shift = args.bias != nullptr ? args.bias[c] : 0.0f;
+  double sum_dz = 0.0, dot = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t row = (n * C + c) * S;
+    row_grad_sums<kFromY>(args.grad_out + row, args.x + row, kFromY ? args.y + row : nullptr, S, mean, scale, shift,
+                          args.slope, sum_dz, dot);
+  }
+  if (args.grad_weight != nullptr) args.grad_weight[c] = static_cast<float>(dot * invstd);
+  if (args.grad_bias != nullptr) args.grad_bias[c] = static_cast<float>(sum_dz);
+  if (args.grad_x == nullptr) return;
+  const float grad_mean = args.training ? static_cast<float>(sum_dz / count) : 0.0f;
+  const float projection = args.training ? static_cast<float>(dot / count * static_cast<double>(invstd) * invstd) : 0.0f;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t row = (n * C + c) * S;
+    row_grad_input<kFromY>(args.grad_out + row, args.x + row, kFromY ? args.y + row : nullptr, args.grad_x + row, S,
+                           mean, scale, shift, args.slope, grad_mean, projection, scale);
+  }
+}
+
 }  // namespace
+
+void batch_norm_leaky_relu_backward(const BatchNormBackwardArgs& args) {
+  const int64_t C = args.channels;
+  const int threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(args.threads, args.batch * C * args.spatial / kThreadGrain)));
+  const int64_t per = (C + threads - 1) / threads;
+  run_parallel(threads, [&](int t) {
+    for (int64_t c = t * per; c < std::min(C, (t + 1) * per); ++c) {
+      if (args.y != nullptr) {
+        channel_backward<true>(args, c);
+      } else {
+        channel_backward<false>(args, c);
+      }
+    }
+  });
+}
 
 int batch_norm_thread_grain() { return static_cast<int>(kThreadGrain); }
 

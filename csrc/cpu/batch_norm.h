@@ -25,6 +25,27 @@ struct BatchNormArgs {
 };
 
 void batch_norm_leaky_relu_forward(const BatchNormArgs& args);
+
+struct BatchNormBackwardArgs {
+  const float* grad_out;  // (N, C, S), contiguous
+  const float* x;
+  const float* y;         // the forward's output (slope >= 0), or nullptr: the sign of z is rebuilt from x
+  const float* weight;    // (C,) or nullptr
+  const float* bias;      // (C,) or nullptr
+  const float* mean;      // (C,) saved batch mean (training) or running mean (eval)
+  const float* stat;      // (C,) saved invstd (training) or running var (eval, stat_is_var)
+  float* grad_x;          // (N, C, S) or nullptr
+  float* grad_weight;     // (C,) or nullptr
+  float* grad_bias;       // (C,) or nullptr
+  int64_t batch, channels, spatial;
+  bool training;
+  bool stat_is_var;
+  double eps;
+  float slope;
+  int threads;
+};
+
+void batch_norm_leaky_relu_backward(const BatchNormBackwardArgs& args);
 int batch_norm_thread_grain();
 
 }  // namespace fastgan::cpu

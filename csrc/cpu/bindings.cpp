@@ -43,6 +43,23 @@ void batch_norm_leaky_relu_forward(uintptr_t x, uintptr_t y, uintptr_t weight, u
   }
 }
 
+void batch_norm_leaky_relu_backward(uintptr_t grad_out, uintptr_t x, uintptr_t y, uintptr_t weight, uintptr_t bias,
+                                    uintptr_t mean, uintptr_t stat, uintptr_t grad_x, uintptr_t grad_weight,
+                                    uintptr_t grad_bias, int64_t batch, int64_t channels, int64_t spatial,
+                                    bool training, bool stat_is_var, double eps, float slope, int threads) {
+  auto in = [](uintptr_t address) { return reinterpret_cast<const float*>(address); };
+  auto out = [](uintptr_t address) { return reinterpret_cast<float*>(address); };
+  fastgan::cpu::BatchNormBackwardArgs args{in(grad_out), in(x), in(y), in(weight), in(bias), in(mean), in(stat),
+                                           out(grad_x), out(grad_weight), out(grad_bias), batch, channels, spatial,
+                                           training, stat_is_var, eps, slope, threads};
+  if (batch * channels * spatial >= fastgan::cpu::batch_norm_thread_grain()) {
+    py::gil_scoped_release no_gil;
+    fastgan::cpu::batch_norm_leaky_relu_backward(args);
+  } else {
+    fastgan::cpu::batch_norm_leaky_relu_backward(args);
+  }
+}
+
 // The instruction set the kernels' target_clones resolve to on this machine.
 std::string instruction_set() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -67,6 +84,11 @@ PYBIND11_MODULE(_C_cpu, m) {
         py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"),
         py::arg("save_invstd"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
         py::arg("training"), py::arg("momentum"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
+  m.def("batch_norm_leaky_relu_backward", &batch_norm_leaky_relu_backward,
+        "BatchNorm + LeakyReLU backward of contiguous float32 (N, C, S)", py::arg("grad_out"), py::arg("x"),
+        py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("stat"), py::arg("grad_x"),
+        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
+        py::arg("training"), py::arg("stat_is_var"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
   m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the kernels use another thread");
   m.def("build_info", [] {
     py::dict info;

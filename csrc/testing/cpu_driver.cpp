@@ -98,8 +98,56 @@ int check(int64_t n, int threads, int reduction, bool write_grad, int dtype) {
   return 0;
 }
 
+// The backward from the forward's outputs against float64: a random upstream gradient.
+int check_batch_norm_backward(const float* x, const float* y, const float* weight, const float* bias,
+                              const float* mean, const float* stat, int64_t batch, int64_t channels, int64_t spatial,
+                              bool training, int threads) {
+  const int64_t n = batch * channels * spatial;
+  auto grad_out = std::make_unique<float[]>(n), grad_x = std::make_unique<float[]>(n);
+  auto grad_weight = std::make_unique<float[]>(channels), grad_bias = std::make_unique<float[]>(channels);
+  std::mt19937 rng(static_cast<unsigned>(n * 3 + threads));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < n; ++i) grad_out[i] = normal(rng);
+  std::memset(grad_x.get(), 0xFF, n * sizeof(float));
+  fastgan::cpu::BatchNormBackwardArgs args{grad_out.get(), x, y, weight, bias, mean, stat, grad_x.get(),
+                                           grad_weight.get(), grad_bias.get(), batch, channels, spatial, training,
+                                           !training, 1e-5, 0.2f, threads};
+  fastgan::cpu::batch_norm_leaky_relu_backward(args);
+  const double count = static_cast<double>(batch * spatial);
+  for (int64_t c = 0; c < channels; ++c) {
+    const double invstd = training ? stat[c] : 1.0 / std::sqrt(static_cast<double>(stat[c]) + 1e-5);
+    double sum = 0.0, dot = 0.0, magnitude = 0.0;
+    auto dz = [&](int64_t i) { return y[i] > 0 ? static_cast<double>(grad_out[i]) : 0.2 * grad_out[i]; };
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t s = 0; s < spatial; ++s) {
+        const int64_t i = (b * channels + c) * spatial + s;
+        sum += dz(i);
+        dot += dz(i) * (x[i] - static_cast<double>(mean[c]));
+        magnitude += std::fabs(dz(i)) * (1.0 + std::fabs(x[i] - static_cast<double>(mean[c])));
+      }
+    if (!close(grad_bias[c], sum, 1e-4, magnitude) || !close(grad_weight[c], dot * invstd, 1e-4, magnitude * invstd)) {
+      std::printf("batch_norm grad_weight/bias[%lld] = %g/%g, want %g/%g (training=%d threads=%d)\n",
+                  static_cast<long long>(c), grad_weight[c], grad_bias[c], dot * invstd, sum, training, threads);
+      return 1;
+    }
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t s = 0; s < spatial; ++s) {
+        const int64_t i = (b * channels + c) * spatial + s;
+        const double centred = x[i] - static_cast<double>(mean[c]);
+        const double want = training ? (dz(i) - sum / count - centred * invstd * invstd * dot / count) * invstd * weight[c]
+                                     : dz(i) * invstd * weight[c];
+        if (!close(grad_x[i], want, 1e-4, (std::fabs(grad_out[i]) + 1.0) * invstd * std::fabs(weight[c]))) {
+          std::printf("batch_norm grad_x[%lld] = %g, want %g (training=%d threads=%d)\n", static_cast<long long>(i),
+                      grad_x[i], want, training, threads);
+          return 1;
+        }
+      }
+  }
+  return 0;
+}
+
 // The BatchNorm + LeakyReLU forward (training with running statistics, then eval) against a
-// float64 computation of the same formula.
+// float64 computation of the same formula, then the backward from its outputs.
 int check_batch_norm(int64_t batch, int64_t channels, int64_t spatial, int threads) {
   const int64_t n = batch * channels * spatial;
   auto x = std::make_unique<float[]>(n), y = std::make_unique<float[]>(n);
@@ -149,6 +197,12 @@ int check_batch_norm(int64_t batch, int64_t channels, int64_t spatial, int threa
           }
         }
       }
+    }
+    if (check_batch_norm_backward(x.get(), y.get(), weight.get(), bias.get(),
+                                  training ? save_mean.get() : running_mean.get(),
+                                  training ? save_invstd.get() : running_var.get(), batch, channels, spatial,
+                                  training, threads) != 0) {
+      return 1;
     }
   }
   return 0;

@@ -268,6 +268,24 @@ def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bo
     return y, save_mean, save_invstd
 
 
+def _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, training: bool, eps: float, slope: float,
+                         needs) -> tuple:
+    """(grad x, grad weight, grad bias), None where not needed, from the native CPU kernel: the
+    activation's gradient and BatchNorm's in two passes, from x, y and the saved statistics
+    (batch mean and invstd in training, the running ones in eval)."""
+    grad_out = grad_out.contiguous()
+    grad_x = _launch.output_like(x) if needs[0] else None
+    grad_weight = weight.new_empty(weight.shape) if needs[1] and weight is not None else None
+    grad_bias = bias.new_empty(bias.shape) if needs[2] and bias is not None else None
+    channels = x.shape[1]
+    threads = torch.get_num_threads() if x.numel() >= 2 * _native.BATCH_NORM_THREAD_GRAIN else 1
+    _native.module().batch_norm_leaky_relu_backward(
+        grad_out.data_ptr(), x.data_ptr(), _address(y), _address(weight), _address(bias), mean.data_ptr(),
+        stat.data_ptr(), _address(grad_x), _address(grad_weight), _address(grad_bias), x.shape[0], channels,
+        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, threads)
+    return grad_x, grad_weight, grad_bias
+
+
 def _native_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training: bool,
                     momentum: Optional[float], eps: float, slope: float):
     """(y, saved mean, saved invstd) of the torch backend, then an in-place leaky_relu. Half
@@ -395,7 +413,7 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         statistics = (save_mean, save_invstd) if training else (running_mean, running_var)
         ctx.save_for_backward(x, weight, bias, *statistics, y if slope >= 0 else None)
-        ctx.training, ctx.eps, ctx.slope = training, eps, slope
+        ctx.training, ctx.eps, ctx.slope, ctx.cpu_kernel = training, eps, slope, cpu_kernel
         return y
 
     @staticmethod
@@ -409,6 +427,9 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
             grads = _differentiable_backward(grad_out, x, weight, bias, *running, ctx.eps, ctx.slope,
                                              (need_x, need_weight, need_bias))
             return grads + (None,) * 8
+        if ctx.cpu_kernel:
+            return _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, ctx.training, ctx.eps, ctx.slope,
+                                        (need_x, need_weight, need_bias)) + (None,) * 8
         dtype = _parameter_dtype(x, weight, bias, *((None, None) if ctx.training else (mean, stat)))
         weight_c = _as_compute(weight, dtype)
         if x.dtype in (torch.float16, torch.bfloat16):  # PyTorch's BatchNorm backward takes them as they are
