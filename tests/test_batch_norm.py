@@ -703,8 +703,8 @@ def cpu_kernels(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("shape,channels_last", [((6, 5, 7, 9), False), ((33, 4), False), ((3, 6, 11), False),
-                                                 ((2, 19, 3, 5), False)], ids=str)
+@pytest.mark.parametrize("shape,channels_last", [((3, 5, 17, 19), False), ((2, 7, 257), False), ((4, 3, 16, 16), False),
+                                                 ((2, 19, 1, 300), False)], ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("slope", [0.0, 0.2, -0.3])
@@ -752,7 +752,7 @@ def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels, monkeypatch):
 
 def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
     monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
-    for shape, channels_last in (((5, 3, 7, 9), False), ((17, 6), False)):
+    for shape, channels_last in (((5, 3, 17, 19), False), ((3, 6, 263), False)):
         x = make_input(shape, channels_last, "cpu").requires_grad_()
         weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
         for training in (True, False):
@@ -763,8 +763,11 @@ def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
 
 
 def test_cpu_kernel_steps_aside(cpu_kernels):
-    # float64, the cumulative average, channels_last and other layouts take PyTorch's ops.
-    x = make_input((4, 3, 5, 5), False, "cpu")
+    # float64, the cumulative average, channels_last, other layouts, and rows shorter than the
+    # kernel's minimum ((N, C) inputs, small images) take PyTorch's ops.
+    for small in ((64, 3), (4, 3, 15, 17), (4, 3, 200)):
+        batch_norm_leaky_relu(make_input(small, False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
+    x = make_input((4, 3, 16, 17), False, "cpu")
     weight, bias, running_mean, running_var = make_params(3, "cpu")
     batch_norm_leaky_relu(x.double(), weight.double(), bias.double(), running_mean.double(), running_var.double(),
                           True, backend="torch")

@@ -113,25 +113,37 @@ void planar_forward(const BatchNormArgs& args, int threads) {
   const double count = static_cast<double>(N * S);
   const int64_t per = (C + threads - 1) / threads;
   run_parallel(threads, [&](int t) {
-    for (int64_t c = t * per; c < std::min(C, (t + 1) * per); ++c) {
-      float mean_f, scale, shift;
-      if (args.training) {
-        double sum = 0.0;
-        for (int64_t n = 0; n < N; ++n) sum += row_sum(args.x + (n * C + c) * S, S);
-        const double mean = sum / count;
-        double squares = 0.0;
-        for (int64_t n = 0; n < N; ++n) squares += row_centred_squares(args.x + (n * C + c) * S, S, mean);
-        finish_channel(args, c, mean, squares / count, mean_f, scale, shift);
-      } else {
-        const float invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(args.running_var[c]) + args.eps));
-        mean_f = args.running_mean[c];
-        scale = args.weight != nullptr ? args.weight[c] * invstd : invstd;
-        shift = args.bias != nullptr ? args.bias[c] : 0.0f;
+    const int64_t first = std::min(C, t * per), last = std::min(C, (t + 1) * per);
+    if (first >= last) return;
+    // Each pass walks memory in order (batch outer, channel inner), so rows of one channel,
+    // C * S floats apart, are not fetched page by page; each channel's sums still run in batch order.
+    const int64_t width = last - first;
+    std::vector<double> mean(width, 0.0), squares(width, 0.0);
+    std::vector<float> mean_f(width), scale(width), shift(width);
+    if (args.training) {
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = first; c < last; ++c) mean[c - first] += row_sum(args.x + (n * C + c) * S, S);
+      for (int64_t c = first; c < last; ++c) mean[c - first] /= count;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = first; c < last; ++c)
+          squares[c - first] += row_centred_squares(args.x + (n * C + c) * S, S, mean[c - first]);
+      for (int64_t c = first; c < last; ++c) {
+        finish_channel(args, c, mean[c - first], squares[c - first] / count, mean_f[c - first], scale[c - first],
+                       shift[c - first]);
       }
-      for (int64_t n = 0; n < N; ++n) {
-        row_normalise(args.x + (n * C + c) * S, args.y + (n * C + c) * S, S, mean_f, scale, shift, args.slope);
+    } else {
+      for (int64_t c = first; c < last; ++c) {
+        const float invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(args.running_var[c]) + args.eps));
+        mean_f[c - first] = args.running_mean[c];
+        scale[c - first] = args.weight != nullptr ? args.weight[c] * invstd : invstd;
+        shift[c - first] = args.bias != nullptr ? args.bias[c] : 0.0f;
       }
     }
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = first; c < last; ++c) {
+        row_normalise(args.x + (n * C + c) * S, args.y + (n * C + c) * S, S, mean_f[c - first], scale[c - first],
+                      shift[c - first], args.slope);
+      }
   });
 }
 
@@ -171,32 +183,47 @@ FASTGAN_INLINE_BN void row_grad_input(const float* __restrict g, const float* __
   }
 }
 
-// One channel's backward (all N rows of it).
+// The backward of channels [first, last), walking memory in order as the forward does.
 template <bool kFromY>
-FASTGAN_BN_CLONES void channel_backward(const BatchNormBackwardArgs& args, int64_t c) {
+FASTGAN_BN_CLONES void channels_backward(const BatchNormBackwardArgs& args, int64_t first, int64_t last) {
   const int64_t C = args.channels, S = args.spatial, N = args.batch;
   const double count = static_cast<double>(N * S);
-  const float mean = args.mean[c];
-  const float invstd = args.stat_is_var ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(args.stat[c]) + args.eps))
-                                        : args.stat[c];
-  const float w = args.weight != nullptr ? args.weight[c] : 1.0f;
-  const float scale = w * invstd, shift = args.bias != nullptr ? args.bias[c] : 0.0f;
-  double sum_dz = 0.0, dot = 0.0;
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t row = (n * C + c) * S;
-    row_grad_sums<kFromY>(args.grad_out + row, args.x + row, kFromY ? args.y + row : nullptr, S, mean, scale, shift,
-                          args.slope, sum_dz, dot);
+  const int64_t width = last - first;
+  std::vector<float> mean(width), invstd(width), scale(width), shift(width);
+  std::vector<double> sum_dz(width, 0.0), dot(width, 0.0);
+  for (int64_t c = first; c < last; ++c) {
+    const int64_t k = c - first;
+    mean[k] = args.mean[c];
+    invstd[k] = args.stat_is_var ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(args.stat[c]) + args.eps))
+                                 : args.stat[c];
+    scale[k] = (args.weight != nullptr ? args.weight[c] : 1.0f) * invstd[k];
+    shift[k] = args.bias != nullptr ? args.bias[c] : 0.0f;
   }
-  if (args.grad_weight != nullptr) args.grad_weight[c] = static_cast<float>(dot * invstd);
-  if (args.grad_bias != nullptr) args.grad_bias[c] = static_cast<float>(sum_dz);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t row = (n * C + c) * S, k = c - first;
+      row_grad_sums<kFromY>(args.grad_out + row, args.x + row, kFromY ? args.y + row : nullptr, S, mean[k], scale[k],
+                            shift[k], args.slope, sum_dz[k], dot[k]);
+    }
+  for (int64_t c = first; c < last; ++c) {
+    const int64_t k = c - first;
+    if (args.grad_weight != nullptr) args.grad_weight[c] = static_cast<float>(dot[k] * invstd[k]);
+    if (args.grad_bias != nullptr) args.grad_bias[c] = static_cast<float>(sum_dz[k]);
+  }
   if (args.grad_x == nullptr) return;
-  const float grad_mean = args.training ? static_cast<float>(sum_dz / count) : 0.0f;
-  const float projection = args.training ? static_cast<float>(dot / count * static_cast<double>(invstd) * invstd) : 0.0f;
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t row = (n * C + c) * S;
-    row_grad_input<kFromY>(args.grad_out + row, args.x + row, kFromY ? args.y + row : nullptr, args.grad_x + row, S,
-                           mean, scale, shift, args.slope, grad_mean, projection, scale);
+  std::vector<float> grad_mean(width, 0.0f), projection(width, 0.0f);
+  if (args.training) {
+    for (int64_t k = 0; k < width; ++k) {
+      grad_mean[k] = static_cast<float>(sum_dz[k] / count);
+      projection[k] = static_cast<float>(dot[k] / count * static_cast<double>(invstd[k]) * invstd[k]);
+    }
   }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t row = (n * C + c) * S, k = c - first;
+      row_grad_input<kFromY>(args.grad_out + row, args.x + row, kFromY ? args.y + row : nullptr, args.grad_x + row, S,
+                             mean[k], scale[k], shift[k], args.slope, grad_mean[k], projection[k], scale[k]);
+    }
 }
 
 }  // namespace
@@ -207,12 +234,12 @@ void batch_norm_leaky_relu_backward(const BatchNormBackwardArgs& args) {
       std::max<int64_t>(1, std::min<int64_t>(args.threads, args.batch * C * args.spatial / kThreadGrain)));
   const int64_t per = (C + threads - 1) / threads;
   run_parallel(threads, [&](int t) {
-    for (int64_t c = t * per; c < std::min(C, (t + 1) * per); ++c) {
-      if (args.y != nullptr) {
-        channel_backward<true>(args, c);
-      } else {
-        channel_backward<false>(args, c);
-      }
+    const int64_t first = std::min(C, t * per), last = std::min(C, (t + 1) * per);
+    if (first >= last) return;
+    if (args.y != nullptr) {
+      channels_backward<true>(args, first, last);
+    } else {
+      channels_backward<false>(args, first, last);
     }
   });
 }
