@@ -650,7 +650,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("shape", [(6, 5, 7, 9), (33, 4), (3, 6, 11)], ids=str)
+@pytest.mark.parametrize("shape", [(6, 5, 8, 9), (3, 6, 65), (2, 3, 1, 70)], ids=str)
 def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, shape):
     """On one CPU thread, without the native CPU forward, the torch backend takes float32 planar
     training statistics by whole-tensor reductions (the path multi-threaded CI runs would never reach): values,
@@ -760,6 +760,22 @@ def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
             (grad_x,) = torch.autograd.grad(y.sum(), x)
             assert not torch.isnan(y).any() and not torch.isnan(grad_x).any(), (shape, channels_last, training)
     assert cpu_kernels
+
+
+def test_cpu_kernel_on_one_thread_takes_shorter_rows(cpu_kernels, one_thread):
+    x = make_input((4, 3, 8, 8), False, "cpu")
+    assert_matches(*run_both("torch", x, *make_params(3, "cpu"), True))
+    assert cpu_kernels == ["forward", "backward"]
+
+
+def test_short_rows_on_one_thread_run_eager_ops(monkeypatch, one_thread):
+    # Below the planar minimum the one-thread planar statistics are slower than PyTorch's kernel.
+    calls = []
+    monkeypatch.setattr(bn_module, "_planar_normalise", lambda *args: calls.append(1))
+    for shape in ((64, 3), (4, 3, 7, 9)):
+        x = make_input(shape, False, "cpu")
+        assert_matches(*run_both("torch", x, *make_params(3, "cpu"), True))
+    assert not calls
 
 
 def test_cpu_kernel_steps_aside(cpu_kernels):

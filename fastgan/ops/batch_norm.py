@@ -220,28 +220,37 @@ def _as_compute(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 def _planar_on_one_cpu_thread(x: Tensor) -> bool:
     """Where the torch backend's planar statistics beat PyTorch's CPU BatchNorm kernel (see
-    :func:`_native_forward`): planar layouts ((N, C), contiguous (N, C, *)) of CPU tensors
-    with one intra-op thread."""
-    return (x.dim() == 2 or x.is_contiguous()) and x.device.type == "cpu" and torch.get_num_threads() == 1
+    :func:`_native_forward`): contiguous (N, C, *) CPU tensors of at least
+    _MIN_SPATIAL_ONE_THREAD values per (n, c) row, with one intra-op thread ((N, C) inputs and
+    shorter rows measured 0.4-0.7x eager there)."""
+    return (x.dim() >= 3 and x.is_contiguous() and x.device.type == "cpu" and torch.get_num_threads() == 1
+            and x.numel() // max(1, x.shape[0] * x.shape[1]) >= _MIN_SPATIAL_ONE_THREAD)
 
 
-# The native CPU kernel walks x one (n, c) row of spatial values at a time; below 16x16 values a
-# row the per-row cost outweighs the gain (measured, two threads, fwd+bwd: 0.54x eager at
-# 64x256x8x8, 0.10x for (N, C) inputs; 1.0-1.8x from 16x16 up), so those keep PyTorch's kernel.
+# The native CPU kernel walks x one (n, c) row of spatial values at a time. With PyTorch's two
+# threads, below 16x16 values a row the per-row cost outweighs the gain (fwd+bwd: 0.54-0.63x
+# eager at 64x256x8x8, 0.10x for (N, C) inputs; 1.0-1.8x from 16x16 up); with one thread,
+# where PyTorch's planar kernel is slower, from 8x8 up (1.6-2.0x at 8x8; 0.7-0.9x at 4x4).
+# Shorter rows keep PyTorch's kernel.
 _CPU_KERNEL_MIN_SPATIAL = 256
+_MIN_SPATIAL_ONE_THREAD = 64
 
 
 def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> bool:
     """Whether the torch backend's block runs fastgan's native CPU forward (csrc/cpu/batch_norm.cpp):
     float32 CPU x, contiguous (channels_last keeps PyTorch's kernel, which is as fast for that
-    layout) with at least _CPU_KERNEL_MIN_SPATIAL values per (n, c) row, float32 parameters and
+    layout) with at least _CPU_KERNEL_MIN_SPATIAL values per (n, c) row (_MIN_SPATIAL_ONE_THREAD
+    on one intra-op thread), float32 parameters and
     statistics, not the cumulative average, nothing that needs PyTorch's dispatch
     (torch.compile tracing, torch.func transforms, tensor subclasses), and the kernels built."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
         return False
     if training and momentum is None and running_mean is not None:
         return False
-    if not x.is_contiguous() or x.dim() < 3 or x.numel() // (x.shape[0] * x.shape[1]) < _CPU_KERNEL_MIN_SPATIAL:
+    if not x.is_contiguous() or x.dim() < 3:
+        return False
+    minimum = _MIN_SPATIAL_ONE_THREAD if torch.get_num_threads() == 1 else _CPU_KERNEL_MIN_SPATIAL
+    if x.numel() // (x.shape[0] * x.shape[1]) < minimum:
         return False
     for t in (weight, bias, running_mean, running_var):
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
