@@ -34,7 +34,6 @@ FLAGS = ["-O3", "-std=gnu++17", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wa
 # Elements per thread below which the kernels stay on the calling thread (csrc/cpu/bce.cpp's
 # kThreadGrain; tests check they agree): callers pass torch.get_num_threads() only above twice it.
 THREAD_GRAIN = 1 << 16
-BATCH_NORM_THREAD_GRAIN = 1 << 19  # csrc/cpu/batch_norm.cpp's kThreadGrain
 
 
 # The sanitizer builds of csrc/testing/cpu_driver.cpp. ThreadSanitizer cannot run the ifunc

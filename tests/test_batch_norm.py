@@ -693,7 +693,8 @@ def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, 
 
 
 @pytest.fixture
-def cpu_kernels(monkeypatch):
+def cpu_kernels(monkeypatch, one_thread):
+    # The block's kernel runs where PyTorch's BatchNorm has one intra-op thread.
     if _native.module() is None:
         pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
     calls = []
@@ -719,35 +720,32 @@ def test_cpu_kernel_matches_float64(cpu_kernels, shape, channels_last, training,
     assert_matches(ours, want)
 
 
-def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels, monkeypatch):
-    # Past twice the thread grain, with a tail: every thread count gives the same values.
+def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels):
+    # fastgan calls the kernel on one thread; split over channels between threads, its values,
+    # statistics and gradients are the same bits (the driver runs it under TSan too).
     shape = (3, 5, 263, 269)
-    assert math.prod(shape) > 2 * _native.BATCH_NORM_THREAD_GRAIN
-    poisoned = lambda like: torch.full_like(like, math.nan)  # noqa: E731 - every element must be written
-    monkeypatch.setattr(_launch, "output_like", poisoned)
     x = make_input(shape, False, "cpu")
+    weight, bias, running_mean, running_var = (t.detach() for t in make_params(shape[1], "cpu"))
     upstream = torch.randn(shape)
-    weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
-    threads = torch.get_num_threads()
+    kernels, channels, spatial = _native.module(), shape[1], shape[2] * shape[3]
     results = []
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            rm, rv = running_mean.clone(), running_var.clone()
-            xi = x.clone().requires_grad_()
-            y = batch_norm_leaky_relu(xi, weight, bias, rm, rv, True, 0.1, 1e-5, 0.2, backend="torch")
-            grads = torch.autograd.grad(y, (xi, weight, bias), upstream)
-            results.append((y, rm, rv, *grads))
-    finally:
-        torch.set_num_threads(threads)
-    assert cpu_kernels == ["forward", "backward"] * 3
-    y, rm, rv, grad_x = results[0][:4]
-    assert not torch.isnan(y).any() and not torch.isnan(grad_x).any()
+    for threads in (1, 2, 3):
+        y = torch.full_like(x, math.nan)
+        rm, rv, mean, invstd = running_mean.clone(), running_var.clone(), torch.empty(channels), torch.empty(channels)
+        kernels.batch_norm_leaky_relu_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+                                              rm.data_ptr(), rv.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+                                              shape[0], channels, spatial, True, 0.1, 1e-5, 0.2, threads)
+        grads = [torch.full_like(x, math.nan), torch.empty(channels), torch.empty(channels)]
+        kernels.batch_norm_leaky_relu_backward(upstream.data_ptr(), x.data_ptr(), y.data_ptr(), weight.data_ptr(),
+                                               bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+                                               *(g.data_ptr() for g in grads), shape[0], channels, spatial, True,
+                                               False, 1e-5, 0.2, threads)
+        results.append((y, rm, rv, *grads))
+    assert not torch.isnan(results[0][0]).any() and not torch.isnan(results[0][3]).any()
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
-    want = eager64(x, weight.detach(), bias.detach(), running_mean.double().clone(), running_var.double().clone(),
-                   True, 0.1, 1e-5, 0.2)
-    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-5)
+    want = eager64(x, weight, bias, running_mean.double().clone(), running_var.double().clone(), True, 0.1, 1e-5, 0.2)
+    torch.testing.assert_close(results[0][0].double(), want, rtol=1e-4, atol=1e-5)
 
 
 def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
@@ -762,7 +760,7 @@ def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
     assert cpu_kernels
 
 
-def test_cpu_kernel_on_one_thread_takes_shorter_rows(cpu_kernels, one_thread):
+def test_cpu_kernel_takes_rows_from_8x8(cpu_kernels):
     x = make_input((4, 3, 8, 8), False, "cpu")
     assert_matches(*run_both("torch", x, *make_params(3, "cpu"), True))
     assert cpu_kernels == ["forward", "backward"]
@@ -779,9 +777,13 @@ def test_short_rows_on_one_thread_run_eager_ops(monkeypatch, one_thread):
 
 
 def test_cpu_kernel_steps_aside(cpu_kernels):
-    # float64, the cumulative average, channels_last, other layouts, and rows shorter than the
-    # kernel's minimum ((N, C) inputs, small images) take PyTorch's ops.
-    for small in ((64, 3), (4, 3, 15, 17), (4, 3, 200)):
+    # float64, the cumulative average, channels_last, other layouts, rows shorter than the
+    # kernel's minimum ((N, C) inputs, small images), and more than one intra-op thread take
+    # PyTorch's ops.
+    torch.set_num_threads(2)
+    batch_norm_leaky_relu(make_input((4, 3, 16, 17), False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
+    torch.set_num_threads(1)
+    for small in ((64, 3), (4, 3, 7, 9), (4, 3, 60)):
         batch_norm_leaky_relu(make_input(small, False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
     x = make_input((4, 3, 16, 17), False, "cpu")
     weight, bias, running_mean, running_var = make_params(3, "cpu")
@@ -793,3 +795,32 @@ def test_cpu_kernel_steps_aside(cpu_kernels):
     batch_norm_leaky_relu(x.to(memory_format=torch.channels_last), weight, bias, running_mean, running_var, True,
                           backend="torch")
     assert not cpu_kernels
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mean,std", [(40.0, 3.0), (1e3, 1.0)])
+def test_cpu_kernel_error_within_twice_eager_float32(cpu_kernels, mean, std, training):
+    """test_error_within_twice_eager_float32 on the shapes and thread count the kernel takes."""
+    shape, channels = (6, 5, 9, 9), 5
+    for slope in (0.0, 0.2):
+        x = (torch.randn(shape, dtype=torch.float64) * std + mean).float()
+        weight, bias = torch.randn(channels) + 1, torch.randn(channels)
+        running_mean, running_var = mean + std * torch.randn(channels), std**2 * (0.5 + torch.rand(channels))
+        upstream = torch.randn(shape)
+
+        def run(op, dtype):
+            leaves = [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+            y = op(*leaves, running_mean.to(dtype).clone(), running_var.to(dtype).clone())
+            return (y, *torch.autograd.grad(y, leaves, upstream.to(dtype)))
+
+        def eager(x_, w_, b_, rm, rv):
+            return F.leaky_relu(F.batch_norm(x_, rm, rv, w_, b_, training, 0.1, 1e-5), slope)
+
+        def ours(x_, w_, b_, rm, rv):
+            return batch_norm_leaky_relu(x_, w_, b_, rm, rv, training, 0.1, 1e-5, slope, backend="torch")
+
+        exact, theirs, got = run(eager, torch.float64), run(eager, torch.float32), run(ours, torch.float32)
+        for name, mine, pytorch, reference in zip(("y", "grad x", "grad weight", "grad bias"), got, theirs, exact):
+            ours_error, eager_error = relative_error(mine, reference), relative_error(pytorch, reference)
+            assert ours_error <= 2 * eager_error, (name, slope, ours_error, eager_error)
+    assert "forward" in cpu_kernels and "backward" in cpu_kernels

@@ -7,7 +7,8 @@
 // Math. Per channel c over its P = N*S values (training):
 //     mean = sum(x) / P,   var = sum((x - mean)^2) / P          (two passes, float64 sums)
 //     invstd = 1 / sqrt(var + eps)
-//     y = leaky_relu((x - mean) * (w * invstd) + b, slope)       (one pass, float32)
+//     y = leaky_relu((x - mean) * (w * invstd) + b, slope)       (one pass, float32, the mean
+//                                                                 as a float32 (high, low) pair)
 // and running_mean/var move towards mean and the unbiased var * P / (P - 1) by `momentum`,
 // in float64 as PyTorch's CPU kernel does. Eval uses the running statistics instead. The
 // statistics are summed in float64 lanes, so |mean| >> std is as exact as PyTorch's
@@ -60,12 +61,14 @@ FASTGAN_BN_CLONES double row_centred_squares(const float* __restrict x, int64_t 
   return sum;
 }
 
-// y = leaky_relu((x - mean) * scale + shift) over n contiguous floats.
+// y = leaky_relu(((x - mean) - mean_low) * scale + shift) over n contiguous floats. mean + mean_low
+// is the float64 mean as a float32 pair: x - mean is exact when |mean| >> std, so the mean's
+// float32 rounding does not reach y.
 FASTGAN_BN_CLONES void row_normalise(const float* __restrict x, float* __restrict y, int64_t n, float mean,
-                                     float scale, float shift, float slope) {
+                                     float mean_low, float scale, float shift, float slope) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float z = (x[i] - mean) * scale + shift;
+    const float z = ((x[i] - mean) - mean_low) * scale + shift;
     y[i] = z > 0.0f ? z : z * slope;
   }
 }
@@ -87,11 +90,12 @@ int thread_count(const BatchNormArgs& args) {
 
 // Channel c's float32 (mean, invstd) from float64 (mean, biased var); updates the running
 // statistics and the saved ones, and returns the affine map's (scale, shift).
-void finish_channel(const BatchNormArgs& args, int64_t c, double mean, double var, float& mean_f, float& scale,
-                    float& shift) {
+void finish_channel(const BatchNormArgs& args, int64_t c, double mean, double var, float& mean_f, float& mean_low,
+                    float& scale, float& shift) {
   const double count = static_cast<double>(args.batch * args.spatial);
   const float invstd = static_cast<float>(1.0 / std::sqrt(var + args.eps));
   mean_f = static_cast<float>(mean);
+  mean_low = static_cast<float>(mean - static_cast<double>(mean_f));
   if (args.running_mean != nullptr) {
     const double m = args.momentum;
     const double unbiased = count > 1 ? var * count / (count - 1) : var;
@@ -119,7 +123,7 @@ void planar_forward(const BatchNormArgs& args, int threads) {
     // C * S floats apart, are not fetched page by page; each channel's sums still run in batch order.
     const int64_t width = last - first;
     std::vector<double> mean(width, 0.0), squares(width, 0.0);
-    std::vector<float> mean_f(width), scale(width), shift(width);
+    std::vector<float> mean_f(width), mean_low(width, 0.0f), scale(width), shift(width);
     if (args.training) {
       for (int64_t n = 0; n < N; ++n)
         for (int64_t c = first; c < last; ++c) mean[c - first] += row_sum(args.x + (n * C + c) * S, S);
@@ -128,8 +132,8 @@ void planar_forward(const BatchNormArgs& args, int threads) {
         for (int64_t c = first; c < last; ++c)
           squares[c - first] += row_centred_squares(args.x + (n * C + c) * S, S, mean[c - first]);
       for (int64_t c = first; c < last; ++c) {
-        finish_channel(args, c, mean[c - first], squares[c - first] / count, mean_f[c - first], scale[c - first],
-                       shift[c - first]);
+        finish_channel(args, c, mean[c - first], squares[c - first] / count, mean_f[c - first], mean_low[c - first],
+                       scale[c - first], shift[c - first]);
       }
     } else {
       for (int64_t c = first; c < last; ++c) {
@@ -141,8 +145,8 @@ void planar_forward(const BatchNormArgs& args, int threads) {
     }
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = first; c < last; ++c) {
-        row_normalise(args.x + (n * C + c) * S, args.y + (n * C + c) * S, S, mean_f[c - first], scale[c - first],
-                      shift[c - first], args.slope);
+        row_normalise(args.x + (n * C + c) * S, args.y + (n * C + c) * S, S, mean_f[c - first], mean_low[c - first],
+                      scale[c - first], shift[c - first], args.slope);
       }
   });
 }

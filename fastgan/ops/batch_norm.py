@@ -227,30 +227,28 @@ def _planar_on_one_cpu_thread(x: Tensor) -> bool:
             and x.numel() // max(1, x.shape[0] * x.shape[1]) >= _MIN_SPATIAL_ONE_THREAD)
 
 
-# The native CPU kernel walks x one (n, c) row of spatial values at a time. With PyTorch's two
-# threads, below 16x16 values a row the per-row cost outweighs the gain (fwd+bwd: 0.54-0.63x
-# eager at 64x256x8x8, 0.10x for (N, C) inputs; 1.0-1.8x from 16x16 up); with one thread,
-# where PyTorch's planar kernel is slower, from 8x8 up (1.6-2.0x at 8x8; 0.7-0.9x at 4x4).
-# Shorter rows keep PyTorch's kernel.
-_CPU_KERNEL_MIN_SPATIAL = 256
+# The native CPU kernel runs on the calling thread, so it is used where PyTorch's kernel has one
+# thread too (torch.set_num_threads(1)), and there is element-at-a-time and slower: 1.2-2.3x
+# eager fwd+bwd from 8x8 values a row up, in a network with convolutions between blocks as
+# alone. With PyTorch's two threads it lost inside a network (0.59-0.93x with a convolution
+# before each block; a DCGAN-64 training step 0.96-0.98x), though alone it measured 1.0-1.7x.
+# It walks one (n, c) row at a time: shorter rows, and (N, C) inputs, keep PyTorch's kernel.
 _MIN_SPATIAL_ONE_THREAD = 64
 
 
 def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> bool:
     """Whether the torch backend's block runs fastgan's native CPU forward (csrc/cpu/batch_norm.cpp):
-    float32 CPU x, contiguous (channels_last keeps PyTorch's kernel, which is as fast for that
-    layout) with at least _CPU_KERNEL_MIN_SPATIAL values per (n, c) row (_MIN_SPATIAL_ONE_THREAD
-    on one intra-op thread), float32 parameters and
+    one intra-op thread (see above), float32 CPU x, contiguous (channels_last keeps PyTorch's
+    kernel) with at least _MIN_SPATIAL_ONE_THREAD values per (n, c) row, float32 parameters and
     statistics, not the cumulative average, nothing that needs PyTorch's dispatch
     (torch.compile tracing, torch.func transforms, tensor subclasses), and the kernels built."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
         return False
     if training and momentum is None and running_mean is not None:
         return False
-    if not x.is_contiguous() or x.dim() < 3:
+    if not x.is_contiguous() or x.dim() < 3 or torch.get_num_threads() != 1:
         return False
-    minimum = _MIN_SPATIAL_ONE_THREAD if torch.get_num_threads() == 1 else _CPU_KERNEL_MIN_SPATIAL
-    if x.numel() // (x.shape[0] * x.shape[1]) < minimum:
+    if x.numel() // (x.shape[0] * x.shape[1]) < _MIN_SPATIAL_ONE_THREAD:
         return False
     for t in (weight, bias, running_mean, running_var):
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
@@ -275,11 +273,10 @@ def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bo
     save_mean = x.new_empty(channels) if training else x.new_empty(0)
     save_invstd = x.new_empty(channels) if training else x.new_empty(0)
     spatial = x.numel() // (x.shape[0] * channels)
-    threads = torch.get_num_threads() if x.numel() >= 2 * _native.BATCH_NORM_THREAD_GRAIN else 1
     _native.module().batch_norm_leaky_relu_forward(
         x.data_ptr(), y.data_ptr(), _address(weight), _address(bias), _address(running_mean), _address(running_var),
         _address(save_mean) if training else 0, _address(save_invstd) if training else 0, x.shape[0], channels,
-        spatial, training, momentum if momentum is not None else 0.0, eps, slope, threads)
+        spatial, training, momentum if momentum is not None else 0.0, eps, slope, 1)  # one thread: see above
     return y, save_mean, save_invstd
 
 
@@ -293,11 +290,10 @@ def _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, training: boo
     grad_weight = weight.new_empty(weight.shape) if needs[1] and weight is not None else None
     grad_bias = bias.new_empty(bias.shape) if needs[2] and bias is not None else None
     channels = x.shape[1]
-    threads = torch.get_num_threads() if x.numel() >= 2 * _native.BATCH_NORM_THREAD_GRAIN else 1
     _native.module().batch_norm_leaky_relu_backward(
         grad_out.data_ptr(), x.data_ptr(), _address(y), _address(weight), _address(bias), mean.data_ptr(),
         stat.data_ptr(), _address(grad_x), _address(grad_weight), _address(grad_bias), x.shape[0], channels,
-        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, threads)
+        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, 1)
     return grad_x, grad_weight, grad_bias
 
 
