@@ -3,7 +3,9 @@
 * toy MLP GAN on grid25, batch 512: a plain eager PyTorch loop, that loop with the models
   under ``torch.compile`` (default, and ``mode="reduce-overhead"`` on a GPU), fastgan's
   Trainer without and (on a GPU) with CUDA graphs;
-* DCGAN-64, batch 128, bf16 autocast (GPU only: a CPU step takes seconds).
+* DCGAN-64, batch 128, bf16 autocast (GPU only: a CPU step takes seconds);
+* fastgan dropped into a third-party DCGAN-64 loop (the PyTorch examples', fp32, batch 32;
+  every device): ``fuse`` and fastgan's BCE module against the loop as written.
 
 ``extra_info``: it/s (and images/s) from the median step time, peak memory on a GPU.
 """
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from benchutil import DEVICE, GPU
 
+import fastgan
 from fastgan import Trainer, data, models
 
 GRID = data.toy_mixture("grid25")
@@ -107,3 +110,57 @@ def bench_dcgan64_step(measure, provider):
 
     _run(measure, provider, make_models, lambda n: shapes.sample(n, device=DEVICE), shapes, 128, 100, True,
          "training step dcgan64 bf16 batch=128", per_image=True)
+
+
+def _examples_dcgan64(width: int = 64, latent: int = 100, channels: int = 3):
+    """The PyTorch examples' DCGAN (examples/dcgan/main.py) as third-party code writes it:
+    ``nn.Sequential`` BatchNorm2d + ReLU/LeakyReLU pairs; D ends in a logit (the BCE-with-logits form)."""
+    nn = torch.nn
+    up = [nn.ConvTranspose2d(latent, width * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(width * 8), nn.ReLU(True)]
+    for scale in (8, 4, 2):
+        up += [nn.ConvTranspose2d(width * scale, width * scale // 2, 4, 2, 1, bias=False),
+               nn.BatchNorm2d(width * scale // 2), nn.ReLU(True)]
+    generator = nn.Sequential(*up, nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh())
+    down = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    for scale in (1, 2, 4):
+        down += [nn.Conv2d(width * scale, width * scale * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * scale * 2),
+                 nn.LeakyReLU(0.2, inplace=True)]
+    discriminator = nn.Sequential(*down, nn.Conv2d(width * 8, 1, 4, 1, 0, bias=False), nn.Flatten(0))
+    return generator, discriminator
+
+
+@pytest.mark.parametrize("provider", ["eager", "fastgan-drop-in"])
+def bench_drop_in_dcgan64_step(measure, provider):
+    """A third-party DCGAN training step (the PyTorch examples' loop, fp32, batch 32) as written
+    (``eager``), and with fastgan dropped in (``fastgan-drop-in``: ``fastgan.fuse`` on both
+    networks and ``fastgan.nn.BCEWithLogitsLoss``): the block and BCE kernels inside a real
+    network, with convolutions keeping PyTorch's thread pool busy around them."""
+    torch.manual_seed(0)
+    generator, discriminator = (m.to(DEVICE) for m in _examples_dcgan64())
+    criterion = torch.nn.BCEWithLogitsLoss()
+    if provider == "fastgan-drop-in":
+        generator, discriminator = fastgan.fuse(generator), fastgan.fuse(discriminator)
+        criterion = fastgan.nn.BCEWithLogitsLoss()
+    opt_g = torch.optim.Adam(generator.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
+    batch = 32
+    real = torch.rand(batch, 3, 64, 64, device=DEVICE) * 2 - 1
+    ones, zeros = torch.ones(batch, device=DEVICE), torch.zeros(batch, device=DEVICE)
+    synchronize = torch.cuda.synchronize if GPU else (lambda: None)
+
+    def step():
+        discriminator.zero_grad()
+        fake = generator(torch.randn(batch, 100, 1, 1, device=DEVICE))
+        (criterion(discriminator(real), ones) + criterion(discriminator(fake.detach()), zeros)).backward()
+        opt_d.step()
+        generator.zero_grad()
+        criterion(discriminator(fake), ones).backward()
+        opt_g.step()
+        synchronize()
+
+    for _ in range(2):
+        step()
+    measure(step, group="training step drop-in dcgan64 fp32 batch=32")
+    median = measure.benchmark.stats.stats.median
+    measure.benchmark.extra_info["it_per_s"] = 1 / median
+    measure.benchmark.extra_info["images_per_s"] = batch / median

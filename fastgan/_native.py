@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -26,14 +27,18 @@ from typing import Optional
 MODULE_NAME = "_C_cpu"
 ENV_SWITCH = "FASTGAN_CPU_KERNELS"
 FLAGS = ["-O3", "-std=gnu++17", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall",
-         # The kernels' `omp simd` reductions, without linking an OpenMP runtime; no errno
-         # from math so the loops stay vector code.
-         "-fopenmp-simd", "-fno-math-errno"]
+         # no errno from math, so the loops stay vector code
+         "-fno-math-errno"]
+# OpenMP: the kernels' `omp simd` loops, and run_parallel on PyTorch's own OpenMP pool
+# (csrc/cpu/parallel.h). A compiler without an OpenMP runtime (Apple's clang) builds with
+# OPENMP_SIMD_ONLY: the same vector loops, more than one thread from std::thread.
+OPENMP = ["-fopenmp"]
+OPENMP_SIMD_ONLY = ["-fopenmp-simd"]
 
 
-# Elements per thread below which the kernels stay on the calling thread (csrc/cpu/bce.cpp's
+# Elements per thread below which the BCE kernel stays on the calling thread (csrc/cpu/bce.cpp's
 # kThreadGrain; tests check they agree): callers pass torch.get_num_threads() only above twice it.
-THREAD_GRAIN = 1 << 16
+THREAD_GRAIN = 1 << 15
 
 
 # The sanitizer builds of csrc/testing/cpu_driver.cpp. ThreadSanitizer cannot run the ifunc
@@ -42,6 +47,9 @@ SANITIZERS = {
     "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
     "thread": ["-O1", "-g", "-fsanitize=thread", "-DFASTGAN_NO_ISA_CLONES"],
 }
+# ThreadSanitizer cannot see libgomp's synchronisation (its barriers would read as races), so
+# that build runs run_parallel's std::thread form.
+SANITIZER_OPENMP = {"address": OPENMP, "thread": OPENMP_SIMD_ONLY}
 
 
 class NativeBuildError(RuntimeError):
@@ -74,26 +82,29 @@ def _pybind11_include() -> str:
 
 
 def build_module(output: Path, csrc: Path) -> Path:
-    """Compile ``csrc/cpu/*.cpp`` into the extension file ``output``; returns it."""
-    command = [*compiler().split(), *FLAGS, "-shared", f"-I{csrc / 'cpu'}", f"-I{_pybind11_include()}",
-               f"-I{sysconfig.get_paths()['include']}", *map(str, kernel_sources(csrc)),
-               str(csrc / "cpu" / "bindings.cpp")]
+    """Compile ``csrc/cpu/*.cpp`` into the extension file ``output``; returns it. With OpenMP
+    where the compiler has it, else without (the build says which: ``build_info()["openmp"]``)."""
+    sources = [*map(str, kernel_sources(csrc)), str(csrc / "cpu" / "bindings.cpp")]
+    includes = [f"-I{csrc / 'cpu'}", f"-I{_pybind11_include()}", f"-I{sysconfig.get_paths()['include']}"]
     output.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
     with tempfile.TemporaryDirectory(prefix="fastgan-cpu-") as tmp:
         partial = Path(tmp) / output.name
-        result = subprocess.run([*command, "-o", str(partial)], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise NativeBuildError(f"the native CPU build failed ({result.returncode}): {' '.join(command)}\n"
-                                   f"{result.stderr.strip()}")
-        shutil.move(str(partial), str(output))
-    return output
+        for openmp in (OPENMP, OPENMP_SIMD_ONLY):
+            command = [*compiler().split(), *FLAGS, *openmp, "-shared", *includes, *sources, "-o", str(partial)]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode == 0:
+                shutil.move(str(partial), str(output))
+                return output
+            failures.append(f"{' '.join(command)}\n{result.stderr.strip()}")
+    raise NativeBuildError(f"the native CPU build failed: {failures[-1]}")
 
 
 def build_driver(output: Path, csrc: Path, sanitize: str) -> Path:
     """Compile csrc/testing/cpu_driver.cpp with the kernels under ``sanitize`` ("address": ASan
     + UBSan, or "thread"); returns the program."""
     flags = [flag for flag in FLAGS if flag not in ("-O3", "-fPIC", "-fvisibility=hidden")]
-    command = [*compiler().split(), *flags, *SANITIZERS[sanitize], f"-I{csrc / 'cpu'}",
+    command = [*compiler().split(), *flags, *SANITIZER_OPENMP[sanitize], *SANITIZERS[sanitize], f"-I{csrc / 'cpu'}",
                str(csrc / "testing" / "cpu_driver.cpp"), *map(str, kernel_sources(csrc)), "-o", str(output)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -122,15 +133,48 @@ def module() -> Optional[object]:
     return _load()[0]
 
 
+def openmp_runtimes() -> Optional[set[str]]:
+    """The OpenMP runtime libraries mapped into this process (from /proc/self/maps), or None
+    where that cannot be read (not Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    return {line.split()[-1] for line in maps.splitlines() if _OPENMP_RUNTIME.search(line)}
+
+
+_OPENMP_RUNTIME = re.compile(r"/lib(gomp|iomp5|omp)[-.][^/]*$")
+
+
+@functools.lru_cache(maxsize=None)
+def shares_openmp_pool() -> bool:
+    """Whether the kernels' threads come from PyTorch's own OpenMP pool: the module is built with
+    OpenMP and one OpenMP runtime is loaded, PyTorch's (the extension binds to the libgomp.so.1
+    that torch loaded first). Otherwise callers keep the block kernel on one thread: threads of
+    its own start too slowly to beat PyTorch's kernel, and a second pool would oversubscribe."""
+    loaded = module()
+    if loaded is None or not loaded.build_info()["openmp"]:
+        return False
+    runtimes = openmp_runtimes()
+    return runtimes is not None and len(runtimes) == 1
+
+
 def status() -> str:
-    """One line: the kernels' instruction set, or why they are not used."""
+    """One line: the kernels' instruction set and threads, or why they are not used."""
     loaded, why = _load()
     if loaded is None:
         return f"off: {why}"
     info = loaded.build_info()
-    return f"on: {info['instruction_set']} ({loaded.__file__})"
+    if shares_openmp_pool():
+        threads = "threads from PyTorch's OpenMP pool"
+    elif not info["openmp"]:
+        threads = "built without OpenMP: the block kernel on one thread"
+    else:
+        threads = f"OpenMP runtimes {sorted(openmp_runtimes() or [])}: the block kernel on one thread"
+    return f"on: {info['instruction_set']}, {threads} ({loaded.__file__})"
 
 
 def reset() -> None:
     """Forget the loaded module, so the next use reads ``FASTGAN_CPU_KERNELS`` again (tests)."""
     _load.cache_clear()
+    shares_openmp_pool.cache_clear()

@@ -697,11 +697,16 @@ def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, 
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cpu_kernels(monkeypatch, one_thread):
-    # The block's kernel runs where PyTorch's BatchNorm has one intra-op thread.
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def cpu_kernels(request, monkeypatch):
+    # The block's kernel runs on PyTorch's OpenMP pool, or on one intra-op thread where the pool is not shared.
     if _native.module() is None:
         pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    if request.param > 1 and not _native.shares_openmp_pool():
+        pytest.skip(f"the block kernel runs on one thread here: {_native.status()}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     calls = []
     forward, backward = bn_module._cpu_kernel_forward, bn_module._cpu_kernel_backward
     monkeypatch.setattr(bn_module, "_cpu_kernel_forward", lambda *args: calls.append("forward") or forward(*args))
@@ -726,8 +731,8 @@ def test_cpu_kernel_matches_float64(cpu_kernels, shape, channels_last, training,
 
 
 def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels):
-    # fastgan calls the kernel on one thread; split over channels between threads, its values,
-    # statistics and gradients are the same bits (the driver runs it under TSan too).
+    # Split over channels between threads, the kernel's values, statistics and gradients are the
+    # same bits for any thread count (the driver runs it under TSan too).
     shape = (3, 5, 263, 269)
     x = make_input(shape, False, "cpu")
     weight, bias, running_mean, running_var = (t.detach() for t in make_params(shape[1], "cpu"))
@@ -765,6 +770,31 @@ def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
     assert cpu_kernels
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("slope", [0.2, -0.3])
+def test_cpu_kernel_above_its_thread_grain_matches_float64(cpu_kernels, training, slope):
+    # Large enough for the kernel to split channels between the pool's threads (the shapes
+    # above stay on the calling thread).
+    shape = (3, 5, 67, 71)
+    assert math.prod(shape) >= 2 * _native.module().batch_norm_thread_grain()
+    x = make_input(shape, False, "cpu")
+    assert_matches(*run_both("torch", x, *make_params(shape[1], "cpu"), training, slope=slope))
+    assert cpu_kernels == ["forward", "backward"]
+
+
+def test_cpu_kernels_share_pytorchs_openmp_runtime():
+    # The extension binds to the libgomp.so.1 torch loaded first (csrc/cpu/parallel.h): one
+    # OpenMP runtime in the process, so the kernels' threads are PyTorch's pool, not a second one.
+    if _native.module() is None or not _native.module().build_info()["openmp"]:
+        pytest.skip(f"the native CPU kernels are not built with OpenMP here: {_native.status()}")
+    runtimes = _native.openmp_runtimes()
+    if runtimes is None:
+        pytest.skip("no /proc/self/maps to read the loaded libraries from")
+    assert len(runtimes) == 1, runtimes
+    assert _native.shares_openmp_pool()
+    assert "PyTorch's OpenMP pool" in _native.status()
+
+
 def test_cpu_kernel_takes_rows_from_8x8(cpu_kernels):
     x = make_input((4, 3, 8, 8), False, "cpu")
     assert_matches(*run_both("torch", x, *make_params(3, "cpu"), True))
@@ -781,13 +811,15 @@ def test_short_rows_on_one_thread_run_eager_ops(monkeypatch, one_thread):
     assert not calls
 
 
-def test_cpu_kernel_steps_aside(cpu_kernels):
+def test_cpu_kernel_steps_aside(cpu_kernels, monkeypatch):
     # float64, the cumulative average, channels_last, other layouts, rows shorter than the
-    # kernel's minimum ((N, C) inputs, small images), and more than one intra-op thread take
-    # PyTorch's ops.
+    # kernel's minimum ((N, C) inputs, small images), and more than one intra-op thread where
+    # the kernel's threads are not PyTorch's pool take PyTorch's ops.
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    monkeypatch.setattr(_native, "shares_openmp_pool", lambda: False)
     batch_norm_leaky_relu(make_input((4, 3, 16, 17), False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     for small in ((64, 3), (4, 3, 7, 9), (4, 3, 60)):
         batch_norm_leaky_relu(make_input(small, False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
     x = make_input((4, 3, 16, 17), False, "cpu")

@@ -87,20 +87,25 @@ def test_native_cpu_kernels_built_when_required():
     assert _native.status().startswith("on:") or not _native.enabled()
 
 
-def test_native_cpu_kernels_build_from_the_sources(setup_module, tmp_path):
-    # As setup.py does it: fastgan/_native.py loaded by path (no torch, no package import).
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "compiler-without-openmp"])
+def test_native_cpu_kernels_build_from_the_sources(setup_module, tmp_path, monkeypatch, openmp):
+    # As setup.py does it: fastgan/_native.py loaded by path (no torch, no package import). A
+    # compiler that refuses -fopenmp (Apple's clang) still builds them, without OpenMP.
     builder = setup_module._builder("_native")
     assert setup_module.build_mode({"FASTGAN_BUILD_CPU": "0"}, variable="FASTGAN_BUILD_CPU") == "0"
     try:
         builder.compiler()
     except builder.NativeBuildError as error:
         pytest.skip(str(error))
+    if not openmp:
+        monkeypatch.setattr(builder, "OPENMP", ["-fno-such-openmp-flag"])
     built = builder.build_module(tmp_path / builder.module_filename(), ROOT / "csrc")
     code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('_C_cpu', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.thread_grain())")
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(m.thread_grain(), m.build_info()['openmp'])")
     result = subprocess.run([sys.executable, "-c", code, str(built)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) == builder.THREAD_GRAIN
+    assert result.stdout.split() == [str(builder.THREAD_GRAIN), str(openmp)]
 
 
 def test_kernels_install_as_fastgan_kernels():

@@ -25,10 +25,11 @@
 // baseline, chosen once at load time (GCC target_clones).
 #include "bce.h"
 
+#include "parallel.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -36,7 +37,7 @@ namespace fastgan::cpu {
 namespace {
 
 constexpr int64_t kBlock = 1024;        // elements per float32 partial sum
-constexpr int64_t kThreadGrain = 1 << 16;  // elements per thread before another is worth starting
+constexpr int64_t kThreadGrain = 1 << 15;  // elements per thread before another is worth waking
 
 #define FASTGAN_INLINE inline __attribute__((always_inline))
 
@@ -248,11 +249,7 @@ void bce_with_logits_forward(const BceArgs& args) {
         if (reduce) block_sums[b] = sum;
       }
     };
-    std::vector<std::thread> pool;
-    pool.reserve(threads - 1);
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-    work(0);
-    for (auto& thread : pool) thread.join();
+    run_parallel(threads, work);
     for (double sum : block_sums) total += sum;
   }
   if (reduce) {

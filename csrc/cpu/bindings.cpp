@@ -89,11 +89,18 @@ PYBIND11_MODULE(_C_cpu, m) {
         py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("stat"), py::arg("grad_x"),
         py::arg("grad_weight"), py::arg("grad_bias"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
         py::arg("training"), py::arg("stat_is_var"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
-  m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the kernels use another thread");
+  m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the BCE kernel uses another thread");
+  m.def("batch_norm_thread_grain", &fastgan::cpu::batch_norm_thread_grain,
+        "Elements per thread before the block kernel uses another thread");
   m.def("build_info", [] {
     py::dict info;
     info["instruction_set"] = instruction_set();
     info["compiler"] = std::string(__VERSION__);
+#if defined(_OPENMP)
+    info["openmp"] = true;  // run_parallel on the OpenMP runtime's pool (csrc/cpu/parallel.h)
+#else
+    info["openmp"] = false;
+#endif
     return info;
   });
 }

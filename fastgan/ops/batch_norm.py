@@ -221,34 +221,36 @@ def _as_compute(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 def _planar_on_one_cpu_thread(x: Tensor) -> bool:
     """Where the torch backend's planar statistics beat PyTorch's CPU BatchNorm kernel (see
     :func:`_native_forward`): contiguous (N, C, *) CPU tensors of at least
-    _MIN_SPATIAL_ONE_THREAD values per (n, c) row, with one intra-op thread ((N, C) inputs and
+    _MIN_PLANAR_ROW values per (n, c) row, with one intra-op thread ((N, C) inputs and
     shorter rows measured 0.4-0.7x eager there)."""
     return (x.dim() >= 3 and x.is_contiguous() and x.device.type == "cpu" and torch.get_num_threads() == 1
-            and x.numel() // max(1, x.shape[0] * x.shape[1]) >= _MIN_SPATIAL_ONE_THREAD)
+            and x.numel() // max(1, x.shape[0] * x.shape[1]) >= _MIN_PLANAR_ROW)
 
 
-# The native CPU kernel runs on the calling thread, so it is used where PyTorch's kernel has one
-# thread too (torch.set_num_threads(1)), and there is element-at-a-time and slower: 1.2-2.3x
-# eager fwd+bwd from 8x8 values a row up, in a network with convolutions between blocks as
-# alone. With PyTorch's two threads it lost inside a network (0.59-0.93x with a convolution
-# before each block; a DCGAN-64 training step 0.96-0.98x), though alone it measured 1.0-1.7x.
-# It walks one (n, c) row at a time: shorter rows, and (N, C) inputs, keep PyTorch's kernel.
-_MIN_SPATIAL_ONE_THREAD = 64
+# The native CPU kernel splits channels between PyTorch's own OpenMP threads
+# (csrc/cpu/parallel.h), so inside a network it runs on the pool PyTorch's convolutions keep
+# awake. Measured on 2 threads with a convolution before each block: 1.02-1.42x eager fwd+bwd
+# (with threads of its own it lost there, 0.59-0.93x, though alone it measured 1.0-1.7x). Where
+# the pool is not PyTorch's (a build without OpenMP, a second OpenMP runtime) it is used only
+# on one intra-op thread. It walks one (n, c) row at a time: shorter rows, and (N, C) inputs,
+# keep PyTorch's kernel (0.4-0.7x there).
+_MIN_PLANAR_ROW = 64
 
 
 def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> bool:
     """Whether the torch backend's block runs fastgan's native CPU forward (csrc/cpu/batch_norm.cpp):
-    one intra-op thread (see above), float32 CPU x, contiguous (channels_last keeps PyTorch's
-    kernel) with at least _MIN_SPATIAL_ONE_THREAD values per (n, c) row, float32 parameters and
+    threads from PyTorch's OpenMP pool or one intra-op thread (see above), float32 CPU x,
+    contiguous (channels_last keeps PyTorch's kernel) with at least _MIN_PLANAR_ROW values per
+    (n, c) row, float32 parameters and
     statistics, not the cumulative average, nothing that needs PyTorch's dispatch
     (torch.compile tracing, torch.func transforms, tensor subclasses), and the kernels built."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
         return False
     if training and momentum is None and running_mean is not None:
         return False
-    if not x.is_contiguous() or x.dim() < 3 or torch.get_num_threads() != 1:
+    if not x.is_contiguous() or x.dim() < 3 or not (torch.get_num_threads() == 1 or _native.shares_openmp_pool()):
         return False
-    if x.numel() // (x.shape[0] * x.shape[1]) < _MIN_SPATIAL_ONE_THREAD:
+    if x.numel() // (x.shape[0] * x.shape[1]) < _MIN_PLANAR_ROW:
         return False
     for t in (weight, bias, running_mean, running_var):
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
@@ -276,7 +278,7 @@ def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bo
     _native.module().batch_norm_leaky_relu_forward(
         x.data_ptr(), y.data_ptr(), _address(weight), _address(bias), _address(running_mean), _address(running_var),
         _address(save_mean) if training else 0, _address(save_invstd) if training else 0, x.shape[0], channels,
-        spatial, training, momentum if momentum is not None else 0.0, eps, slope, 1)  # one thread: see above
+        spatial, training, momentum if momentum is not None else 0.0, eps, slope, torch.get_num_threads())
     return y, save_mean, save_invstd
 
 
@@ -293,7 +295,7 @@ def _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, training: boo
     _native.module().batch_norm_leaky_relu_backward(
         grad_out.data_ptr(), x.data_ptr(), _address(y), _address(weight), _address(bias), mean.data_ptr(),
         stat.data_ptr(), _address(grad_x), _address(grad_weight), _address(grad_bias), x.shape[0], channels,
-        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, 1)
+        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, torch.get_num_threads())
     return grad_x, grad_weight, grad_bias
 
 

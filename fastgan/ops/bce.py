@@ -584,7 +584,10 @@ def _native_bce_forward(input: Tensor, target: Tensor, reduction: int, write_gra
     numel = input.numel()
     loss = _launch.output(input, input.shape if reduction == _NONE else ())
     grad = _launch.output(input, input.shape) if write_grad else None
-    threads = torch.get_num_threads() if numel >= 2 * _native.THREAD_GRAIN else 1
+    # Threads from PyTorch's OpenMP pool pay from two grains up; started threads (a build
+    # without OpenMP) cost tens of microseconds each, so from four.
+    threaded = numel >= 2 * _native.THREAD_GRAIN and (numel >= 4 * _native.THREAD_GRAIN or _native.shares_openmp_pool())
+    threads = torch.get_num_threads() if threaded else 1
     _native.module().bce_with_logits_forward(
         input.data_ptr(), target.data_ptr(), loss.data_ptr(), grad.data_ptr() if write_grad else 0,
         _NATIVE_DTYPE_CODES[input.dtype], reduction, 1.0 / numel if reduction == _MEAN and numel else 1.0, numel,
