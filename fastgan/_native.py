@@ -36,8 +36,8 @@ OPENMP = ["-fopenmp"]
 OPENMP_SIMD_ONLY = ["-fopenmp-simd"]
 
 
-# Elements per thread below which the BCE kernel stays on the calling thread (csrc/cpu/bce.cpp's
-# kThreadGrain; tests check they agree): callers pass torch.get_num_threads() only above twice it.
+# Elements per thread below which the BCE and Rényi kernels stay on the calling thread
+# (kThreadGrain in csrc/cpu/bce.cpp and renyi.cpp; tests check they agree): see threads_for.
 THREAD_GRAIN = 1 << 15
 
 
@@ -157,6 +157,15 @@ def shares_openmp_pool() -> bool:
         return False
     runtimes = openmp_runtimes()
     return runtimes is not None and len(runtimes) == 1
+
+
+def threads_for(numel: int, available: int) -> int:
+    """Threads to ask the BCE and Rényi kernels for over ``numel`` elements, given PyTorch's
+    ``available`` intra-op threads: PyTorch's OpenMP pool pays from two grains up; threads the
+    kernels start themselves (no shared pool) cost tens of microseconds each, so from four."""
+    if numel < 2 * THREAD_GRAIN or available <= 1:
+        return 1
+    return available if numel >= 4 * THREAD_GRAIN or shares_openmp_pool() else 1
 
 
 def status() -> str:

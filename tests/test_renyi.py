@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fastgan import _native
 from fastgan.ops import _launch, renyi as renyi_module
 from fastgan.ops.renyi import renyi_divergence, renyi_divergence_reference
 
@@ -357,3 +358,124 @@ def test_renyi_cuda_graph_capture(kernel_backend, capture_cuda_graph):
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(static_grad, step())
+
+
+# ---------------------------------------------------------------------------------------
+# The torch backend's native CPU form (csrc/cpu/renyi.cpp): one contiguous float32/bfloat16
+# row. The tests above reach it with their 1-d cases; these check that it is taken, at every
+# size (the threaded one included), in every dtype, at the extremes, and every element written.
+# ---------------------------------------------------------------------------------------
+
+THREADED_N = 2 * _native.THREAD_GRAIN + 1029
+NATIVE_SIZES = [1, 7, 1025, THREADED_N]
+
+
+@pytest.fixture
+def native_renyi(monkeypatch):
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    calls = []
+    forward = renyi_module._native_renyi_forward
+    monkeypatch.setattr(renyi_module, "_native_renyi_forward", lambda *args: calls.append(1) or forward(*args))
+    return calls
+
+
+def test_native_renyi_grain_agrees():
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    assert _native.module().renyi_thread_grain() == _native.THREAD_GRAIN
+
+
+@pytest.mark.parametrize("n", NATIVE_SIZES)
+@pytest.mark.parametrize("alpha", [a for a in ALPHAS if a != 1.0], ids=str)
+def test_native_renyi_matches_float64(native_renyi, n, alpha):
+    r = log_ratios((n,), "cpu").requires_grad_()
+    got, grad, want, want_grad = _against_float64(r, alpha, 0, "torch")
+    assert native_renyi, "the native CPU form was not taken"
+    assert got.shape == () and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, **tolerance(alpha, want))
+    torch.testing.assert_close(grad.double(), want_grad, rtol=3e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [513, THREADED_N])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.999999, 2.0, 10.0], ids=str)
+@pytest.mark.parametrize("mean,scale", [(0.8, 2.0), (40.0, 3.0)])
+def test_native_renyi_within_pytorchs_own_error(native_renyi, n, dtype, alpha, mean, scale):
+    """Value and gradient no further from float64 than twice eager PyTorch's own code in the dtype."""
+    r = log_ratios((n,), "cpu", dtype, scale=scale, mean=mean).requires_grad_()
+    upstream = torch.tensor(0.7)
+    got = renyi_divergence(r, alpha, backend="torch")
+    (grad,) = torch.autograd.grad(got, r, upstream.to(dtype))
+    assert native_renyi
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, 0)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    rt = r.detach().clone().requires_grad_()
+    theirs = (torch.logsumexp((1 - alpha) * rt, 0) - math.log(n)) / (alpha - 1)
+    (their_grad,) = torch.autograd.grad(theirs, rt, upstream.to(dtype))
+    eps = torch.finfo(dtype).eps
+    for name, ours, pytorch, ref in (("value", got, theirs, want), ("grad", grad, their_grad, want_grad)):
+        error = (ours.double() - ref).abs().max().item()
+        allowed = 2 * (pytorch.double() - ref).abs().max().item() + eps * ref.abs().max().item()
+        assert error <= allowed, (name, error, allowed)
+
+
+def test_native_renyi_near_uniform_weights_take_log1p(native_renyi):
+    # α → 1: the weights are near uniform (A > 1/2) and log A comes from the expm1 sum, so the
+    # result stays continuous with the limit −mean(r).
+    r = log_ratios((4099,), "cpu", scale=3.0)
+    limit = -r.double().mean()
+    for alpha in (1.0 - 1e-7, 1.0 + 1e-7):
+        torch.testing.assert_close(renyi_divergence(r, alpha, backend="torch").double(), limit, rtol=1e-5, atol=4e-6)
+    near = renyi_divergence(r, 1.0 - 1e-3, backend="torch").double()
+    torch.testing.assert_close(near, limit - 1e-3 * r.double().var(unbiased=False) / 2, rtol=1e-3, atol=1e-4)
+    assert len(native_renyi) == 3
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_native_renyi_non_finite_logits_take_the_reference(native_renyi, alpha):
+    for bad in (math.inf, -math.inf, math.nan):
+        r = log_ratios((THREADED_N,), "cpu")
+        r[THREADED_N - 3] = bad
+        got = renyi_divergence(r, alpha, backend="torch")
+        torch.testing.assert_close(got, renyi_divergence_reference(r, alpha), equal_nan=True)
+    assert len(native_renyi) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_renyi_threads_give_the_same_bits(dtype):
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    kernels, code = _native.module(), {torch.float32: 0, torch.bfloat16: 2}[dtype]
+    r = log_ratios((3 * _native.THREAD_GRAIN + 5,), "cpu", dtype)
+    results = []
+    for threads in (1, 2, 3):
+        shift, expsum, finite = kernels.renyi_forward(r.data_ptr(), code, r.numel(), 0.5, threads)
+        grad = torch.full_like(r, math.nan)
+        kernels.renyi_backward(r.data_ptr(), grad.data_ptr(), code, r.numel(), 0.5, shift, -1.0 / expsum, threads)
+        assert finite and not torch.isnan(grad).any()
+        results.append((shift, expsum, grad))
+    for shift, expsum, grad in results[1:]:
+        assert (shift, expsum) == results[0][:2] and torch.equal(grad, results[0][2])
+
+
+def test_native_renyi_writes_every_gradient_element(native_renyi, monkeypatch):
+    monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
+    for n in NATIVE_SIZES:
+        for dtype in (torch.float32, torch.bfloat16):
+            r = log_ratios((n,), "cpu", dtype).requires_grad_()
+            (grad,) = torch.autograd.grad(renyi_divergence(r, 0.5, backend="torch"), r)
+            assert not torch.isnan(grad).any(), (n, dtype)
+    assert native_renyi
+
+
+def test_native_renyi_steps_aside(native_renyi):
+    # Rows of a 2-d input, strided rows, float16 and float64, and α = 1 take the PyTorch forms.
+    base = log_ratios((40, 3), "cpu")
+    renyi_divergence(base, 0.5, backend="torch")
+    renyi_divergence(base[:, 1], 0.5, backend="torch")
+    renyi_divergence(base[:, 0].half(), 0.5, backend="torch")
+    renyi_divergence(base[:, 0].double(), 0.5, backend="torch")
+    renyi_divergence(base[:, 0].contiguous(), 1.0, backend="torch")
+    assert not native_renyi

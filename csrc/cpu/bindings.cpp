@@ -9,6 +9,7 @@
 
 #include "batch_norm.h"
 #include "bce.h"
+#include "renyi.h"
 
 namespace py = pybind11;
 
@@ -60,6 +61,29 @@ void batch_norm_leaky_relu_backward(uintptr_t grad_out, uintptr_t x, uintptr_t y
   }
 }
 
+py::tuple renyi_forward(uintptr_t log_ratio, int dtype, int64_t n, float beta, int threads) {
+  const fastgan::cpu::RenyiArgs args{reinterpret_cast<const void*>(log_ratio), dtype, n, beta, threads};
+  fastgan::cpu::RenyiSums sums;
+  if (n >= fastgan::cpu::renyi_thread_grain()) {
+    py::gil_scoped_release no_gil;
+    sums = fastgan::cpu::renyi_forward(args);
+  } else {
+    sums = fastgan::cpu::renyi_forward(args);
+  }
+  return py::make_tuple(sums.shift, sums.expsum, sums.finite);
+}
+
+void renyi_backward(uintptr_t log_ratio, uintptr_t grad, int dtype, int64_t n, float beta, float shift, float scale,
+                    int threads) {
+  const fastgan::cpu::RenyiArgs args{reinterpret_cast<const void*>(log_ratio), dtype, n, beta, threads};
+  if (n >= fastgan::cpu::renyi_thread_grain()) {
+    py::gil_scoped_release no_gil;
+    fastgan::cpu::renyi_backward(args, reinterpret_cast<void*>(grad), shift, scale);
+  } else {
+    fastgan::cpu::renyi_backward(args, reinterpret_cast<void*>(grad), shift, scale);
+  }
+}
+
 // The instruction set the kernels' target_clones resolve to on this machine.
 std::string instruction_set() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -89,6 +113,14 @@ PYBIND11_MODULE(_C_cpu, m) {
         py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("stat"), py::arg("grad_x"),
         py::arg("grad_weight"), py::arg("grad_bias"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
         py::arg("training"), py::arg("stat_is_var"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
+  m.def("renyi_forward", &renyi_forward,
+        "(m, E, finite) of one row of logits r: m = max(beta * r), E = sum(exp(beta * r - m))", py::arg("log_ratio"),
+        py::arg("dtype"), py::arg("n"), py::arg("beta"), py::arg("threads"));
+  m.def("renyi_backward", &renyi_backward, "grad = scale * exp(beta * r - shift) over one row of logits",
+        py::arg("log_ratio"), py::arg("grad"), py::arg("dtype"), py::arg("n"), py::arg("beta"), py::arg("shift"),
+        py::arg("scale"), py::arg("threads"));
+  m.def("renyi_thread_grain", &fastgan::cpu::renyi_thread_grain,
+        "Elements per thread before the Renyi kernels use another thread");
   m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the BCE kernel uses another thread");
   m.def("batch_norm_thread_grain", &fastgan::cpu::batch_norm_thread_grain,
         "Elements per thread before the block kernel uses another thread");

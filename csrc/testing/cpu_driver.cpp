@@ -1,4 +1,4 @@
-// Every native CPU kernel (csrc/cpu: BCE, BatchNorm + LeakyReLU) through its entry point, for AddressSanitizer + UBSan and
+// Every native CPU kernel (csrc/cpu: BCE, BatchNorm + LeakyReLU, Rényi) through its entry point, for AddressSanitizer + UBSan and
 // ThreadSanitizer (tests/test_bce.py builds and runs it). Buffers are exactly sized heap arrays,
 // so a read or write past an operand is reported; outputs start as NaN, so an element left
 // unwritten fails the comparison with a float64 reference. Exits 1 on the first mismatch.
@@ -12,6 +12,7 @@
 
 #include "batch_norm.h"
 #include "bce.h"
+#include "renyi.h"
 
 namespace {
 
@@ -210,6 +211,49 @@ int check_batch_norm(int64_t batch, int64_t channels, int64_t spatial, int threa
 
 }  // namespace
 
+// The Rényi forward's (m, E) and the backward's every gradient element against float64 (E is a sum of
+// float32 lanes: 1e-5 relative; a lost block or lane is far more).
+int check_renyi(int64_t n, int threads, int dtype, float beta) {
+  const size_t element = dtype == fastgan::cpu::kBFloat16 ? 2 : 4;
+  auto logits = std::make_unique<unsigned char[]>(n * element);
+  auto grad = std::make_unique<unsigned char[]>(n * element);
+  std::mt19937 rng(static_cast<unsigned>(n * 17 + threads));
+  std::normal_distribution<float> logit(0.8f, 2.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = i % 89 == 3 ? 40.0f : logit(rng);
+    if (element == 2) {
+      reinterpret_cast<uint16_t*>(logits.get())[i] = to_bfloat16(x);
+      reinterpret_cast<uint16_t*>(grad.get())[i] = 0x7FC0u;  // NaN
+    } else {
+      reinterpret_cast<float*>(logits.get())[i] = x;
+      reinterpret_cast<float*>(grad.get())[i] = NAN;
+    }
+  }
+  const fastgan::cpu::RenyiArgs args{logits.get(), dtype, n, beta, threads};
+  const fastgan::cpu::RenyiSums sums = fastgan::cpu::renyi_forward(args);
+  double shift = -INFINITY, expsum = 0.0;
+  for (int64_t i = 0; i < n; ++i) shift = std::fmax(shift, static_cast<double>(beta * static_cast<float>(from_storage(logits.get(), i, dtype))));
+  for (int64_t i = 0; i < n; ++i) expsum += std::exp(beta * from_storage(logits.get(), i, dtype) - shift);
+  if (!sums.finite || sums.shift != static_cast<float>(shift) || !close(sums.expsum, expsum, 1e-5, 0.0)) {
+    std::printf("renyi forward mismatch: n=%lld threads=%d dtype=%d: (%g, %.9g) against (%g, %.9g)\n",
+                static_cast<long long>(n), threads, dtype, sums.shift, sums.expsum, shift, expsum);
+    return 1;
+  }
+  const float scale = static_cast<float>(-1.0 / sums.expsum);
+  fastgan::cpu::renyi_backward(args, grad.get(), sums.shift, scale);
+  const double tolerance = dtype == fastgan::cpu::kBFloat16 ? 1e-2 : 1e-5;
+  for (int64_t i = 0; i < n; ++i) {
+    const double want = -std::exp(beta * from_storage(logits.get(), i, dtype) - shift) / expsum;
+    if (!close(from_storage(grad.get(), i, dtype), want, tolerance, 1e-30)) {
+      std::printf("renyi grad mismatch at %lld of %lld (threads %d, dtype %d): %.9g against %.9g\n",
+                  static_cast<long long>(i), static_cast<long long>(n), threads, dtype,
+                  from_storage(grad.get(), i, dtype), want);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 int main() {
   const int64_t grain = fastgan::cpu::thread_grain();
   const int64_t sizes[] = {0, 1, 15, 1024, 1025, 2 * grain + 1029, 3 * grain + 5};
@@ -232,6 +276,17 @@ int main() {
     for (const auto& [batch, channels, spatial] : shapes) {
       if (check_batch_norm(batch, channels, spatial, threads) != 0) return 1;
       ++checks;
+    }
+  }
+  const int64_t renyi_grain = fastgan::cpu::renyi_thread_grain();
+  for (int dtype : {static_cast<int>(fastgan::cpu::kFloat32), static_cast<int>(fastgan::cpu::kBFloat16)}) {
+    for (int64_t n : {int64_t{1}, int64_t{15}, int64_t{1025}, 2 * renyi_grain + 1029}) {
+      for (int threads : {1, 2, 4}) {
+        for (float beta : {0.5f, -1.0f}) {
+          if (check_renyi(n, threads, dtype, beta) != 0) return 1;
+          ++checks;
+        }
+      }
     }
   }
   std::printf("cpu_driver: %d checks passed\n", checks);

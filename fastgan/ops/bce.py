@@ -584,10 +584,8 @@ def _native_bce_forward(input: Tensor, target: Tensor, reduction: int, write_gra
     numel = input.numel()
     loss = _launch.output(input, input.shape if reduction == _NONE else ())
     grad = _launch.output(input, input.shape) if write_grad else None
-    # Threads from PyTorch's OpenMP pool pay from two grains up; started threads (a build
-    # without OpenMP) cost tens of microseconds each, so from four.
-    threaded = numel >= 2 * _native.THREAD_GRAIN and (numel >= 4 * _native.THREAD_GRAIN or _native.shares_openmp_pool())
-    threads = torch.get_num_threads() if threaded else 1
+    # (The size test first: host time at 256 logits.)
+    threads = 1 if numel < 2 * _native.THREAD_GRAIN else _native.threads_for(numel, torch.get_num_threads())
     _native.module().bce_with_logits_forward(
         input.data_ptr(), target.data_ptr(), loss.data_ptr(), grad.data_ptr() if write_grad else 0,
         _NATIVE_DTYPE_CODES[input.dtype], reduction, 1.0 / numel if reduction == _MEAN and numel else 1.0, numel,

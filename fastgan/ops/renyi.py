@@ -22,7 +22,10 @@ O(β) with float32-relative accuracy, so the division by β loses nothing: α = 
 with the limit −mean(r) to float32 precision. α = 1 exactly uses −mean(r).
 
 The kernels keep (m, E, S, count, Σr) per lane and per block, merged with the rescaling
-E' = E·e^(m−m'), S' = S·e^(m−m') + count·expm1(m−m') (again one-signed terms).
+E' = E·e^(m−m'), S' = S·e^(m−m') + count·expm1(m−m') (again one-signed terms). On the CPU
+the torch backend runs one contiguous float32/bfloat16 row (a batch of logits) through the
+native kernel csrc/cpu/renyi.cpp, which returns (m, E) from one read; S is formed there only
+in the near-uniform case, in PyTorch.
 
 Infinite logits. Every difference from the maximum is 0 for values equal to it, also when
 both are the same infinity (the limit of equal large logits). So a β·r of −∞ (r = +∞ with
@@ -42,9 +45,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastgan import _backend, _indexing
+from fastgan import _backend, _indexing, _native
 from fastgan.ops import _launch
-from fastgan.ops.bce import _compute_dtype
+from fastgan.ops.bce import _NATIVE_DTYPE_CODES, _compute_dtype
 
 
 def check_alpha(alpha) -> float:
@@ -167,6 +170,13 @@ def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Ten
     the shift m is finite in every row, else the reference (infinite or NaN logits at the
     extreme, rare)."""
     r = log_ratio.detach()
+    if _native_renyi_applies(r):
+        shift, expsum, finite = _native_renyi_forward(r, beta)
+        if not finite:
+            return renyi_divergence_reference(log_ratio, 1.0 - beta, dim, keepdim)
+        if not log_ratio.requires_grad or not torch.is_grad_enabled():
+            return _native_renyi_result(r, beta, shift, expsum, keepdim)
+        return _NativeRenyiFunction.apply(log_ratio, beta, shift, expsum, keepdim)
     compute = _compute_dtype(r.dtype)
     if log_ratio.dim() == 1:
         extreme = (r.amax() if beta > 0 else r.amin()).item()
@@ -250,6 +260,69 @@ class _RenyiTorchFunction(torch.autograd.Function):
             scale = torch.div(grad, expsum).neg_()
         weights = torch.add(neg_shift, log_ratio, alpha=ctx.beta).exp_()
         return weights.mul_(scale), None, None, None, None
+
+
+# --------------------------------------------------------------------------------------
+# The torch backend's native CPU form (csrc/cpu/renyi.cpp): one row of float32/bfloat16
+# logits, the common case (a batch of discriminator logits).
+# --------------------------------------------------------------------------------------
+
+
+def _native_renyi_applies(r: Tensor) -> bool:
+    """One contiguous float32/bfloat16 row, nothing that needs PyTorch's dispatch (torch.func
+    transforms, tensor subclasses; torch.compile takes the reference before this), and the
+    native kernels built."""
+    return (r.dim() == 1 and r.dtype in _NATIVE_DTYPE_CODES and r.is_contiguous()
+            and not torch._C._are_functorch_transforms_active() and not torch._C._has_torch_function((r,))
+            and _native.module() is not None)
+
+
+def _native_renyi_forward(r: Tensor, beta: float) -> tuple[float, float, bool]:
+    """(m, E, finite) from one read of r: m = max β·r, E = Σ exp(β·r − m)."""
+    n = r.numel()
+    threads = 1 if n < 2 * _native.THREAD_GRAIN else _native.threads_for(n, torch.get_num_threads())
+    return _native.module().renyi_forward(r.data_ptr(), _NATIVE_DTYPE_CODES[r.dtype], n, beta, threads)
+
+
+def _native_renyi_result(r: Tensor, beta: float, shift: float, expsum: float, keepdim: bool) -> Tensor:
+    """D_α = −(m + log A)/β from the kernel's m and E, in r's dtype. Near-uniform weights
+    (A > 1/2, α → 1) take log A = log1p(S/n) with S = Σ expm1(β·r − m) in float32, as the
+    module's header derives."""
+    n = r.numel()
+    if expsum > 0.5 * n:
+        x = torch.add(-shift, r if r.dtype == torch.float32 else r.float(), alpha=beta)
+        log_mean = math.log1p(x.expm1_().sum().item() / n)
+    else:
+        log_mean = math.log(expsum) - math.log(n)
+    value = (log_mean + shift) / -beta
+    return torch.full((1,) if keepdim else (), value, dtype=r.dtype)
+
+
+class _NativeRenyiFunction(torch.autograd.Function):
+    """Autograd for the native form: saves the logits and the two per-row scalars; the backward
+    is one pass, −g·exp(β·r − m)/E (csrc/cpu/renyi.cpp), or the differentiable closed form when
+    a graph is being built (second order)."""
+
+    @staticmethod
+    def forward(ctx, log_ratio: Tensor, beta: float, shift: float, expsum: float, keepdim: bool):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(log_ratio)
+        ctx.beta, ctx.shift, ctx.expsum = beta, shift, expsum
+        return _native_renyi_result(log_ratio, beta, shift, expsum, keepdim)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if grad_out is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        (log_ratio,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _closed_form_grad(log_ratio, grad_out.reshape(()), ctx.beta, 0), None, None, None, None
+        grad = _launch.output_like(log_ratio)
+        n = log_ratio.numel()
+        threads = 1 if n < 2 * _native.THREAD_GRAIN else _native.threads_for(n, torch.get_num_threads())
+        _native.module().renyi_backward(log_ratio.data_ptr(), grad.data_ptr(), _NATIVE_DTYPE_CODES[log_ratio.dtype], n,
+                                        ctx.beta, ctx.shift, -grad_out.item() / ctx.expsum, threads)
+        return grad, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+// The CPU kernels of the Rényi-α divergence over one row of logits (csrc/cpu/renyi.cpp). No
+// PyTorch headers: raw addresses, a dtype code, sizes; validation, the final log and autograd
+// live in fastgan/ops/renyi.py.
+#pragma once
+
+#include <cstdint>
+
+namespace fastgan::cpu {
+
+struct RenyiArgs {
+  const void* log_ratio;  // r, n contiguous elements of dtype (csrc/cpu/bce.h's codes: float32, bfloat16)
+  int dtype;
+  int64_t n;
+  float beta;   // 1 - alpha, nonzero
+  int threads;  // at most this many threads (the caller's torch.get_num_threads())
+};
+
+struct RenyiSums {
+  float shift;    // m = max_i beta * r_i (float32 products, as the gradient pass forms them)
+  double expsum;  // E = sum_i exp(beta * r_i - m)
+  bool finite;    // false: some r_i is NaN or infinite (shift and expsum are then meaningless)
+};
+
+// One read of r: m and E, each block's exponentials taken against its own maximum and merged.
+RenyiSums renyi_forward(const RenyiArgs& args);
+
+// grad_i = scale * exp(beta * r_i - shift), written in dtype (the gradient -g * softmax(beta * r)
+// with scale = -g / E).
+void renyi_backward(const RenyiArgs& args, void* grad, float shift, float scale);
+
+int renyi_thread_grain();
+
+}  // namespace fastgan::cpu
