@@ -7,8 +7,9 @@ compiler vectorizes them for the machine's instruction set. Without them the tor
 runs PyTorch's own ops and says so once.
 
 Loaded on first use, never at ``import fastgan``. ``FASTGAN_CPU_KERNELS=0`` (read at first
-use) turns them off. This module imports no torch and no other fastgan module: setup.py
-loads it by path to build the extension.
+use) turns them off. This module imports no other fastgan module, and torch only inside the
+function that asks which OpenMP runtime PyTorch uses: setup.py loads it by path to build the
+extension.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import re
 import shutil
 import subprocess
 import sysconfig
@@ -49,7 +49,7 @@ SANITIZERS = {
 }
 # ThreadSanitizer cannot see libgomp's synchronisation (its barriers would read as races), so
 # that build runs run_parallel's std::thread form.
-SANITIZER_OPENMP = {"address": OPENMP, "thread": OPENMP_SIMD_ONLY}
+SANITIZER_OPENMP = {"address": [OPENMP, OPENMP_SIMD_ONLY], "thread": [OPENMP_SIMD_ONLY]}
 
 
 class NativeBuildError(RuntimeError):
@@ -91,7 +91,8 @@ def build_module(output: Path, csrc: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="fastgan-cpu-") as tmp:
         partial = Path(tmp) / output.name
         for openmp in (OPENMP, OPENMP_SIMD_ONLY):
-            command = [*compiler().split(), *FLAGS, *openmp, "-shared", *includes, *sources, "-o", str(partial)]
+            command = [*compiler().split(), *FLAGS, *openmp, "-shared", *includes, *sources, "-ldl", "-o",
+                       str(partial)]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode == 0:
                 shutil.move(str(partial), str(output))
@@ -102,14 +103,15 @@ def build_module(output: Path, csrc: Path) -> Path:
 
 def build_driver(output: Path, csrc: Path, sanitize: str) -> Path:
     """Compile csrc/testing/cpu_driver.cpp with the kernels under ``sanitize`` ("address": ASan
-    + UBSan, or "thread"); returns the program."""
+    + UBSan, with OpenMP where the compiler has it; or "thread"); returns the program."""
     flags = [flag for flag in FLAGS if flag not in ("-O3", "-fPIC", "-fvisibility=hidden")]
-    command = [*compiler().split(), *flags, *SANITIZER_OPENMP[sanitize], *SANITIZERS[sanitize], f"-I{csrc / 'cpu'}",
-               str(csrc / "testing" / "cpu_driver.cpp"), *map(str, kernel_sources(csrc)), "-o", str(output)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise NativeBuildError(f"the {sanitize} driver build failed: {' '.join(command)}\n{result.stderr.strip()}")
-    return output
+    for openmp in SANITIZER_OPENMP[sanitize]:
+        command = [*compiler().split(), *flags, *openmp, *SANITIZERS[sanitize], f"-I{csrc / 'cpu'}",
+                   str(csrc / "testing" / "cpu_driver.cpp"), *map(str, kernel_sources(csrc)), "-o", str(output)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            return output
+    raise NativeBuildError(f"the {sanitize} driver build failed: {' '.join(command)}\n{result.stderr.strip()}")
 
 
 def enabled(environ=os.environ) -> bool:
@@ -133,39 +135,51 @@ def module() -> Optional[object]:
     return _load()[0]
 
 
-def openmp_runtimes() -> Optional[set[str]]:
-    """The OpenMP runtime libraries mapped into this process (from /proc/self/maps), or None
-    where that cannot be read (not Linux)."""
+def _torch_openmp_runtime() -> str:
+    """The OpenMP runtime library PyTorch's CPU ops run their threads on ("" if its ATen
+    parallel backend is not OpenMP or the library cannot be found): the one libtorch_cpu's own
+    omp_get_num_threads resolves to."""
+    import ctypes
+
+    import torch  # only here: setup.py loads this module by path, without torch
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return ""
+    libraries = sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))
     try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    return {line.split()[-1] for line in maps.splitlines() if _OPENMP_RUNTIME.search(line)}
-
-
-_OPENMP_RUNTIME = re.compile(r"/lib(gomp|iomp5|omp)[-.][^/]*$")
+        function = ctypes.CDLL(str(libraries[0])).omp_get_num_threads
+    except (IndexError, OSError, AttributeError):
+        return ""
+    return module().library_of(ctypes.cast(function, ctypes.c_void_p).value or 0)
 
 
 @functools.lru_cache(maxsize=None)
 def shares_openmp_pool() -> bool:
     """Whether the kernels' threads come from PyTorch's own OpenMP pool: the module is built with
-    OpenMP and one OpenMP runtime is loaded, PyTorch's (the extension binds to the libgomp.so.1
-    that torch loaded first). Otherwise callers keep the block kernel on one thread: threads of
-    its own start too slowly to beat PyTorch's kernel, and a second pool would oversubscribe."""
+    OpenMP and its parallel regions run on the same runtime library as PyTorch's (the extension
+    binds to the libgomp.so.1 that torch loaded first, where torch's is a libgomp.so.1).
+    Otherwise the kernels keep to the calling thread: a second OpenMP pool would spin against
+    PyTorch's, and threads of their own start too slowly to pay."""
     loaded = module()
     if loaded is None or not loaded.build_info()["openmp"]:
         return False
-    runtimes = openmp_runtimes()
-    return runtimes is not None and len(runtimes) == 1
+    ours, torchs = loaded.openmp_runtime(), _torch_openmp_runtime()
+    try:
+        return bool(ours and torchs) and os.path.samefile(ours, torchs)
+    except OSError:
+        return False
 
 
 def threads_for(numel: int, available: int) -> int:
     """Threads to ask the BCE and Rényi kernels for over ``numel`` elements, given PyTorch's
-    ``available`` intra-op threads: PyTorch's OpenMP pool pays from two grains up; threads the
-    kernels start themselves (no shared pool) cost tens of microseconds each, so from four."""
+    ``available`` intra-op threads: PyTorch's OpenMP pool pays from two grains up; in a build
+    without OpenMP the kernels start threads of their own, which cost tens of microseconds each,
+    so from four; an OpenMP build whose runtime is not PyTorch's keeps to one thread."""
     if numel < 2 * THREAD_GRAIN or available <= 1:
         return 1
-    return available if numel >= 4 * THREAD_GRAIN or shares_openmp_pool() else 1
+    if shares_openmp_pool():
+        return available
+    return available if numel >= 4 * THREAD_GRAIN and not module().build_info()["openmp"] else 1
 
 
 def status() -> str:
@@ -179,7 +193,7 @@ def status() -> str:
     elif not info["openmp"]:
         threads = "built without OpenMP: the block kernel on one thread"
     else:
-        threads = f"OpenMP runtimes {sorted(openmp_runtimes() or [])}: the block kernel on one thread"
+        threads = f"OpenMP runtime {loaded.openmp_runtime() or '?'} is not PyTorch's: one thread"
     return f"on: {info['instruction_set']}, {threads} ({loaded.__file__})"
 
 

@@ -3,6 +3,7 @@ fastgan.fuse against their unfused twins."""
 
 import copy
 import math
+import os
 import warnings
 
 import pytest
@@ -783,16 +784,41 @@ def test_cpu_kernel_above_its_thread_grain_matches_float64(cpu_kernels, training
 
 
 def test_cpu_kernels_share_pytorchs_openmp_runtime():
-    # The extension binds to the libgomp.so.1 torch loaded first (csrc/cpu/parallel.h): one
-    # OpenMP runtime in the process, so the kernels' threads are PyTorch's pool, not a second one.
+    # The extension binds to the libgomp.so.1 torch loaded first (csrc/cpu/parallel.h): its
+    # parallel regions run on PyTorch's own runtime and pool, not a second one.
     if _native.module() is None or not _native.module().build_info()["openmp"]:
         pytest.skip(f"the native CPU kernels are not built with OpenMP here: {_native.status()}")
-    runtimes = _native.openmp_runtimes()
-    if runtimes is None:
-        pytest.skip("no /proc/self/maps to read the loaded libraries from")
-    assert len(runtimes) == 1, runtimes
+    torchs = _native._torch_openmp_runtime()
+    if not torchs:
+        pytest.skip("PyTorch's CPU threads are not an OpenMP runtime found here")
+    assert os.path.samefile(_native.module().openmp_runtime(), torchs)
     assert _native.shares_openmp_pool()
     assert "PyTorch's OpenMP pool" in _native.status()
+
+
+def test_cpu_kernels_keep_to_one_thread_on_another_openmp_runtime(monkeypatch):
+    # Were the extension's runtime not PyTorch's, its threads would be a second spinning pool:
+    # the block kernel then runs only where torch has one thread, and BCE and Rényi on one.
+    if _native.module() is None or not _native.module().build_info()["openmp"]:
+        pytest.skip(f"the native CPU kernels are not built with OpenMP here: {_native.status()}")
+    monkeypatch.setattr(_native, "_torch_openmp_runtime", lambda: "/nonexistent/libgomp.so.1")
+    _native.reset()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not _native.shares_openmp_pool()
+        assert _native.threads_for(1 << 20, 2) == 1
+        assert "is not PyTorch's" in _native.status()
+        calls = []
+        monkeypatch.setattr(bn_module, "_cpu_kernel_forward", lambda *args: calls.append(1))
+        x = make_input((4, 3, 16, 17), False, "cpu")
+        assert_matches(*run_both("torch", x, *make_params(3, "cpu"), True))
+        assert not calls
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+        _native.reset()
+    assert _native.shares_openmp_pool()
 
 
 def test_cpu_kernel_takes_rows_from_8x8(cpu_kernels):
@@ -811,15 +837,10 @@ def test_short_rows_on_one_thread_run_eager_ops(monkeypatch, one_thread):
     assert not calls
 
 
-def test_cpu_kernel_steps_aside(cpu_kernels, monkeypatch):
-    # float64, the cumulative average, channels_last, other layouts, rows shorter than the
-    # kernel's minimum ((N, C) inputs, small images), and more than one intra-op thread where
-    # the kernel's threads are not PyTorch's pool take PyTorch's ops.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.setattr(_native, "shares_openmp_pool", lambda: False)
-    batch_norm_leaky_relu(make_input((4, 3, 16, 17), False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
-    torch.set_num_threads(threads)
+def test_cpu_kernel_steps_aside(cpu_kernels):
+    # float64, the cumulative average, channels_last, other layouts, and rows shorter than the
+    # kernel's minimum ((N, C) inputs, small images) take PyTorch's ops (a second OpenMP runtime:
+    # test_cpu_kernels_keep_to_one_thread_on_another_openmp_runtime).
     for small in ((64, 3), (4, 3, 7, 9), (4, 3, 60)):
         batch_norm_leaky_relu(make_input(small, False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
     x = make_input((4, 3, 16, 17), False, "cpu")

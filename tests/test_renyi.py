@@ -443,6 +443,27 @@ def test_native_renyi_non_finite_logits_take_the_reference(native_renyi, alpha):
     assert len(native_renyi) == 3
 
 
+def test_native_renyi_overflowing_products_take_the_reference(native_renyi):
+    # Finite logits whose β·r overflows float32 give ±∞ as the reference does, not NaN.
+    for values, alpha in (([1e38, 2e38, 3e38], 10.0), ([-1e38, 0.0, 1.0], 10.0), ([-3e38, 2e38, 1.0], 3.0)):
+        r = torch.tensor(values)
+        torch.testing.assert_close(renyi_divergence(r, alpha, backend="torch"), renyi_divergence_reference(r, alpha),
+                                   equal_nan=True)
+    assert len(native_renyi) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_renyi_keepdim(native_renyi, dtype):
+    r = log_ratios((37,), "cpu", dtype).requires_grad_()
+    got = renyi_divergence(r, 0.5, keepdim=True, backend="torch")
+    assert got.shape == (1,) and got.dtype == dtype
+    (grad,) = torch.autograd.grad(got, r, torch.tensor([0.7], dtype=dtype))
+    want = renyi_divergence(r.detach(), 0.5, backend="torch")
+    assert torch.equal(got[0], want)
+    torch.testing.assert_close(grad, -0.7 * torch.softmax(0.5 * r.detach().float(), 0).to(dtype))
+    assert native_renyi
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_native_renyi_threads_give_the_same_bits(dtype):
     if _native.module() is None:

@@ -4,8 +4,14 @@
 // validation, allocation and autograd live in Python (fastgan/_native.py, fastgan/ops/).
 #include <pybind11/pybind11.h>
 
+#include <dlfcn.h>
+
 #include <cstdint>
 #include <string>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "batch_norm.h"
 #include "bce.h"
@@ -84,6 +90,23 @@ void renyi_backward(uintptr_t log_ratio, uintptr_t grad, int dtype, int64_t n, f
   }
 }
 
+// The file of the shared library that holds `address` ("" if none).
+std::string library_of(uintptr_t address) {
+  Dl_info info;
+  if (address == 0 || dladdr(reinterpret_cast<void*>(address), &info) == 0 || info.dli_fname == nullptr) return "";
+  return info.dli_fname;
+}
+
+// The OpenMP runtime this extension's parallel regions run on ("" without OpenMP): the
+// library its omp_get_num_threads resolved to.
+std::string openmp_runtime() {
+#if defined(_OPENMP)
+  return library_of(reinterpret_cast<uintptr_t>(&omp_get_num_threads));
+#else
+  return "";
+#endif
+}
+
 // The instruction set the kernels' target_clones resolve to on this machine.
 std::string instruction_set() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -124,6 +147,8 @@ PYBIND11_MODULE(_C_cpu, m) {
   m.def("thread_grain", &fastgan::cpu::thread_grain, "Elements per thread before the BCE kernel uses another thread");
   m.def("batch_norm_thread_grain", &fastgan::cpu::batch_norm_thread_grain,
         "Elements per thread before the block kernel uses another thread");
+  m.def("openmp_runtime", &openmp_runtime, "The OpenMP runtime library the kernels' threads come from");
+  m.def("library_of", &library_of, "The shared library file holding an address", py::arg("address"));
   m.def("build_info", [] {
     py::dict info;
     info["instruction_set"] = instruction_set();

@@ -13,8 +13,9 @@
 // lanes (terms of one sign: nothing cancels). The block pairs (max_b, sum_b) are merged in
 // block order in float64, E = sum_b sum_b * exp(max_b - m), so the result does not depend on
 // the thread count. Where A > 1/2 (near-uniform weights, alpha -> 1) the caller computes
-// log A as log1p of the expm1 sum instead, from m. A NaN or infinite r is reported (finite =
-// false): the caller takes the reference there, as the PyTorch form does.
+// log A as log1p of the expm1 sum instead, from m. A NaN or infinite beta * r (r itself, or a
+// product that overflowed float32) is reported (finite = false): the caller takes the
+// reference there, as the PyTorch form does.
 // The backward is one pass: grad_i = scale * exp(beta * r_i - m), scale = -g / E.
 #include "renyi.h"
 
@@ -49,7 +50,7 @@ FASTGAN_INLINE BlockSums renyi_block(const float* __restrict r, int64_t count, f
   for (int64_t i = 0; i < count; ++i) {
     const float x = beta * r[i];
     max = x > max ? x : max;
-    nonfinite += !(std::fabs(r[i]) <= std::numeric_limits<float>::max());  // inf or NaN
+    nonfinite += !(std::fabs(x) <= std::numeric_limits<float>::max());  // r inf or NaN, or beta * r overflowed
   }
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)

@@ -12,13 +12,13 @@ struct RenyiArgs {
   int dtype;
   int64_t n;
   float beta;   // 1 - alpha, nonzero
-  int threads;  // at most this many threads (the caller's torch.get_num_threads())
+  int threads;  // at most this many threads (fastgan/_native.py threads_for)
 };
 
 struct RenyiSums {
   float shift;    // m = max_i beta * r_i (float32 products, as the gradient pass forms them)
   double expsum;  // E = sum_i exp(beta * r_i - m)
-  bool finite;    // false: some r_i is NaN or infinite (shift and expsum are then meaningless)
+  bool finite;    // false: some beta * r_i is NaN or infinite (shift and expsum are then meaningless)
 };
 
 // One read of r: m and E, each block's exponentials taken against its own maximum and merged.

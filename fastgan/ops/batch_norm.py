@@ -266,6 +266,12 @@ def _address(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _kernel_threads() -> int:
+    """PyTorch's intra-op threads where the kernel shares their pool, else one (see above)."""
+    threads = torch.get_num_threads()
+    return threads if threads == 1 or _native.shares_openmp_pool() else 1
+
+
 def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bool, momentum, eps: float,
                         slope: float):
     """(y, saved mean, saved invstd) from the native CPU kernel; the running statistics are
@@ -278,7 +284,7 @@ def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bo
     _native.module().batch_norm_leaky_relu_forward(
         x.data_ptr(), y.data_ptr(), _address(weight), _address(bias), _address(running_mean), _address(running_var),
         _address(save_mean) if training else 0, _address(save_invstd) if training else 0, x.shape[0], channels,
-        spatial, training, momentum if momentum is not None else 0.0, eps, slope, torch.get_num_threads())
+        spatial, training, momentum if momentum is not None else 0.0, eps, slope, _kernel_threads())
     return y, save_mean, save_invstd
 
 
@@ -295,7 +301,7 @@ def _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, training: boo
     _native.module().batch_norm_leaky_relu_backward(
         grad_out.data_ptr(), x.data_ptr(), _address(y), _address(weight), _address(bias), mean.data_ptr(),
         stat.data_ptr(), _address(grad_x), _address(grad_weight), _address(grad_bias), x.shape[0], channels,
-        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, torch.get_num_threads())
+        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, _kernel_threads())
     return grad_x, grad_weight, grad_bias
 
 

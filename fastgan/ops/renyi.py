@@ -166,9 +166,10 @@ def _closed_form_grad(log_ratio: Tensor, grad: Tensor, beta: float, dim: int) ->
 
 
 def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Tensor:
-    """The torch backend on CPU tensors for β ≠ 0 and n ≥ 1: :class:`_RenyiTorchFunction` when
-    the shift m is finite in every row, else the reference (infinite or NaN logits at the
-    extreme, rare)."""
+    """The torch backend on CPU tensors for β ≠ 0 and n ≥ 1: the native kernel for one
+    contiguous float32/bfloat16 row (:class:`_NativeRenyiFunction`), else
+    :class:`_RenyiTorchFunction`; either takes the reference where a logit at the extreme is
+    infinite or NaN (rare)."""
     r = log_ratio.detach()
     if _native_renyi_applies(r):
         shift, expsum, finite = _native_renyi_forward(r, beta)
