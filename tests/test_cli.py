@@ -365,12 +365,13 @@ def test_shapes_preset_reaches_the_config_models_and_optimisers():
     from fastgan import models
 
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "shapes", "--device", "cpu"]))
-    expected = dict(model="layered", image_size=32, latent_dim=32, components=48, hidden=16, steps=6500,
-                    batch_size=64, lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99, r1_gamma=0.2, r1_every=4,
-                    ema_decay=0.99, lr_decay=1.0, d_loss="bce", g_loss="nonsaturating")
+    expected = dict(model="layered", image_size=32, latent_dim=32, components=48, hidden=16, d_hidden=24,
+                    steps=6500, batch_size=48, lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99, r1_gamma=0.2,
+                    r1_every=4, ema_decay=0.99, lr_decay=1.0, d_loss="bce", g_loss="nonsaturating")
     assert {key: config[key] for key in expected} == expected
     _, generator, discriminator = cli._build(config)
     assert isinstance(generator, models.LayeredGenerator) and isinstance(discriminator, models.ConvDiscriminator)
+    assert discriminator.net[0].out_channels == 24
     assert generator.latent_dim == 33 and generator.prior.means.shape == (48, 32)
     trainer = cli._make_trainer(config, generator, discriminator)
     assert trainer.opt_d.param_groups[0]["betas"] == (0.0, 0.99) and trainer.r1_gamma == 0.2
