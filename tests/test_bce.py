@@ -850,3 +850,47 @@ def test_gan_bce_losses_without_grad_match_with_grad(backend, device):
         assert losses.d_loss.grad_fn is None and losses.g_loss.grad_fn is None
         torch.testing.assert_close(losses.d_loss, want.d_loss.detach())
         torch.testing.assert_close(losses.g_loss, want.g_loss.detach())
+
+
+# ---------------------------------------------------------------------------------------
+# gan_bce_losses' sums on the CPU by the native kernel with a constant label (no target).
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 257, THREADED_N])
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=str)
+@pytest.mark.parametrize("targets", [(1.0, 0.0), (0.9, 0.1)], ids=str)
+def test_gan_native_sums_within_pytorchs_own_error(native_kernels, monkeypatch, n, dtype, targets):
+    calls = []
+    native_sum = bce_module._native_softplus_sum
+    monkeypatch.setattr(bce_module, "_native_softplus_sum", lambda *args: calls.append(args[1]) or native_sum(*args))
+    real, _ = native_logits(n, dtype)
+    fake = (logits((n + 3,), "cpu") - 1.0).to(dtype)
+    ours = gan_bce_losses(real, fake, real_target=targets[0], fake_target=targets[1], backend="torch")
+    assert calls, "the native sums were not taken"
+    want = gan_bce_losses_reference(real.double(), fake.double(), *targets)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits  # eager's three calls, in this dtype
+    theirs = (bce(real, torch.full_like(real, targets[0])) + bce(fake, torch.full_like(fake, targets[1])),
+              bce(fake, torch.ones_like(fake)))
+    eps = torch.finfo(dtype).eps
+    for mine, pytorch, reference in zip(ours, theirs, want):
+        assert mine.dtype == dtype
+        error = (mine.double() - reference).abs().item()
+        assert error <= 2 * (pytorch.double() - reference).abs().item() + eps * reference.abs().item(), (error,)
+
+
+def test_gan_native_sums_keep_the_limits_at_infinite_logits(native_kernels):
+    # BCE's order of terms makes 0·inf at an infinite logit with label 1; those inputs take
+    # PyTorch's softplus, whose limits the PyTorch form gives.
+    inf = math.inf
+    for real, fake in (([inf, 0.5], [-inf, 1.0]), ([inf, 0.5, -inf, 3.0], [-inf, 1.0, inf, 0.0]),
+                       ([math.nan, 1.0], [0.0, 1.0])):
+        real, fake = torch.tensor(real), torch.tensor(fake)
+        ours = gan_bce_losses(real, fake, backend="torch")
+        accumulate = torch.float32
+        want_g = -bce_module._log_sigmoid_sum(fake, accumulate) / fake.numel()
+        want_d = (-bce_module._log_sigmoid_sum(real, accumulate) / real.numel()
+                  + torch.nn.functional.softplus(fake).sum() / fake.numel())
+        torch.testing.assert_close(ours.g_loss, want_g, equal_nan=True)
+        torch.testing.assert_close(ours.d_loss, want_d, equal_nan=True)
+    assert gan_bce_losses(torch.tensor([inf, 0.5]), torch.tensor([-inf, 1.0]), backend="torch").d_loss.isfinite()

@@ -73,18 +73,24 @@ FASTGAN_INLINE float bce_block(const float* __restrict input, const float* __res
 // sum of the block sums when kReduce, else writes each element's loss.
 template <typename T, bool kWriteGrad, bool kReduce>
 FASTGAN_INLINE double bce_range(const T* __restrict input, const T* __restrict target, T* __restrict loss,
-                                T* __restrict grad, float grad_scale, int64_t begin, int64_t end) {
+                                T* __restrict grad, float grad_scale, float label, int64_t begin, int64_t end) {
+  // No target: every label is `label`, read from one constant block.
+  alignas(64) float labels[kBlock];
+  if (target == nullptr) {
+    for (int64_t i = 0; i < kBlock; ++i) labels[i] = label;
+  }
   double total = 0.0;
   for (int64_t block = begin; block < end; block += kBlock) {
     const int64_t count = std::min(end - block, kBlock);
     if constexpr (std::is_same_v<T, float>) {
-      total += bce_block<kWriteGrad, kReduce>(input + block, target + block, kReduce ? nullptr : loss + block,
+      total += bce_block<kWriteGrad, kReduce>(input + block, target != nullptr ? target + block : labels,
+                                              kReduce ? nullptr : loss + block,
                                               kWriteGrad ? grad + block : nullptr, grad_scale, count);
     } else {
       alignas(64) float x[kBlock], y[kBlock], staged_loss[kBlock], staged_grad[kBlock];
       for (int64_t i = 0; i < count; ++i) {
         x[i] = load(input[block + i]);
-        y[i] = load(target[block + i]);
+        y[i] = target != nullptr ? load(target[block + i]) : label;
       }
       total += bce_block<kWriteGrad, kReduce>(x, y, staged_loss, staged_grad, grad_scale, count);
       if constexpr (!kReduce) {
@@ -101,11 +107,11 @@ FASTGAN_INLINE double bce_range(const T* __restrict input, const T* __restrict t
 // One entry point per (dtype, gradient, reduction), each compiled for three ISAs.
 #define FASTGAN_BCE_ENTRY(NAME, T, WRITE_GRAD, REDUCE)                                                    \
   FASTGAN_ISA_CLONES double NAME(                                                                        \
-      const void* input, const void* target, void* loss, void* grad, float grad_scale, int64_t begin,      \
-      int64_t end) {                                                                                       \
+      const void* input, const void* target, void* loss, void* grad, float grad_scale, float label,        \
+      int64_t begin, int64_t end) {                                                                        \
     return bce_range<T, WRITE_GRAD, REDUCE>(static_cast<const T*>(input), static_cast<const T*>(target),   \
                                             static_cast<T*>(loss), static_cast<T*>(grad), grad_scale,      \
-                                            begin, end);                                                   \
+                                            label, begin, end);                                            \
   }
 
 FASTGAN_BCE_ENTRY(bce_f32_grad_sum, float, true, true)
@@ -117,7 +123,7 @@ FASTGAN_BCE_ENTRY(bce_bf16_sum, BFloat16, false, true)
 FASTGAN_BCE_ENTRY(bce_bf16_grad_each, BFloat16, true, false)
 FASTGAN_BCE_ENTRY(bce_bf16_each, BFloat16, false, false)
 
-using RangeFn = double (*)(const void*, const void*, void*, void*, float, int64_t, int64_t);
+using RangeFn = double (*)(const void*, const void*, void*, void*, float, float, int64_t, int64_t);
 
 RangeFn select_range(int dtype, bool write_grad, bool reduce) {
   static const RangeFn table[2][2][2] = {
@@ -139,7 +145,7 @@ void store_scalar(void* out, int dtype, float value) {
 
 int thread_grain() { return static_cast<int>(kThreadGrain); }
 
-void bce_with_logits_forward(const BceArgs& args) {
+double bce_with_logits_forward(const BceArgs& args) {
   if (args.dtype != kFloat32 && args.dtype != kBFloat16) {
     throw std::invalid_argument("fastgan.bce_with_logits (CPU kernel): float32 and bfloat16 only");
   }
@@ -153,7 +159,7 @@ void bce_with_logits_forward(const BceArgs& args) {
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(args.threads, n / kThreadGrain)));
   double total = 0.0;
   if (threads == 1) {
-    total = range(args.input, args.target, args.loss, args.grad, args.grad_scale, 0, n);
+    total = range(args.input, args.target, args.loss, args.grad, args.grad_scale, args.label, 0, n);
   } else {
     // Contiguous runs of whole blocks per thread; the block sums are added in block order.
     const int64_t blocks_per_thread = (blocks + threads - 1) / threads;
@@ -162,18 +168,18 @@ void bce_with_logits_forward(const BceArgs& args) {
       const int64_t first = std::min(blocks, t * blocks_per_thread);
       const int64_t last = std::min(blocks, first + blocks_per_thread);
       for (int64_t b = first; b < last; ++b) {
-        const double sum = range(args.input, args.target, args.loss, args.grad, args.grad_scale, b * kBlock,
-                                 std::min(n, (b + 1) * kBlock));
+        const double sum = range(args.input, args.target, args.loss, args.grad, args.grad_scale, args.label,
+                                 b * kBlock, std::min(n, (b + 1) * kBlock));
         if (reduce) block_sums[b] = sum;
       }
     };
     run_parallel(threads, work);
     for (double sum : block_sums) total += sum;
   }
-  if (reduce) {
-    const double value = args.reduction == kReduceMean ? total / static_cast<double>(n) : total;
-    store_scalar(args.loss, args.dtype, static_cast<float>(value));
-  }
+  if (!reduce) return 0.0;
+  const double value = args.reduction == kReduceMean ? total / static_cast<double>(n) : total;
+  if (args.loss != nullptr) store_scalar(args.loss, args.dtype, static_cast<float>(value));
+  return value;
 }
 
 }  // namespace fastgan::cpu

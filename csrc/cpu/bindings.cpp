@@ -21,17 +21,16 @@ namespace py = pybind11;
 
 namespace {
 
-void bce_with_logits_forward(uintptr_t input, uintptr_t target, uintptr_t loss, uintptr_t grad, int dtype,
-                             int reduction, float grad_scale, int64_t numel, int threads) {
+double bce_with_logits_forward(uintptr_t input, uintptr_t target, uintptr_t loss, uintptr_t grad, int dtype,
+                             int reduction, float grad_scale, int64_t numel, int threads, float label) {
   fastgan::cpu::BceArgs args{reinterpret_cast<const void*>(input), reinterpret_cast<const void*>(target),
                              reinterpret_cast<void*>(loss), reinterpret_cast<void*>(grad), dtype, reduction,
-                             grad_scale, numel, threads};
+                             grad_scale, numel, threads, label};
   if (numel >= fastgan::cpu::thread_grain()) {
     py::gil_scoped_release no_gil;  // long enough for other Python threads to run meanwhile
-    fastgan::cpu::bce_with_logits_forward(args);
-  } else {
-    fastgan::cpu::bce_with_logits_forward(args);
+    return fastgan::cpu::bce_with_logits_forward(args);
   }
+  return fastgan::cpu::bce_with_logits_forward(args);
 }
 
 void batch_norm_leaky_relu_forward(uintptr_t x, uintptr_t y, uintptr_t weight, uintptr_t bias,
@@ -123,9 +122,10 @@ std::string instruction_set() {
 
 PYBIND11_MODULE(_C_cpu, m) {
   m.doc() = "fastgan's native CPU kernels (csrc/cpu)";
-  m.def("bce_with_logits_forward", &bce_with_logits_forward, "One-pass BCE-with-logits loss and gradient",
+  m.def("bce_with_logits_forward", &bce_with_logits_forward, "One-pass BCE-with-logits loss and gradient; returns the reduced loss in float64 (target 0: every label is "
+        "`label`; loss 0 with a reduction: not stored)",
         py::arg("input"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("dtype"), py::arg("reduction"),
-        py::arg("grad_scale"), py::arg("numel"), py::arg("threads"));
+        py::arg("grad_scale"), py::arg("numel"), py::arg("threads"), py::arg("label") = 0.0f);
   m.def("batch_norm_leaky_relu_forward", &batch_norm_leaky_relu_forward,
         "BatchNorm + LeakyReLU forward of contiguous float32 (N, C, S)", py::arg("x"), py::arg("y"),
         py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"),

@@ -39,7 +39,10 @@ bool close(double ours, double want, double tolerance, double magnitude) {
   return std::fabs(ours - want) <= tolerance * (magnitude + std::fabs(want));
 }
 
-int check(int64_t n, int threads, int reduction, bool write_grad, int dtype) {
+// constant: the kernel gets no target, every label `label` (the reference reads the same
+// values from the target buffer, filled with it).
+int check(int64_t n, int threads, int reduction, bool write_grad, int dtype, bool constant = false) {
+  const float label = n % 2 ? 1.0f : 0.0f;
   const size_t element = dtype == fastgan::cpu::kBFloat16 ? 2 : 4;
   const int64_t loss_elements = reduction == fastgan::cpu::kReduceNone ? n : 1;
   auto input = std::make_unique<unsigned char[]>(n * element);
@@ -48,11 +51,11 @@ int check(int64_t n, int threads, int reduction, bool write_grad, int dtype) {
   auto grad = std::make_unique<unsigned char[]>(n * element);
   std::mt19937 rng(static_cast<unsigned>(n * 131 + threads * 7 + reduction));
   std::normal_distribution<float> logit(0.7f, 4.0f);
-  std::uniform_real_distribution<float> label(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
   const float extremes[] = {1e4f, -1e4f, 88.0f, -88.0f, 30.0f, -30.0f, 0.0f};
   for (int64_t i = 0; i < n; ++i) {
     const float x = i % 97 < 7 ? extremes[i % 97] : logit(rng);
-    const float y = label(rng);
+    const float y = constant ? label : uniform(rng);
     if (element == 2) {
       reinterpret_cast<uint16_t*>(input.get())[i] = to_bfloat16(x);
       reinterpret_cast<uint16_t*>(target.get())[i] = to_bfloat16(y);
@@ -64,8 +67,8 @@ int check(int64_t n, int threads, int reduction, bool write_grad, int dtype) {
   std::memset(loss.get(), 0xFF, loss_elements * element);  // NaN in both dtypes
   std::memset(grad.get(), 0xFF, n * element);
   const double scale = reduction == fastgan::cpu::kReduceMean && n ? 1.0 / static_cast<double>(n) : 1.0;
-  BceArgs args{input.get(), target.get(), loss.get(), write_grad ? grad.get() : nullptr, dtype, reduction,
-               static_cast<float>(scale), n, threads};
+  BceArgs args{input.get(), constant ? nullptr : target.get(), loss.get(), write_grad ? grad.get() : nullptr,
+               dtype, reduction, static_cast<float>(scale), n, threads, label};
   fastgan::cpu::bce_with_logits_forward(args);
 
   const double tolerance = element == 2 ? 8e-3 : 2e-5;
@@ -263,8 +266,10 @@ int main() {
       for (int threads : {1, 2, 4}) {
         for (int reduction = fastgan::cpu::kReduceNone; reduction <= fastgan::cpu::kReduceSum; ++reduction) {
           for (bool write_grad : {false, true}) {
-            if (check(n, threads, reduction, write_grad, dtype) != 0) return 1;
-            ++checks;
+            for (bool constant : {false, true}) {
+              if (check(n, threads, reduction, write_grad, dtype, constant) != 0) return 1;
+              ++checks;
+            }
           }
         }
       }

@@ -32,6 +32,7 @@ logits cannot afford.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import NamedTuple, Optional
 
@@ -167,7 +168,12 @@ class _GanBCELossesTorchFunction(torch.autograd.Function):
 
 
 def _gan_torch_losses(real: Tensor, fake: Tensor, real_target: float, fake_target: float) -> tuple[Tensor, Tensor]:
-    """(d_loss, g_loss) of :class:`_GanBCELossesTorchFunction` (no graph)."""
+    """(d_loss, g_loss) of :class:`_GanBCELossesTorchFunction` (no graph): the sums by the native
+    BCE kernel where it applies, else by PyTorch's softplus."""
+    if _native_softplus_sums_apply(real, fake):
+        losses = _gan_native_losses(real, fake, real_target, fake_target)
+        if losses is not None:
+            return losses
     accumulate = torch.float64 if real.dtype == torch.float64 else torch.float32
     inv_real, inv_fake = 1.0 / real.numel(), 1.0 / fake.numel()
     d_loss = _log_sigmoid_sum(real, accumulate).mul_(-real_target * inv_real)
@@ -179,6 +185,43 @@ def _gan_torch_losses(real: Tensor, fake: Tensor, real_target: float, fake_targe
     if fake_target != 1.0:
         d_loss.add_(F.softplus(fake).sum(dtype=accumulate), alpha=(1.0 - fake_target) * inv_fake)
     return d_loss.to(real.dtype), g_loss.mul_(-inv_fake).to(fake.dtype)
+
+
+def _native_softplus_sums_apply(real: Tensor, fake: Tensor) -> bool:
+    """Contiguous float32/bfloat16 CPU logits of one dtype, nothing that needs PyTorch's
+    dispatch, and the native kernels built (they are loaded here: a dtype test first)."""
+    return (real.dtype == fake.dtype and real.dtype in _NATIVE_DTYPE_CODES and real.device.type == "cpu"
+            and fake.device.type == "cpu" and real.is_contiguous() and fake.is_contiguous()
+            and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+            and not torch._C._has_torch_function((real, fake)) and _native.module() is not None)
+
+
+def _native_softplus_sum(x: Tensor, label: float) -> float:
+    """Σ BCE(x, label) for a constant label, in float64 from one read of x (csrc/cpu/bce.cpp with
+    no target): label 1 gives Σ softplus(−x) = −Σ log_sigmoid(x), label 0 gives Σ softplus(x)."""
+    numel = x.numel()
+    threads = 1 if numel < 2 * _native.THREAD_GRAIN else _native.threads_for(numel, torch.get_num_threads())
+    return _native.module().bce_with_logits_forward(x.data_ptr(), 0, 0, 0, _NATIVE_DTYPE_CODES[x.dtype], _SUM, 1.0,
+                                                    numel, threads, label)
+
+
+def _gan_native_losses(real: Tensor, fake: Tensor, real_target: float, fake_target: float):
+    """:func:`_gan_torch_losses` from the native kernel's float64 sums: one read of each input
+    per sum and no temporaries (PyTorch's softplus writes a logit-sized buffer per sum). None
+    where a sum is NaN: the kernel keeps BCE's order of terms, 0·∞ at an infinite logit with
+    label 1, where softplus gives the limit, so those inputs (and NaN ones) take softplus."""
+    inv_real, inv_fake = 1.0 / real.numel(), 1.0 / fake.numel()
+    fake_softplus_neg = _native_softplus_sum(fake, 1.0)
+    d_loss = real_target * _native_softplus_sum(real, 1.0) * inv_real
+    if real_target != 1.0:
+        d_loss += (1.0 - real_target) * _native_softplus_sum(real, 0.0) * inv_real
+    if fake_target != 0.0:
+        d_loss += fake_target * fake_softplus_neg * inv_fake
+    if fake_target != 1.0:
+        d_loss += (1.0 - fake_target) * _native_softplus_sum(fake, 0.0) * inv_fake
+    if math.isnan(d_loss) or math.isnan(fake_softplus_neg):
+        return None
+    return (torch.tensor(d_loss, dtype=real.dtype), torch.tensor(fake_softplus_neg * inv_fake, dtype=fake.dtype))
 
 
 def _log_sigmoid_sum(x: Tensor, accumulate: torch.dtype) -> Tensor:
