@@ -170,12 +170,18 @@ def shares_openmp_pool() -> bool:
         return False
 
 
-def threads_for(numel: int, available: int) -> int:
-    """Threads to ask the BCE and Rényi kernels for over ``numel`` elements, given PyTorch's
-    ``available`` intra-op threads: PyTorch's OpenMP pool pays from two grains up; in a build
-    without OpenMP the kernels start threads of their own, which cost tens of microseconds each,
-    so from four; an OpenMP build whose runtime is not PyTorch's keeps to one thread."""
-    if numel < 2 * THREAD_GRAIN or available <= 1:
+def threads_for(numel: int) -> int:
+    """Threads to ask the BCE and Rényi kernels for over ``numel`` elements: one below two grains
+    (checked first: host time at 256 logits), else PyTorch's intra-op threads where the kernels
+    share its OpenMP pool, or from four grains in a build without OpenMP, whose threads are the
+    kernels' own and cost tens of microseconds each; an OpenMP build whose runtime is not
+    PyTorch's keeps to one thread."""
+    if numel < 2 * THREAD_GRAIN:
+        return 1
+    import torch  # only here: setup.py loads this module by path, without torch
+
+    available = torch.get_num_threads()
+    if available <= 1:
         return 1
     if shares_openmp_pool():
         return available

@@ -807,7 +807,7 @@ def test_cpu_kernels_keep_to_one_thread_on_another_openmp_runtime(monkeypatch):
     try:
         torch.set_num_threads(2)
         assert not _native.shares_openmp_pool()
-        assert _native.threads_for(1 << 20, 2) == 1
+        assert _native.threads_for(1 << 20) == 1
         assert "is not PyTorch's" in _native.status()
         calls = []
         monkeypatch.setattr(bn_module, "_cpu_kernel_forward", lambda *args: calls.append(1))

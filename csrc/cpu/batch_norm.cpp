@@ -22,6 +22,7 @@
 #include "batch_norm.h"
 
 #include "parallel.h"
+#include "vector_math.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,16 +37,8 @@ namespace {
 // 8x32x16x16 on one thread (120 against 104 us).
 constexpr int64_t kThreadGrain = 1 << 15;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTGAN_NO_ISA_CLONES)
-#define FASTGAN_BN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTGAN_BN_CLONES
-#endif
-
-#define FASTGAN_INLINE_BN inline __attribute__((always_inline))
-
 // sum(x) of n contiguous floats in float64 lanes.
-FASTGAN_BN_CLONES double row_sum(const float* __restrict x, int64_t n) {
+FASTGAN_ISA_CLONES double row_sum(const float* __restrict x, int64_t n) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
@@ -53,7 +46,7 @@ FASTGAN_BN_CLONES double row_sum(const float* __restrict x, int64_t n) {
 }
 
 // sum((x - mean)^2) of n contiguous floats in float64 lanes.
-FASTGAN_BN_CLONES double row_centred_squares(const float* __restrict x, int64_t n, double mean) {
+FASTGAN_ISA_CLONES double row_centred_squares(const float* __restrict x, int64_t n, double mean) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
@@ -66,18 +59,13 @@ FASTGAN_BN_CLONES double row_centred_squares(const float* __restrict x, int64_t 
 // y = leaky_relu(((x - mean) - mean_low) * scale + shift) over n contiguous floats. mean + mean_low
 // is the float64 mean as a float32 pair: x - mean is exact when |mean| >> std, so the mean's
 // float32 rounding does not reach y.
-FASTGAN_BN_CLONES void row_normalise(const float* __restrict x, float* __restrict y, int64_t n, float mean,
+FASTGAN_ISA_CLONES void row_normalise(const float* __restrict x, float* __restrict y, int64_t n, float mean,
                                      float mean_low, float scale, float shift, float slope) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float z = ((x[i] - mean) - mean_low) * scale + shift;
     y[i] = z > 0.0f ? z : z * slope;
   }
-}
-
-int thread_count(const BatchNormArgs& args) {
-  const int64_t total = args.batch * args.channels * args.spatial;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(args.threads, total / kThreadGrain)));
 }
 
 // Channel c's float32 (mean, invstd) from float64 (mean, biased var); updates the running
@@ -107,10 +95,7 @@ void finish_channel(const BatchNormArgs& args, int64_t c, double mean, double va
 void planar_forward(const BatchNormArgs& args, int threads) {
   const int64_t C = args.channels, S = args.spatial, N = args.batch;
   const double count = static_cast<double>(N * S);
-  const int64_t per = (C + threads - 1) / threads;
-  run_parallel(threads, [&](int t) {
-    const int64_t first = std::min(C, t * per), last = std::min(C, (t + 1) * per);
-    if (first >= last) return;
+  run_parallel_ranges(threads, C, [&](int64_t first, int64_t last) {
     // Each pass walks memory in order (batch outer, channel inner), so rows of one channel,
     // C * S floats apart, are not fetched page by page; each channel's sums still run in batch order.
     const int64_t width = last - first;
@@ -146,14 +131,14 @@ void planar_forward(const BatchNormArgs& args, int threads) {
 // The activation's gradient at one element: g where z > 0, g * slope elsewhere. The sign of z
 // is read from y (kFromY: slope >= 0, where y > 0 exactly where z > 0), else z is rebuilt from x.
 template <bool kFromY>
-FASTGAN_INLINE_BN float activation_grad(float g, float y, float x, float mean, float scale, float shift, float slope) {
+FASTGAN_INLINE float activation_grad(float g, float y, float x, float mean, float scale, float shift, float slope) {
   const bool positive = kFromY ? y > 0.0f : (x - mean) * scale + shift > 0.0f;
   return positive ? g : g * slope;
 }
 
 // sum(dz) and sum(dz * (x - mean)) over one row of n contiguous values, in float64 lanes.
 template <bool kFromY>
-FASTGAN_INLINE_BN void row_grad_sums(const float* __restrict g, const float* __restrict x, const float* __restrict y,
+FASTGAN_INLINE void row_grad_sums(const float* __restrict g, const float* __restrict x, const float* __restrict y,
                                      int64_t n, float mean, float scale, float shift, float slope, double& sum_dz,
                                      double& dot) {
   double sum = 0.0, product = 0.0;
@@ -169,7 +154,7 @@ FASTGAN_INLINE_BN void row_grad_sums(const float* __restrict g, const float* __r
 
 // grad_x over one row: ((dz - grad_mean) - (x - mean) * projection) * w_invstd.
 template <bool kFromY>
-FASTGAN_INLINE_BN void row_grad_input(const float* __restrict g, const float* __restrict x, const float* __restrict y,
+FASTGAN_INLINE void row_grad_input(const float* __restrict g, const float* __restrict x, const float* __restrict y,
                                       float* __restrict grad_x, int64_t n, float mean, float scale, float shift,
                                       float slope, float grad_mean, float projection, float w_invstd) {
 #pragma omp simd
@@ -181,7 +166,7 @@ FASTGAN_INLINE_BN void row_grad_input(const float* __restrict g, const float* __
 
 // The backward of channels [first, last), walking memory in order as the forward does.
 template <bool kFromY>
-FASTGAN_BN_CLONES void channels_backward(const BatchNormBackwardArgs& args, int64_t first, int64_t last) {
+FASTGAN_ISA_CLONES void channels_backward(const BatchNormBackwardArgs& args, int64_t first, int64_t last) {
   const int64_t C = args.channels, S = args.spatial, N = args.batch;
   const double count = static_cast<double>(N * S);
   const int64_t width = last - first;
@@ -226,12 +211,8 @@ FASTGAN_BN_CLONES void channels_backward(const BatchNormBackwardArgs& args, int6
 
 void batch_norm_leaky_relu_backward(const BatchNormBackwardArgs& args) {
   const int64_t C = args.channels;
-  const int threads = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(args.threads, args.batch * C * args.spatial / kThreadGrain)));
-  const int64_t per = (C + threads - 1) / threads;
-  run_parallel(threads, [&](int t) {
-    const int64_t first = std::min(C, t * per), last = std::min(C, (t + 1) * per);
-    if (first >= last) return;
+  const int threads = thread_count(args.threads, args.batch * C * args.spatial, kThreadGrain);
+  run_parallel_ranges(threads, C, [&](int64_t first, int64_t last) {
     if (args.y != nullptr) {
       channels_backward<true>(args, first, last);
     } else {
@@ -243,7 +224,7 @@ void batch_norm_leaky_relu_backward(const BatchNormBackwardArgs& args) {
 int batch_norm_thread_grain() { return static_cast<int>(kThreadGrain); }
 
 void batch_norm_leaky_relu_forward(const BatchNormArgs& args) {
-  planar_forward(args, thread_count(args));
+  planar_forward(args, thread_count(args.threads, args.batch * args.channels * args.spatial, kThreadGrain));
 }
 
 }  // namespace fastgan::cpu

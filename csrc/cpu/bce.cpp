@@ -156,24 +156,20 @@ double bce_with_logits_forward(const BceArgs& args) {
   const RangeFn range = select_range(args.dtype, args.grad != nullptr, reduce);
   const int64_t n = args.numel;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(args.threads, n / kThreadGrain)));
+  const int threads = thread_count(args.threads, n, kThreadGrain);
   double total = 0.0;
   if (threads == 1) {
     total = range(args.input, args.target, args.loss, args.grad, args.grad_scale, args.label, 0, n);
   } else {
     // Contiguous runs of whole blocks per thread; the block sums are added in block order.
-    const int64_t blocks_per_thread = (blocks + threads - 1) / threads;
     std::vector<double> block_sums(reduce ? blocks : 0);
-    auto work = [&](int t) {
-      const int64_t first = std::min(blocks, t * blocks_per_thread);
-      const int64_t last = std::min(blocks, first + blocks_per_thread);
+    run_parallel_ranges(threads, blocks, [&](int64_t first, int64_t last) {
       for (int64_t b = first; b < last; ++b) {
         const double sum = range(args.input, args.target, args.loss, args.grad, args.grad_scale, args.label,
                                  b * kBlock, std::min(n, (b + 1) * kBlock));
         if (reduce) block_sums[b] = sum;
       }
-    };
-    run_parallel(threads, work);
+    });
     for (double sum : block_sums) total += sum;
   }
   if (!reduce) return 0.0;

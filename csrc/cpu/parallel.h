@@ -8,6 +8,9 @@
 // ThreadSanitizer build, whose runtime cannot see libgomp's synchronisation), plain threads.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
+
 #if defined(_OPENMP)
 #include <omp.h>
 #else
@@ -39,6 +42,22 @@ void run_parallel(int parts, const Work& work) {
   work(0);
   for (auto& thread : pool) thread.join();
 #endif
+}
+
+// Threads for `elements` elements: one per `grain` of them, at most `requested`, at least one.
+inline int thread_count(int requested, int64_t elements, int64_t grain) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(requested, elements / grain)));
+}
+
+// Splits [0, count) into `parts` contiguous ranges of ceil(count / parts) items and runs
+// work(first, last) on each non-empty one through run_parallel.
+template <typename Work>
+void run_parallel_ranges(int parts, int64_t count, const Work& work) {
+  const int64_t per = (count + parts - 1) / parts;
+  run_parallel(parts, [&](int t) {
+    const int64_t first = std::min(count, t * per), last = std::min(count, first + per);
+    if (first < last) work(first, last);
+  });
 }
 
 }  // namespace fastgan::cpu

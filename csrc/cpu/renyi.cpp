@@ -119,10 +119,6 @@ void check(const RenyiArgs& args) {
   }
 }
 
-int thread_count(const RenyiArgs& args) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(args.threads, args.n / kThreadGrain)));
-}
-
 }  // namespace
 
 RenyiSums renyi_forward(const RenyiArgs& args) {
@@ -130,11 +126,8 @@ RenyiSums renyi_forward(const RenyiArgs& args) {
   const int64_t blocks = (args.n + kBlock - 1) / kBlock;
   std::vector<BlockSums> block_sums(blocks);
   const auto range = args.dtype == kBFloat16 ? renyi_blocks_bf16 : renyi_blocks_f32;
-  const int threads = thread_count(args);
-  const int64_t per = (blocks + threads - 1) / threads;
-  run_parallel(threads, [&](int t) {
-    const int64_t first = std::min(blocks, t * per), last = std::min(blocks, (t + 1) * per);
-    if (first < last) range(args.log_ratio, args.n, args.beta, first, last, block_sums.data());
+  run_parallel_ranges(thread_count(args.threads, args.n, kThreadGrain), blocks, [&](int64_t first, int64_t last) {
+    range(args.log_ratio, args.n, args.beta, first, last, block_sums.data());
   });
   RenyiSums sums{-std::numeric_limits<float>::infinity(), 0.0, true};
   for (const BlockSums& block : block_sums) {
@@ -151,12 +144,9 @@ RenyiSums renyi_forward(const RenyiArgs& args) {
 void renyi_backward(const RenyiArgs& args, void* grad, float shift, float scale) {
   check(args);
   const auto range = args.dtype == kBFloat16 ? renyi_grad_bf16 : renyi_grad_f32;
-  const int threads = thread_count(args);
   const int64_t blocks = (args.n + kBlock - 1) / kBlock;
-  const int64_t per = (blocks + threads - 1) / threads;
-  run_parallel(threads, [&](int t) {
-    const int64_t begin = std::min(args.n, t * per * kBlock), end = std::min(args.n, (t + 1) * per * kBlock);
-    if (begin < end) range(args.log_ratio, grad, args.beta, shift, scale, begin, end);
+  run_parallel_ranges(thread_count(args.threads, args.n, kThreadGrain), blocks, [&](int64_t first, int64_t last) {
+    range(args.log_ratio, grad, args.beta, shift, scale, first * kBlock, std::min(args.n, last * kBlock));
   });
 }
 

@@ -200,9 +200,8 @@ def _native_softplus_sum(x: Tensor, label: float) -> float:
     """Σ BCE(x, label) for a constant label, in float64 from one read of x (csrc/cpu/bce.cpp with
     no target): label 1 gives Σ softplus(−x) = −Σ log_sigmoid(x), label 0 gives Σ softplus(x)."""
     numel = x.numel()
-    threads = 1 if numel < 2 * _native.THREAD_GRAIN else _native.threads_for(numel, torch.get_num_threads())
     return _native.module().bce_with_logits_forward(x.data_ptr(), 0, 0, 0, _NATIVE_DTYPE_CODES[x.dtype], _SUM, 1.0,
-                                                    numel, threads, label)
+                                                    numel, _native.threads_for(numel), label)
 
 
 def _gan_native_losses(real: Tensor, fake: Tensor, real_target: float, fake_target: float):
@@ -627,8 +626,7 @@ def _native_bce_forward(input: Tensor, target: Tensor, reduction: int, write_gra
     numel = input.numel()
     loss = _launch.output(input, input.shape if reduction == _NONE else ())
     grad = _launch.output(input, input.shape) if write_grad else None
-    # (The size test first: host time at 256 logits.)
-    threads = 1 if numel < 2 * _native.THREAD_GRAIN else _native.threads_for(numel, torch.get_num_threads())
+    threads = _native.threads_for(numel)
     _native.module().bce_with_logits_forward(
         input.data_ptr(), target.data_ptr(), loss.data_ptr(), grad.data_ptr() if write_grad else 0,
         _NATIVE_DTYPE_CODES[input.dtype], reduction, 1.0 / numel if reduction == _MEAN and numel else 1.0, numel,

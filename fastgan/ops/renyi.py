@@ -281,7 +281,7 @@ def _native_renyi_applies(r: Tensor) -> bool:
 def _native_renyi_forward(r: Tensor, beta: float) -> tuple[float, float, bool]:
     """(m, E, finite) from one read of r: m = max β·r, E = Σ exp(β·r − m)."""
     n = r.numel()
-    threads = 1 if n < 2 * _native.THREAD_GRAIN else _native.threads_for(n, torch.get_num_threads())
+    threads = _native.threads_for(n)
     return _native.module().renyi_forward(r.data_ptr(), _NATIVE_DTYPE_CODES[r.dtype], n, beta, threads)
 
 
@@ -320,9 +320,8 @@ class _NativeRenyiFunction(torch.autograd.Function):
             return _closed_form_grad(log_ratio, grad_out.reshape(()), ctx.beta, 0), None, None, None, None
         grad = _launch.output_like(log_ratio)
         n = log_ratio.numel()
-        threads = 1 if n < 2 * _native.THREAD_GRAIN else _native.threads_for(n, torch.get_num_threads())
         _native.module().renyi_backward(log_ratio.data_ptr(), grad.data_ptr(), _NATIVE_DTYPE_CODES[log_ratio.dtype], n,
-                                        ctx.beta, ctx.shift, -grad_out.item() / ctx.expsum, threads)
+                                        ctx.beta, ctx.shift, -grad_out.item() / ctx.expsum, _native.threads_for(n))
         return grad, None, None, None, None
 
 
