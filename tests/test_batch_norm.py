@@ -612,6 +612,53 @@ def test_backward_mask_uses_the_mean_residual(kernel_backend, device):
             assert relative_error(got, exact) < 1e-5, (name, channels_last, slope, relative_error(got, exact))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
+@pytest.mark.parametrize("slope", [0.2, 0.0, -0.3])
+@pytest.mark.parametrize("mean", [1e3, 1e5])
+def test_cpu_kernel_keeps_the_mean_residual(cpu_kernels, channels_last, slope, mean):
+    """The native CPU kernel normalises x − μ with the float64 mean as a float32 pair (μ, ρ):
+    with |mean| ≫ std, dropping ρ moves every output by ρ·w·invstd, past float32's resolution
+    against float64 here. Its variance, summed around the float32 mean μ, is corrected by
+    P·ρ² (at mean 1e5, std 1, dropping that is a 4e-6 relative error in y)."""
+    shape, channels = (4, 17, 9, 9), 17  # 17 channels: a block of 16 and one more (channels_last)
+    x = at_rounded_mean(shape, mean, 1.0, 3, channels_last, "cpu")
+    weight, bias = torch.rand(channels) + 0.5, torch.zeros(channels)
+    upstream = torch.randn(shape)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+        if dtype == torch.float32:
+            y = batch_norm_leaky_relu(*leaves, None, None, True, 0.1, 1e-5, slope, backend="torch")
+        else:
+            y = F.leaky_relu(F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.1, 1e-5), slope)
+        results.append((y, *torch.autograd.grad(y, leaves, upstream.to(dtype))))
+    assert cpu_kernels == ["forward", "backward"]
+    for name, got, exact in zip(("y", "grad x", "grad weight", "grad bias"), *results):
+        assert relative_error(got, exact) < (1e-6 if name == "y" else 1e-5), (name, relative_error(got, exact))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cpu_kernel_bfloat16_is_float32_rounded_once(cpu_kernels, channels_last, training):
+    """The bfloat16 kernels compute exactly what the float32 ones do on the same values and
+    round the result once, to nearest even: y and grad x equal the float32 kernel's rounded."""
+    shape = (3, 17, 9, 11)  # 17 channels: a block of 16 and one more (channels_last)
+    x = make_input(shape, channels_last, "cpu", torch.bfloat16, mean=3.0, scale=2.0)
+    weight, bias, running_mean, running_var = (t.detach() for t in make_params(shape[1], "cpu"))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    upstream = torch.randn(shape).bfloat16().contiguous(memory_format=fmt)
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        leaf = x.to(dtype).requires_grad_()
+        y = batch_norm_leaky_relu(leaf, weight, bias, running_mean.clone(), running_var.clone(), training, 0.1, 1e-5,
+                                  0.2, backend="torch")
+        (grad_x,) = torch.autograd.grad(y, leaf, upstream.to(dtype))
+        results.append((y, grad_x))
+    assert cpu_kernels == ["forward", "backward"] * 2
+    for ours, wide in zip(*results):
+        assert torch.equal(ours, wide.bfloat16())
+
+
 def assert_error_within_twice_eager(backend, device, shape, mean, std, training):
     """Against float64 on the same float32 inputs, the values and the x, weight and bias
     gradients are no further off than eager PyTorch's own float32 BatchNorm → LeakyReLU
@@ -692,9 +739,10 @@ def test_torch_backend_planar_statistics_on_one_thread(one_thread, monkeypatch, 
 
 
 # ---------------------------------------------------------------------------------------
-# The torch backend's native CPU forward (csrc/cpu/batch_norm.cpp): float32, contiguous or
-# channels_last. The tests above run it wherever they use the torch backend on float32;
-# these check that it is taken, every layout and mode, its threads and every element written.
+# The torch backend's native CPU kernels (csrc/cpu/batch_norm.cpp): float32 and bfloat16,
+# contiguous or channels_last. The tests above run them wherever they use the torch backend on
+# those; these check that they are taken, every layout, dtype and mode, their threads and
+# every element written.
 # ---------------------------------------------------------------------------------------
 
 
@@ -716,7 +764,8 @@ def cpu_kernels(request, monkeypatch):
 
 
 @pytest.mark.parametrize("shape,channels_last", [((3, 5, 17, 19), False), ((2, 7, 257), False), ((4, 3, 16, 16), False),
-                                                 ((2, 19, 1, 300), False)], ids=str)
+                                                 ((2, 19, 1, 300), False), ((3, 5, 17, 19), True), ((2, 17, 7, 5), True),
+                                                 ((3, 2, 1, 3), True), ((4099, 67), False)], ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("slope", [0.0, 0.2, -0.3])
@@ -731,44 +780,55 @@ def test_cpu_kernel_matches_float64(cpu_kernels, shape, channels_last, training,
     assert_matches(ours, want)
 
 
-def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels):
-    # Split over channels between threads, the kernel's values, statistics and gradients are the
-    # same bits for any thread count (the driver runs it under TSan too).
-    shape = (3, 5, 263, 269)
-    x = make_input(shape, False, "cpu")
-    weight, bias, running_mean, running_var = (t.detach() for t in make_params(shape[1], "cpu"))
-    upstream = torch.randn(shape)
+NATIVE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # csrc/cpu/dtype.h
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
+@pytest.mark.parametrize("dtype,parameter_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                   (torch.bfloat16, torch.bfloat16)], ids=str)
+def test_cpu_kernel_threads_give_the_same_bits(cpu_kernels, channels_last, dtype, parameter_dtype):
+    # Split over channels (planar) or over fixed chunks of rows (channels_last) between
+    # threads, the kernel's values, statistics and gradients are the same bits for any thread
+    # count (the driver runs it under TSan too).
+    shape = (3, 5, 263, 269) if not channels_last else (3, 19, 61, 67)  # 19: a block of 16 channels and 3 more
+    x = make_input(shape, channels_last, "cpu", dtype)
+    weight, bias, running_mean, running_var = (t.detach().to(parameter_dtype) for t in make_params(shape[1], "cpu"))
+    upstream = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last if channels_last
+                                                       else torch.contiguous_format)
     kernels, channels, spatial = _native.module(), shape[1], shape[2] * shape[3]
+    codes = (NATIVE_CODES[dtype], NATIVE_CODES[parameter_dtype], channels_last)
     results = []
     for threads in (1, 2, 3):
         y = torch.full_like(x, math.nan)
-        rm, rv, mean, invstd = running_mean.clone(), running_var.clone(), torch.empty(channels), torch.empty(channels)
+        rm, rv, saved = running_mean.clone(), running_var.clone(), torch.empty(3 * channels)
         kernels.batch_norm_leaky_relu_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-                                              rm.data_ptr(), rv.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
-                                              shape[0], channels, spatial, True, 0.1, 1e-5, 0.2, threads)
-        grads = [torch.full_like(x, math.nan), torch.empty(channels), torch.empty(channels)]
+                                              rm.data_ptr(), rv.data_ptr(), saved.data_ptr(), shape[0], channels,
+                                              spatial, *codes, True, 0.1, 1e-5, 0.2, threads)
+        grads = [torch.full_like(x, math.nan), torch.full_like(weight, math.nan), torch.full_like(bias, math.nan)]
         kernels.batch_norm_leaky_relu_backward(upstream.data_ptr(), x.data_ptr(), y.data_ptr(), weight.data_ptr(),
-                                               bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
-                                               *(g.data_ptr() for g in grads), shape[0], channels, spatial, True,
-                                               False, 1e-5, 0.2, threads)
-        results.append((y, rm, rv, *grads))
-    assert not torch.isnan(results[0][0]).any() and not torch.isnan(results[0][3]).any()
+                                               bias.data_ptr(), saved.data_ptr(), 0,
+                                               *(g.data_ptr() for g in grads), shape[0], channels, spatial, *codes,
+                                               True, False, 1e-5, 0.2, threads)
+        results.append((y, rm, rv, saved, *grads))
+    assert not any(torch.isnan(t).any() for t in results[0])
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
     want = eager64(x, weight, bias, running_mean.double().clone(), running_var.double().clone(), True, 0.1, 1e-5, 0.2)
-    torch.testing.assert_close(results[0][0].double(), want, rtol=1e-4, atol=1e-5)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(results[0][0].double(), want, rtol=tolerance, atol=tolerance)
 
 
 def test_cpu_kernel_writes_every_element(cpu_kernels, monkeypatch):
     monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
-    for shape, channels_last in (((5, 3, 17, 19), False), ((3, 6, 263), False)):
-        x = make_input(shape, channels_last, "cpu").requires_grad_()
-        weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
-        for training in (True, False):
-            y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, backend="torch")
-            (grad_x,) = torch.autograd.grad(y.sum(), x)
-            assert not torch.isnan(y).any() and not torch.isnan(grad_x).any(), (shape, channels_last, training)
-    assert cpu_kernels
+    for shape, channels_last in (((5, 3, 17, 19), False), ((3, 6, 263), False), ((3, 6, 17, 19), True)):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = make_input(shape, channels_last, "cpu", dtype).requires_grad_()
+            weight, bias, running_mean, running_var = make_params(shape[1], "cpu")
+            for training in (True, False):
+                y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, backend="torch")
+                (grad_x,) = torch.autograd.grad(y.sum(), x)
+                assert not torch.isnan(y).any() and not torch.isnan(grad_x).any(), (shape, channels_last, training)
+    assert cpu_kernels.count("forward") == 12 and cpu_kernels.count("backward") == 12
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -838,11 +898,14 @@ def test_short_rows_on_one_thread_run_eager_ops(monkeypatch, one_thread):
 
 
 def test_cpu_kernel_steps_aside(cpu_kernels):
-    # float64, the cumulative average, channels_last, other layouts, and rows shorter than the
-    # kernel's minimum ((N, C) inputs, small images) take PyTorch's ops (a second OpenMP runtime:
+    # float64, float16, the cumulative average, mixed parameter dtypes, other layouts
+    # (channels_last_3d, transposed views), rows shorter than the kernel's minimum (small images)
+    # and (N, C) inputs under its minimum take PyTorch's ops (a second OpenMP runtime:
     # test_cpu_kernels_keep_to_one_thread_on_another_openmp_runtime).
     for small in ((64, 3), (4, 3, 7, 9), (4, 3, 60)):
         batch_norm_leaky_relu(make_input(small, False, "cpu"), *make_params(3, "cpu"), True, backend="torch")
+    features = make_input((67, 4099), False, "cpu").t()  # (4099, 67), not contiguous
+    batch_norm_leaky_relu(features, *make_params(67, "cpu"), True, backend="torch")
     x = make_input((4, 3, 16, 17), False, "cpu")
     weight, bias, running_mean, running_var = make_params(3, "cpu")
     batch_norm_leaky_relu(x.double(), weight.double(), bias.double(), running_mean.double(), running_var.double(),
@@ -850,8 +913,10 @@ def test_cpu_kernel_steps_aside(cpu_kernels):
     batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, None,
                           num_batches_tracked=torch.zeros((), dtype=torch.long), backend="torch")
     batch_norm_leaky_relu(x.transpose(2, 3), weight, bias, running_mean, running_var, True, backend="torch")
-    batch_norm_leaky_relu(x.to(memory_format=torch.channels_last), weight, bias, running_mean, running_var, True,
-                          backend="torch")
+    batch_norm_leaky_relu(x.half(), weight, bias, running_mean, running_var, True, backend="torch")
+    batch_norm_leaky_relu(x.bfloat16(), weight.bfloat16(), bias, running_mean, running_var, True, backend="torch")
+    cube = make_input((2, 3, 4, 5, 6), False, "cpu").to(memory_format=torch.channels_last_3d)
+    batch_norm_leaky_relu(cube, weight, bias, running_mean, running_var, True, backend="torch")
     assert not cpu_kernels
 
 
@@ -861,3 +926,45 @@ def test_cpu_kernel_error_within_twice_eager_float32(cpu_kernels, mean, std, tra
     """test_error_within_twice_eager_float32 on the shapes and thread count the kernel takes."""
     assert_error_within_twice_eager("torch", "cpu", (6, 5, 9, 9), mean, std, training)
     assert "forward" in cpu_kernels and "backward" in cpu_kernels
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
+@pytest.mark.parametrize("parameter_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mean,std", [(3.0, 2.0), (40.0, 3.0)])
+def test_cpu_kernel_bfloat16_within_pytorchs_own_error(cpu_kernels, parameter_dtype, channels_last, mean, std,
+                                                        training):
+    """bfloat16 x, with float32 parameters (mixed, as autocast leaves them) or bfloat16 ones (a
+    module converted with .to(torch.bfloat16)): values, gradients and running statistics no
+    further from float64 than eager PyTorch's bfloat16 BatchNorm → LeakyReLU on the same
+    inputs (twice its error, plus one rounding of the result)."""
+    shape = (6, 5, 9, 11)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(shape, dtype=torch.float64) * std + mean).bfloat16().contiguous(memory_format=fmt)
+    weight, bias = (torch.randn(5) + 1).to(parameter_dtype), torch.randn(5).to(parameter_dtype)
+    running_mean = (mean + std * torch.randn(5)).to(parameter_dtype)
+    running_var = (std**2 * (0.5 + torch.rand(5))).to(parameter_dtype)
+    upstream = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt)
+
+    def run(op, dtype, parameters_as):
+        leaves = [x.to(dtype).requires_grad_()] + [t.to(parameters_as).requires_grad_() for t in (weight, bias)]
+        rm, rv = running_mean.to(parameters_as).clone(), running_var.to(parameters_as).clone()
+        y = op(*leaves, rm, rv)
+        return (y, *torch.autograd.grad(y, leaves, upstream.to(dtype)), rm, rv)
+
+    def eager(x_, w_, b_, rm, rv):
+        return F.leaky_relu(F.batch_norm(x_, rm, rv, w_, b_, training, 0.1, 1e-5), 0.2)
+
+    def ours(x_, w_, b_, rm, rv):
+        return batch_norm_leaky_relu(x_, w_, b_, rm, rv, training, 0.1, 1e-5, 0.2, backend="torch")
+
+    exact = run(eager, torch.float64, torch.float64)
+    theirs, got = run(eager, torch.bfloat16, parameter_dtype), run(ours, torch.bfloat16, parameter_dtype)
+    assert cpu_kernels == ["forward", "backward"]
+    assert got[0].dtype == torch.bfloat16 and got[0].stride() == x.stride() and got[1].stride() == x.stride()
+    names = ("y", "grad x", "grad weight", "grad bias", "running mean", "running var")
+    for name, mine, pytorch, reference in zip(names, got, theirs, exact):
+        assert mine.dtype == pytorch.dtype, name
+        rounding = torch.finfo(mine.dtype).eps * reference.abs().max().item()
+        ours_error, eager_error = ((t.double() - reference).abs().max().item() for t in (mine, pytorch))
+        assert ours_error <= 2 * eager_error + rounding, (name, ours_error, eager_error)

@@ -5,6 +5,7 @@ model (forward, one training step, state_dict both ways), and the report of what
 fused."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -169,26 +170,36 @@ def test_dcgan_fused_matches_unfused(kind, init_before_fuse):
         for block in fused_blocks(fused):
             assert (block.weight != 1).all() and (block.weight - 1).abs().max() < 0.2 and (block.bias == 0).all()
 
-    # One training step of the examples' loop (BCE on D(real), D(G(z))), both models.
+    # One training step of the examples' loop (BCE on D(real), D(G(z))), both models, and the
+    # unfused models in float64 as the yardstick for the gradients.
     real = torch.rand(6, CHANNELS, 64, 64) * 2 - 1
     z = torch.randn(6, NZ, 1, 1)
-    models = {"plain": (plain_g, plain_d), "fused": (fused_g, fused_d)}
+    models = {"float64": (copy.deepcopy(plain_g).double(), copy.deepcopy(plain_d).double()),
+              "plain": (plain_g, plain_d), "fused": (fused_g, fused_d)}
     outputs, grads = {}, {}
     for label, (g, d) in models.items():
-        fake = g(z)
-        logits_real, logits_fake = d(real), d(fake)
+        dtype = torch.float64 if label == "float64" else torch.float32
+        fake = g(z.to(dtype))
+        logits_real, logits_fake = d(real.to(dtype)), d(fake)
         outputs[label] = (fake, logits_real, logits_fake)
         on_real, on_fake = (logits_real, logits_fake) if kind == "examples" else (logits_real.sigmoid(),
                                                                                  logits_fake.sigmoid())
-        loss = F.binary_cross_entropy(on_real, torch.ones(6)) + F.binary_cross_entropy(on_fake, torch.zeros(6))
+        loss = (F.binary_cross_entropy(on_real, torch.ones(6, dtype=dtype))
+                + F.binary_cross_entropy(on_fake, torch.zeros(6, dtype=dtype)))
         grads[label] = torch.autograd.grad(loss, [*g.parameters(), *d.parameters()])
         with torch.no_grad():
             for parameter, grad in zip([*g.parameters(), *d.parameters()], grads[label]):
                 parameter -= 0.1 * grad
     for got, want in zip(outputs["fused"], outputs["plain"]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(grads["fused"], grads["plain"]):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # The gradients, all parameters together, are no further from float64 than the unfused
+    # model's float32 ones (twice their error): two float32 computations of a 15-layer gradient
+    # differ by rounding, a few float32 ulps of each parameter's gradient either way, so neither
+    # a fixed tolerance between them nor one parameter at a time measures accuracy.
+    def error(label):
+        return math.sqrt(sum((g.double() - exact).norm().item() ** 2 for g, exact in zip(grads[label], grads["float64"])))
+
+    assert error("fused") <= 2 * error("plain"), (error("fused"), error("plain"))
     # After the step: the same parameters and running statistics, and the same eval forward.
     for plain, fused in ((plain_g, fused_g), (plain_d, fused_d)):
         for (name, value), (_, want) in zip(fused.state_dict().items(), plain.state_dict().items()):

@@ -5,10 +5,10 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "dtype.h"
+
 namespace fastgan::cpu {
 
-// Dtype codes shared with csrc/common.h and fastgan/_cuda.py (float16 has no CPU kernel).
-enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 // Reduction codes shared with fastgan/ops/bce.py (_REDUCTION_CODES).
 enum Reduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
 

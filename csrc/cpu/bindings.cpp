@@ -34,13 +34,15 @@ double bce_with_logits_forward(uintptr_t input, uintptr_t target, uintptr_t loss
 }
 
 void batch_norm_leaky_relu_forward(uintptr_t x, uintptr_t y, uintptr_t weight, uintptr_t bias,
-                                   uintptr_t running_mean, uintptr_t running_var, uintptr_t save_mean,
-                                   uintptr_t save_invstd, int64_t batch, int64_t channels, int64_t spatial,
-                                   bool training, double momentum, double eps, float slope, int threads) {
-  auto f = [](uintptr_t address) { return reinterpret_cast<float*>(address); };
-  fastgan::cpu::BatchNormArgs args{f(x), f(y), f(weight), f(bias), f(running_mean), f(running_var), f(save_mean),
-                                   f(save_invstd), batch, channels, spatial, training, momentum, eps, slope,
-                                   threads};
+                                   uintptr_t running_mean, uintptr_t running_var, uintptr_t saved, int64_t batch, int64_t channels, int64_t spatial, int dtype,
+                                   int param_dtype, bool channels_last, bool training, double momentum, double eps,
+                                   float slope, int threads) {
+  auto in = [](uintptr_t address) { return reinterpret_cast<const void*>(address); };
+  auto out = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
+  fastgan::cpu::BatchNormArgs args{in(x), out(y), in(weight), in(bias), out(running_mean), out(running_var),
+                                   reinterpret_cast<float*>(saved),
+                                   batch, channels, spatial, dtype, param_dtype, channels_last, training, momentum,
+                                   eps, slope, threads};
   if (batch * channels * spatial >= fastgan::cpu::batch_norm_thread_grain()) {
     py::gil_scoped_release no_gil;
     fastgan::cpu::batch_norm_leaky_relu_forward(args);
@@ -51,13 +53,15 @@ void batch_norm_leaky_relu_forward(uintptr_t x, uintptr_t y, uintptr_t weight, u
 
 void batch_norm_leaky_relu_backward(uintptr_t grad_out, uintptr_t x, uintptr_t y, uintptr_t weight, uintptr_t bias,
                                     uintptr_t mean, uintptr_t stat, uintptr_t grad_x, uintptr_t grad_weight,
-                                    uintptr_t grad_bias, int64_t batch, int64_t channels, int64_t spatial,
-                                    bool training, bool stat_is_var, double eps, float slope, int threads) {
-  auto in = [](uintptr_t address) { return reinterpret_cast<const float*>(address); };
-  auto out = [](uintptr_t address) { return reinterpret_cast<float*>(address); };
+                                    uintptr_t grad_bias, int64_t batch, int64_t channels, int64_t spatial, int dtype,
+                                    int param_dtype, bool channels_last, bool training, bool stat_is_var, double eps,
+                                    float slope, int threads) {
+  auto in = [](uintptr_t address) { return reinterpret_cast<const void*>(address); };
+  auto out = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
   fastgan::cpu::BatchNormBackwardArgs args{in(grad_out), in(x), in(y), in(weight), in(bias), in(mean), in(stat),
                                            out(grad_x), out(grad_weight), out(grad_bias), batch, channels, spatial,
-                                           training, stat_is_var, eps, slope, threads};
+                                           dtype, param_dtype, channels_last, training, stat_is_var, eps, slope,
+                                           threads};
   if (batch * channels * spatial >= fastgan::cpu::batch_norm_thread_grain()) {
     py::gil_scoped_release no_gil;
     fastgan::cpu::batch_norm_leaky_relu_backward(args);
@@ -127,14 +131,15 @@ PYBIND11_MODULE(_C_cpu, m) {
         py::arg("input"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("dtype"), py::arg("reduction"),
         py::arg("grad_scale"), py::arg("numel"), py::arg("threads"), py::arg("label") = 0.0f);
   m.def("batch_norm_leaky_relu_forward", &batch_norm_leaky_relu_forward,
-        "BatchNorm + LeakyReLU forward of contiguous float32 (N, C, S)", py::arg("x"), py::arg("y"),
-        py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"),
-        py::arg("save_invstd"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
-        py::arg("training"), py::arg("momentum"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
+        "BatchNorm + LeakyReLU forward of float32/bfloat16 (N, C, S) or channels_last (N, S, C)", py::arg("x"),
+        py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),
+        py::arg("saved"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
+        py::arg("dtype"), py::arg("param_dtype"), py::arg("channels_last"), py::arg("training"), py::arg("momentum"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
   m.def("batch_norm_leaky_relu_backward", &batch_norm_leaky_relu_backward,
-        "BatchNorm + LeakyReLU backward of contiguous float32 (N, C, S)", py::arg("grad_out"), py::arg("x"),
-        py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("stat"), py::arg("grad_x"),
-        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
+        "BatchNorm + LeakyReLU backward of float32/bfloat16 (N, C, S) or channels_last (N, S, C)",
+        py::arg("grad_out"), py::arg("x"), py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("mean"),
+        py::arg("stat"), py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("batch"),
+        py::arg("channels"), py::arg("spatial"), py::arg("dtype"), py::arg("param_dtype"), py::arg("channels_last"),
         py::arg("training"), py::arg("stat_is_var"), py::arg("eps"), py::arg("slope"), py::arg("threads"));
   m.def("renyi_forward", &renyi_forward,
         "(m, E, finite) of one row of logits r: m = max(beta * r), E = sum(exp(beta * r - m))", py::arg("log_ratio"),

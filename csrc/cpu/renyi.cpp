@@ -19,7 +19,7 @@
 // The backward is one pass: grad_i = scale * exp(beta * r_i - m), scale = -g / E.
 #include "renyi.h"
 
-#include "bce.h"
+#include "dtype.h"
 #include "parallel.h"
 #include "vector_math.h"
 

@@ -8,7 +8,7 @@
 namespace fastgan::cpu {
 
 struct RenyiArgs {
-  const void* log_ratio;  // r, n contiguous elements of dtype (csrc/cpu/bce.h's codes: float32, bfloat16)
+  const void* log_ratio;  // r, n contiguous elements of dtype (csrc/cpu/dtype.h's codes: float32, bfloat16)
   int dtype;
   int64_t n;
   float beta;   // 1 - alpha, nonzero

@@ -1,6 +1,6 @@
-// Vector-friendly math shared by the native CPU kernels: bfloat16 <-> float32, and exp and
-// log1p as polynomials written as plain arithmetic so the compiler vectorizes the loops that
-// call them (libm calls would keep a loop scalar).
+// Vector-friendly math shared by the native CPU kernels: bfloat16 <-> float32, sixteen-lane
+// float32 blocks, and exp and log1p as polynomials written as plain arithmetic so the
+// compiler vectorizes the loops that call them (libm calls would keep a loop scalar).
 //
 //   exp(t), t in [-104, 0]: t = k ln2 + r, |r| <= ln2/2 (Cody-Waite, ln2 split in two);
 //     exp(r) by its Taylor series to r^7 (truncation < 8e-9 relative); 2^k applied as two
@@ -57,6 +57,38 @@ FASTGAN_INLINE BFloat16 store<BFloat16>(float value) {
   const uint32_t bits = to_bits(value);
   const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
   return BFloat16{static_cast<uint16_t>(value != value ? 0x7FC0u : rounded)};  // NaN stays a quiet NaN
+}
+
+// Sixteen float32 lanes as a GCC/Clang vector type (each ISA clone maps it to its own
+// registers), for loops written across a fixed block rather than left to the vectorizer:
+// loads and stores of float32 or bfloat16 (rounded to nearest even, NaN kept quiet, as store),
+// and the float64 widening of a block's float32 sums.
+constexpr int64_t kWideLanes = 16;
+typedef float WideFloats __attribute__((vector_size(kWideLanes * sizeof(float))));
+typedef uint32_t WideWords __attribute__((vector_size(kWideLanes * sizeof(uint32_t))));
+typedef uint16_t WideHalves __attribute__((vector_size(kWideLanes * sizeof(uint16_t))));
+typedef double WideDoubles __attribute__((vector_size(kWideLanes * sizeof(double))));
+
+FASTGAN_INLINE void load_wide(const float* p, WideFloats& out) { std::memcpy(&out, p, sizeof out); }
+
+FASTGAN_INLINE void load_wide(const BFloat16* p, WideFloats& out) {
+  WideHalves half;
+  std::memcpy(&half, p, sizeof half);
+  const WideWords words = __builtin_convertvector(half, WideWords) << 16;
+  std::memcpy(&out, &words, sizeof out);
+}
+
+FASTGAN_INLINE void store_wide(float* p, const WideFloats& value) { std::memcpy(p, &value, sizeof value); }
+
+// Rounded to nearest even as store<BFloat16> does; NaN stays a quiet NaN.
+FASTGAN_INLINE void store_wide(BFloat16* p, const WideFloats& value) {
+  WideWords bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  WideWords rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const WideWords nan = (WideWords)(value != value);
+  rounded = (rounded & ~nan) | (nan & 0x7FC0u);
+  const WideHalves half = __builtin_convertvector(rounded, WideHalves);
+  std::memcpy(p, &half, sizeof half);
 }
 
 // exp(t) for t <= 0 (below -104 the result is below the smallest denormal); NaN stays NaN.

@@ -9,6 +9,8 @@
 #include <memory>
 #include <random>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "batch_norm.h"
 #include "bce.h"
@@ -102,47 +104,83 @@ int check(int64_t n, int threads, int reduction, bool write_grad, int dtype, boo
   return 0;
 }
 
+// A block-kernel case: shape, layout, the dtype of x and that of the per-channel vectors.
+struct BatchNormCase {
+  int64_t batch, channels, spatial;
+  bool channels_last;
+  int dtype, param_dtype;
+  int threads;
+  // Offset of element (b, c, s) in the layout.
+  int64_t at(int64_t b, int64_t c, int64_t s) const {
+    return channels_last ? (b * spatial + s) * channels + c : (b * channels + c) * spatial + s;
+  }
+  double tolerance() const { return dtype == fastgan::cpu::kBFloat16 ? 8e-3 : 1e-4; }
+};
+
+// A buffer of n values of `dtype` (bfloat16 or float32), NaN-filled.
+std::unique_ptr<unsigned char[]> values(int64_t n, int dtype) {
+  const size_t element = dtype == fastgan::cpu::kBFloat16 ? 2 : 4;
+  auto buffer = std::make_unique<unsigned char[]>(n * element);
+  std::memset(buffer.get(), 0xFF, n * element);
+  return buffer;
+}
+
+void set_value(void* data, int64_t i, int dtype, float value) {
+  if (dtype == fastgan::cpu::kBFloat16) {
+    static_cast<uint16_t*>(data)[i] = to_bfloat16(value);
+  } else {
+    static_cast<float*>(data)[i] = value;
+  }
+}
+
 // The backward from the forward's outputs against float64: a random upstream gradient.
-int check_batch_norm_backward(const float* x, const float* y, const float* weight, const float* bias,
-                              const float* mean, const float* stat, int64_t batch, int64_t channels, int64_t spatial,
-                              bool training, int threads) {
-  const int64_t n = batch * channels * spatial;
-  auto grad_out = std::make_unique<float[]>(n), grad_x = std::make_unique<float[]>(n);
-  auto grad_weight = std::make_unique<float[]>(channels), grad_bias = std::make_unique<float[]>(channels);
-  std::mt19937 rng(static_cast<unsigned>(n * 3 + threads));
+int check_batch_norm_backward(const BatchNormCase& k, const void* x, const void* y, const void* weight,
+                              const void* bias, const void* mean, const void* stat, bool training) {
+  const int64_t n = k.batch * k.channels * k.spatial, C = k.channels;
+  auto grad_out = values(n, k.dtype), grad_x = values(n, k.dtype);
+  auto grad_weight = values(C, k.param_dtype), grad_bias = values(C, k.param_dtype);
+  std::mt19937 rng(static_cast<unsigned>(n * 3 + k.threads));
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < n; ++i) grad_out[i] = normal(rng);
-  std::memset(grad_x.get(), 0xFF, n * sizeof(float));
+  for (int64_t i = 0; i < n; ++i) set_value(grad_out.get(), i, k.dtype, normal(rng));
   fastgan::cpu::BatchNormBackwardArgs args{grad_out.get(), x, y, weight, bias, mean, stat, grad_x.get(),
-                                           grad_weight.get(), grad_bias.get(), batch, channels, spatial, training,
-                                           !training, 1e-5, 0.2f, threads};
+                                           grad_weight.get(), grad_bias.get(), k.batch, C, k.spatial, k.dtype,
+                                           k.param_dtype, k.channels_last, training, !training, 1e-5, 0.2f,
+                                           k.threads};
   fastgan::cpu::batch_norm_leaky_relu_backward(args);
-  const double count = static_cast<double>(batch * spatial);
-  for (int64_t c = 0; c < channels; ++c) {
-    const double invstd = training ? stat[c] : 1.0 / std::sqrt(static_cast<double>(stat[c]) + 1e-5);
+
+  const double count = static_cast<double>(k.batch * k.spatial), tolerance = k.tolerance();
+  auto value = [&](const void* data, int64_t i) { return from_storage(data, i, k.dtype); };
+  for (int64_t c = 0; c < C; ++c) {
+    // Training: the float64 saved mean and float32 invstd; eval: the running statistics.
+    // Training: the forward's saved (mean, residual, invstd); eval: the running statistics.
+    const float* saved = static_cast<const float*>(mean);
+    const double m = training ? static_cast<double>(saved[c]) + saved[C + c] : from_storage(mean, c, k.param_dtype);
+    const double st = training ? saved[2 * C + c] : from_storage(stat, c, k.param_dtype);
+    const double invstd = training ? st : 1.0 / std::sqrt(st + 1e-5), w = from_storage(weight, c, k.param_dtype);
     double sum = 0.0, dot = 0.0, magnitude = 0.0;
-    auto dz = [&](int64_t i) { return y[i] > 0 ? static_cast<double>(grad_out[i]) : 0.2 * grad_out[i]; };
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = (b * channels + c) * spatial + s;
+    auto dz = [&](int64_t i) { return value(y, i) > 0 ? value(grad_out.get(), i) : 0.2 * value(grad_out.get(), i); };
+    for (int64_t b = 0; b < k.batch; ++b)
+      for (int64_t s = 0; s < k.spatial; ++s) {
+        const int64_t i = k.at(b, c, s);
         sum += dz(i);
-        dot += dz(i) * (x[i] - static_cast<double>(mean[c]));
-        magnitude += std::fabs(dz(i)) * (1.0 + std::fabs(x[i] - static_cast<double>(mean[c])));
+        dot += dz(i) * (value(x, i) - m);
+        magnitude += std::fabs(dz(i)) * (1.0 + std::fabs(value(x, i) - m));
       }
-    if (!close(grad_bias[c], sum, 1e-4, magnitude) || !close(grad_weight[c], dot * invstd, 1e-4, magnitude * invstd)) {
+    const double grad_w = from_storage(grad_weight.get(), c, k.param_dtype), grad_b = from_storage(grad_bias.get(), c, k.param_dtype);
+    if (!close(grad_b, sum, tolerance, magnitude) || !close(grad_w, dot * invstd, tolerance, magnitude * invstd)) {
       std::printf("batch_norm grad_weight/bias[%lld] = %g/%g, want %g/%g (training=%d threads=%d)\n",
-                  static_cast<long long>(c), grad_weight[c], grad_bias[c], dot * invstd, sum, training, threads);
+                  static_cast<long long>(c), grad_w, grad_b, dot * invstd, sum, training, k.threads);
       return 1;
     }
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = (b * channels + c) * spatial + s;
-        const double centred = x[i] - static_cast<double>(mean[c]);
-        const double want = training ? (dz(i) - sum / count - centred * invstd * invstd * dot / count) * invstd * weight[c]
-                                     : dz(i) * invstd * weight[c];
-        if (!close(grad_x[i], want, 1e-4, (std::fabs(grad_out[i]) + 1.0) * invstd * std::fabs(weight[c]))) {
+    for (int64_t b = 0; b < k.batch; ++b)
+      for (int64_t s = 0; s < k.spatial; ++s) {
+        const int64_t i = k.at(b, c, s);
+        const double centred = value(x, i) - m;
+        const double want = training ? (dz(i) - sum / count - centred * invstd * invstd * dot / count) * invstd * w
+                                     : dz(i) * invstd * w;
+        if (!close(value(grad_x.get(), i), want, tolerance, (std::fabs(value(grad_out.get(), i)) + 1.0) * invstd * std::fabs(w))) {
           std::printf("batch_norm grad_x[%lld] = %g, want %g (training=%d threads=%d)\n", static_cast<long long>(i),
-                      grad_x[i], want, training, threads);
+                      value(grad_x.get(), i), want, training, k.threads);
           return 1;
         }
       }
@@ -152,60 +190,76 @@ int check_batch_norm_backward(const float* x, const float* y, const float* weigh
 
 // The BatchNorm + LeakyReLU forward (training with running statistics, then eval) against a
 // float64 computation of the same formula, then the backward from its outputs.
-int check_batch_norm(int64_t batch, int64_t channels, int64_t spatial, int threads) {
-  const int64_t n = batch * channels * spatial;
-  auto x = std::make_unique<float[]>(n), y = std::make_unique<float[]>(n);
-  auto weight = std::make_unique<float[]>(channels), bias = std::make_unique<float[]>(channels);
-  auto running_mean = std::make_unique<float[]>(channels), running_var = std::make_unique<float[]>(channels);
-  auto save_mean = std::make_unique<float[]>(channels), save_invstd = std::make_unique<float[]>(channels);
-  std::mt19937 rng(static_cast<unsigned>(n + threads));
+int check_batch_norm(const BatchNormCase& k) {
+  const int64_t n = k.batch * k.channels * k.spatial, C = k.channels;
+  auto x = values(n, k.dtype), y = values(n, k.dtype);
+  auto weight = values(C, k.param_dtype), bias = values(C, k.param_dtype);
+  auto running_mean = values(C, k.param_dtype), running_var = values(C, k.param_dtype);
+  auto saved = std::make_unique<float[]>(3 * C);
+  std::mt19937 rng(static_cast<unsigned>(n + k.threads));
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < n; ++i) x[i] = 3.0f * normal(rng) + 40.0f;
-  for (int64_t c = 0; c < channels; ++c) {
-    weight[c] = 1.0f + 0.1f * normal(rng);
-    bias[c] = normal(rng);
-    running_mean[c] = 0.0f;
-    running_var[c] = 1.0f;
+  for (int64_t i = 0; i < n; ++i) set_value(x.get(), i, k.dtype, 3.0f * normal(rng) + 40.0f);
+  for (int64_t c = 0; c < C; ++c) {
+    set_value(weight.get(), c, k.param_dtype, 1.0f + 0.1f * normal(rng));
+    set_value(bias.get(), c, k.param_dtype, normal(rng));
+    set_value(running_mean.get(), c, k.param_dtype, 0.0f);
+    set_value(running_var.get(), c, k.param_dtype, 1.0f);
   }
+  auto value = [&](const void* data, int64_t i) { return from_storage(data, i, k.dtype); };
+  auto parameter = [&](const void* data, int64_t c) { return from_storage(data, c, k.param_dtype); };
   for (bool training : {true, false}) {
-    std::memset(y.get(), 0xFF, n * sizeof(float));
+    std::memset(y.get(), 0xFF, n * (k.dtype == fastgan::cpu::kBFloat16 ? 2 : 4));
+    std::vector<double> old_mean(C), old_var(C);
+    for (int64_t c = 0; c < C; ++c) {
+      old_mean[c] = parameter(running_mean.get(), c);
+      old_var[c] = parameter(running_var.get(), c);
+    }
     fastgan::cpu::BatchNormArgs args{x.get(), y.get(), weight.get(), bias.get(), running_mean.get(),
-                                     running_var.get(), training ? save_mean.get() : nullptr,
-                                     training ? save_invstd.get() : nullptr, batch, channels, spatial, training,
-                                     0.1, 1e-5, 0.2f, threads};
+                                     running_var.get(), training ? saved.get() : nullptr, k.batch, C, k.spatial, k.dtype,
+                                     k.param_dtype, k.channels_last, training, 0.1, 1e-5, 0.2f, k.threads};
     fastgan::cpu::batch_norm_leaky_relu_forward(args);
-    for (int64_t c = 0; c < channels; ++c) {
-      double mean = running_mean[c], var = running_var[c];
+    for (int64_t c = 0; c < C; ++c) {
+      double mean = old_mean[c], var = old_var[c];
       if (training) {
         double sum = 0.0, squares = 0.0;
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t s = 0; s < spatial; ++s) sum += x[(b * channels + c) * spatial + s];
-        mean = sum / static_cast<double>(batch * spatial);
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t s = 0; s < spatial; ++s) {
-            const double d = x[(b * channels + c) * spatial + s] - mean;
+        for (int64_t b = 0; b < k.batch; ++b)
+          for (int64_t s = 0; s < k.spatial; ++s) sum += value(x.get(), k.at(b, c, s));
+        const double count = static_cast<double>(k.batch * k.spatial);
+        mean = sum / count;
+        for (int64_t b = 0; b < k.batch; ++b)
+          for (int64_t s = 0; s < k.spatial; ++s) {
+            const double d = value(x.get(), k.at(b, c, s)) - mean;
             squares += d * d;
           }
-        var = squares / static_cast<double>(batch * spatial);
+        var = squares / count;
+        const double unbiased = count > 1 ? var * count / (count - 1) : var;
+        const double want_mean = 0.1 * mean + 0.9 * old_mean[c], want_var = 0.1 * unbiased + 0.9 * old_var[c];
+        if (!close(parameter(running_mean.get(), c), want_mean, k.tolerance(), 0.0) ||
+            !close(parameter(running_var.get(), c), want_var, k.tolerance(), 0.0)) {
+          std::printf("batch_norm running mean/var[%lld] = %g/%g, want %g/%g (threads=%d)\n", static_cast<long long>(c),
+                      parameter(running_mean.get(), c), parameter(running_var.get(), c), want_mean, want_var, k.threads);
+          return 1;
+        }
       }
       const double invstd = 1.0 / std::sqrt(var + 1e-5);
-      for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t s = 0; s < spatial; ++s) {
-          const int64_t i = (b * channels + c) * spatial + s;
-          const double z = (x[i] - mean) * invstd * weight[c] + bias[c];
+      for (int64_t b = 0; b < k.batch; ++b) {
+        for (int64_t s = 0; s < k.spatial; ++s) {
+          const int64_t i = k.at(b, c, s);
+          const double z = (value(x.get(), i) - mean) * invstd * parameter(weight.get(), c) + parameter(bias.get(), c);
           const double want = z > 0 ? z : 0.2 * z;
-          if (!close(y[i], want, 1e-4, 1.0)) {
-            std::printf("batch_norm y[%lld] = %g, want %g (training=%d threads=%d)\n", static_cast<long long>(i),
-                        y[i], want, training, threads);
+          if (!close(value(y.get(), i), want, k.tolerance(), 1.0)) {
+            std::printf("batch_norm y[%lld] = %g, want %g (training=%d threads=%d channels_last=%d dtype=%d/%d)\n",
+                        static_cast<long long>(i), value(y.get(), i), want, training, k.threads, k.channels_last,
+                        k.dtype, k.param_dtype);
             return 1;
           }
         }
       }
     }
-    if (check_batch_norm_backward(x.get(), y.get(), weight.get(), bias.get(),
-                                  training ? save_mean.get() : running_mean.get(),
-                                  training ? save_invstd.get() : running_var.get(), batch, channels, spatial,
-                                  training, threads) != 0) {
+    if (check_batch_norm_backward(k, x.get(), y.get(), weight.get(), bias.get(),
+                                  training ? static_cast<const void*>(saved.get()) : running_mean.get(),
+                                  training ? nullptr : running_var.get(),
+                                  training) != 0) {
       return 1;
     }
   }
@@ -276,11 +330,20 @@ int main() {
     }
   }
   const int64_t bn_grain = fastgan::cpu::batch_norm_thread_grain();
-  const std::tuple<int64_t, int64_t, int64_t> shapes[] = {{3, 5, 63}, {2, 7, 1}, {3, 5, 2 * bn_grain / 15 + 7}};
+  // C = 5, 7: channel remainders only; 17, 35: blocks of 16 channels and a remainder (channels_last).
+  const std::tuple<int64_t, int64_t, int64_t> shapes[] = {
+      {3, 5, 63}, {2, 7, 1}, {3, 5, 2 * bn_grain / 15 + 7}, {3, 17, 67}, {2, 35, bn_grain / 35 + 9}};
+  const std::pair<int, int> dtypes[] = {{fastgan::cpu::kFloat32, fastgan::cpu::kFloat32},
+                                        {fastgan::cpu::kBFloat16, fastgan::cpu::kFloat32},
+                                        {fastgan::cpu::kBFloat16, fastgan::cpu::kBFloat16}};
   for (int threads : {1, 2, 4}) {
     for (const auto& [batch, channels, spatial] : shapes) {
-      if (check_batch_norm(batch, channels, spatial, threads) != 0) return 1;
-      ++checks;
+      for (bool channels_last : {false, true}) {
+        for (const auto& [dtype, param_dtype] : dtypes) {
+          if (check_batch_norm({batch, channels, spatial, channels_last, dtype, param_dtype, threads}) != 0) return 1;
+          ++checks;
+        }
+      }
     }
   }
   const int64_t renyi_grain = fastgan::cpu::renyi_thread_grain();

@@ -227,43 +227,76 @@ def _planar_on_one_cpu_thread(x: Tensor) -> bool:
             and x.numel() // max(1, x.shape[0] * x.shape[1]) >= _MIN_PLANAR_ROW)
 
 
-# The native CPU kernel splits channels between PyTorch's own OpenMP threads
+# The native CPU kernel (csrc/cpu/batch_norm.cpp) runs on PyTorch's own OpenMP threads
 # (csrc/cpu/parallel.h), so inside a network it runs on the pool PyTorch's convolutions keep
 # awake. Measured on 2 threads with a convolution before each block: 1.02-1.42x eager fwd+bwd
 # (with threads of its own it lost there, 0.59-0.93x, though alone it measured 1.0-1.7x). Where
 # the pool is not PyTorch's (a build without OpenMP, a second OpenMP runtime) it is used only
-# on one intra-op thread. It walks one (n, c) row at a time: shorter rows, and (N, C) inputs,
-# keep PyTorch's kernel (0.4-0.7x there).
+# on one intra-op thread. Planar inputs are walked one (n, c) row at a time: rows shorter than
+# _MIN_PLANAR_ROW keep PyTorch's kernel (0.4-0.7x there); channels_last inputs one position's
+# channels at a time.
 _MIN_PLANAR_ROW = 64
+# (N, C) inputs (BatchNorm1d on features) run as channels_last rows of C from this many values:
+# measured fwd+bwd on 2 threads, 1.02-1.51x eager from 2^18 (4096x64, 65536x32), 0.93-1.54x at
+# 2^17, 0.78-0.86x at 2^14-2^15, where eager's ops measured 0.89-0.93x.
+_MIN_NATIVE_FEATURES = 1 << 18
+_NATIVE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # csrc/cpu/dtype.h
 
 
-def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> bool:
-    """Whether the torch backend's block runs fastgan's native CPU forward (csrc/cpu/batch_norm.cpp):
-    threads from PyTorch's OpenMP pool or one intra-op thread (see above), float32 CPU x,
-    contiguous (channels_last keeps PyTorch's kernel) with at least _MIN_PLANAR_ROW values per
-    (n, c) row, float32 parameters and
-    statistics, not the cumulative average, nothing that needs PyTorch's dispatch
-    (torch.compile tracing, torch.func transforms, tensor subclasses), and the kernels built."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
-        return False
+# The native kernels' layouts of x (0: neither, the kernels do not apply).
+_PLANAR, _CHANNELS_LAST = 1, 2
+
+
+def _native_layout(x: Tensor) -> int:
+    """The native kernels' view of x: _PLANAR (contiguous (N, C, *) with rows of at least
+    _MIN_PLANAR_ROW), _CHANNELS_LAST (a 4-d channels_last tensor, or a contiguous (N, C) one
+    of at least _MIN_NATIVE_FEATURES values: rows of C with S = 1), else 0."""
+    if x.dim() == 2:
+        return _CHANNELS_LAST if x.numel() >= _MIN_NATIVE_FEATURES and x.is_contiguous() else 0
+    if x.dim() < 3:
+        return 0
+    if x.is_contiguous():
+        return _PLANAR if x.numel() // (x.shape[0] * x.shape[1]) >= _MIN_PLANAR_ROW else 0
+    return _CHANNELS_LAST if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else 0
+
+
+def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> int:
+    """x's layout code (:func:`_native_layout`) where the torch backend's block runs fastgan's
+    native CPU kernels (csrc/cpu/batch_norm.cpp), else 0: threads from PyTorch's OpenMP pool or
+    one intra-op thread (see above), a float32 or bfloat16 CPU x in a layout the kernels take,
+    contiguous parameters and statistics in float32 (or all in x's bfloat16), not the
+    cumulative average, nothing that needs PyTorch's dispatch (torch.compile tracing,
+    torch.func transforms, tensor subclasses), and the kernels built."""
+    if x.dtype not in _NATIVE_DTYPE_CODES or x.device.type != "cpu" or not x.numel():
+        return 0
     if training and momentum is None and running_mean is not None:
-        return False
-    if not x.is_contiguous() or x.dim() < 3 or not (torch.get_num_threads() == 1 or _native.shares_openmp_pool()):
-        return False
-    if x.numel() // (x.shape[0] * x.shape[1]) < _MIN_PLANAR_ROW:
-        return False
+        return 0
+    layout = _native_layout(x)
+    if not layout or not (torch.get_num_threads() == 1 or _native.shares_openmp_pool()):
+        return 0
+    parameter_dtype = None
     for t in (weight, bias, running_mean, running_var):
-        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
-            return False
+        if t is not None:
+            if parameter_dtype is None:
+                parameter_dtype = t.dtype
+            if t.dtype != parameter_dtype or not t.is_contiguous():
+                return 0
+    if parameter_dtype not in (None, torch.float32, x.dtype):
+        return 0
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
+        return 0
     if torch._C._has_torch_function((x, weight, bias, running_mean, running_var)):
-        return False
-    return _native.module() is not None
+        return 0
+    return layout if _native.module() is not None else 0
 
 
 def _address(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+def _parameter_code(*parameters: Optional[Tensor]) -> int:
+    """The dtype code of the block's per-channel vectors (all one dtype, see _cpu_kernel_applies)."""
+    return next((_NATIVE_DTYPE_CODES[t.dtype] for t in parameters if t is not None), 0)
 
 
 def _kernel_threads() -> int:
@@ -273,35 +306,45 @@ def _kernel_threads() -> int:
 
 
 def _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training: bool, momentum, eps: float,
-                        slope: float):
-    """(y, saved mean, saved invstd) from the native CPU kernel; the running statistics are
-    updated in place in training. Statistics in float64, as PyTorch's CPU kernel takes them."""
+                        slope: float, layout: int):
+    """(y, saved statistics) from the native CPU kernel, x in ``layout``; the running
+    statistics are updated in place in training. Statistics in float64, as PyTorch's CPU kernel
+    takes them; in training the batch mean, as a float32 pair (mean, its rounding residual: the
+    backward's x − mean is then as exact as the forward's), and invstd are saved as one float32
+    (3C,) tensor (eager saves mean and invstd, 2C, and the running statistics, which this
+    kernel's backward does not need), in eval nothing (None)."""
     channels = x.shape[1]
     y = _launch.output_like(x)
-    save_mean = x.new_empty(channels) if training else x.new_empty(0)
-    save_invstd = x.new_empty(channels) if training else x.new_empty(0)
-    spatial = x.numel() // (x.shape[0] * channels)
+    saved = x.new_empty(3 * channels, dtype=torch.float32) if training else None
     _native.module().batch_norm_leaky_relu_forward(
         x.data_ptr(), y.data_ptr(), _address(weight), _address(bias), _address(running_mean), _address(running_var),
-        _address(save_mean) if training else 0, _address(save_invstd) if training else 0, x.shape[0], channels,
-        spatial, training, momentum if momentum is not None else 0.0, eps, slope, _kernel_threads())
-    return y, save_mean, save_invstd
+        saved.data_ptr() if training else 0, x.shape[0], channels,
+        x.numel() // (x.shape[0] * channels), _NATIVE_DTYPE_CODES[x.dtype],
+        _parameter_code(weight, bias, running_mean, running_var), layout == _CHANNELS_LAST, training,
+        momentum if momentum is not None else 0.0, eps, slope, _kernel_threads())
+    return y, saved
 
 
 def _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, training: bool, eps: float, slope: float,
-                         needs) -> tuple:
+                         needs, layout: int) -> tuple:
     """(grad x, grad weight, grad bias), None where not needed, from the native CPU kernel: the
-    activation's gradient and BatchNorm's in two passes, from x, y and the saved statistics
-    (batch mean and invstd in training, the running ones in eval)."""
-    grad_out = grad_out.contiguous()
+    activation's gradient and BatchNorm's in two passes, from x (in ``layout``), y and the
+    statistics: in training ``mean`` is the forward's saved (3C,) float32 statistics and
+    ``stat`` None, in eval the running mean and var."""
+    channels_last = layout == _CHANNELS_LAST
+    grad_out = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last if channels_last and x.dim() == 4
+                                               else torch.contiguous_format)
     grad_x = _launch.output_like(x) if needs[0] else None
     grad_weight = weight.new_empty(weight.shape) if needs[1] and weight is not None else None
     grad_bias = bias.new_empty(bias.shape) if needs[2] and bias is not None else None
     channels = x.shape[1]
+    parameter_code = _parameter_code(weight, bias, *((None, None) if training else (mean, stat)))
     _native.module().batch_norm_leaky_relu_backward(
         grad_out.data_ptr(), x.data_ptr(), _address(y), _address(weight), _address(bias), mean.data_ptr(),
-        stat.data_ptr(), _address(grad_x), _address(grad_weight), _address(grad_bias), x.shape[0], channels,
-        x.numel() // (x.shape[0] * channels), training, not training, eps, slope, _kernel_threads())
+        0 if training else stat.data_ptr(), _address(grad_x), _address(grad_weight), _address(grad_bias),
+        x.shape[0], channels,
+        x.numel() // (x.shape[0] * channels), _NATIVE_DTYPE_CODES[x.dtype], parameter_code, channels_last, training,
+        not training, eps, slope, _kernel_threads())
     return grad_x, grad_weight, grad_bias
 
 
@@ -423,14 +466,15 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, slope,
                 cpu_kernel):
-        if cpu_kernel:
-            y, save_mean, save_invstd = _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training,
-                                                            momentum, eps, slope)
+        if cpu_kernel:  # x's layout code (_native_layout)
+            y, saved = _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                                           slope, cpu_kernel)
+            statistics = (saved, None) if training else (running_mean, running_var)
         else:
             y, save_mean, save_invstd = _native_forward(x, weight, bias, running_mean, running_var,
                                                         num_batches_tracked, training, momentum, eps, slope)
+            statistics = (save_mean, save_invstd) if training else (running_mean, running_var)
         ctx.set_materialize_grads(False)
-        statistics = (save_mean, save_invstd) if training else (running_mean, running_var)
         ctx.save_for_backward(x, weight, bias, *statistics, y if slope >= 0 else None)
         ctx.training, ctx.eps, ctx.slope, ctx.cpu_kernel = training, eps, slope, cpu_kernel
         return y
@@ -448,7 +492,7 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
             return grads + (None,) * 8
         if ctx.cpu_kernel:
             return _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, ctx.training, ctx.eps, ctx.slope,
-                                        (need_x, need_weight, need_bias)) + (None,) * 8
+                                        (need_x, need_weight, need_bias), ctx.cpu_kernel) + (None,) * 8
         dtype = _parameter_dtype(x, weight, bias, *((None, None) if ctx.training else (mean, stat)))
         weight_c = _as_compute(weight, dtype)
         if x.dtype in (torch.float16, torch.bfloat16):  # PyTorch's BatchNorm backward takes them as they are
@@ -1088,7 +1132,7 @@ def batch_norm_leaky_relu(
         if cpu_kernel and not (torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, weight, bias))):
             return _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training, momentum, float(eps),
-                                       float(negative_slope))[0]
+                                       float(negative_slope), cpu_kernel)[0]
         if not cpu_kernel and _eager_ops_suffice(x, weight, bias, running_mean, running_var, training, momentum,
                                                  negative_slope):
             return _eager_batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, momentum,
