@@ -40,3 +40,30 @@ def bench_renyi_divergence(measure, provider, device, synchronize, n, dtype, bac
     element = torch.finfo(dtype).bits // 8
     measure(step, unsynchronised=call, compulsory_bytes=n * element * (3 if backward else 1),
             group=f"renyi_divergence {'fwd+bwd' if backward else 'fwd'} {str(dtype).removeprefix('torch.')} n={n}")
+
+
+# G estimates at once: the columns of an (N, G) input reduced over dim 0.
+COLUMN_SHAPES = [(256, 4), (2**22, 16)] if GPU else [(256, 4), (4096, 64)]
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["fwd+bwd", "fwd"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def bench_renyi_divergence_columns(measure, provider, device, synchronize, shape, dtype, backward):
+    n, g = shape
+    inputs = Rotating(lambda: torch.randn(n, g, device=device, dtype=dtype, requires_grad=backward),
+                      4 if n * g >= 2**20 else 1)
+    divergence = implementation(provider, eager_renyi, lambda backend: lambda r: renyi_divergence(r, ALPHA, backend=backend))
+
+    def call():
+        value = divergence(inputs.next())
+        if backward:
+            value.sum().backward()
+
+    def step():
+        call()
+        synchronize()
+
+    element = torch.finfo(dtype).bits // 8
+    measure(step, unsynchronised=call, compulsory_bytes=n * g * element * (3 if backward else 1),
+            group=f"renyi_divergence columns {'fwd+bwd' if backward else 'fwd'} {str(dtype).removeprefix('torch.')} {n}x{g}")

@@ -492,7 +492,8 @@ def test_native_renyi_writes_every_gradient_element(native_renyi, monkeypatch):
 
 
 def test_native_renyi_steps_aside(native_renyi):
-    # Rows of a 2-d input, strided rows, float16 and float64, and α = 1 take the PyTorch forms.
+    # 2-d inputs (the columns kernel's, below), strided rows, float16 and float64, and α = 1
+    # take other forms.
     base = log_ratios((40, 3), "cpu")
     renyi_divergence(base, 0.5, backend="torch")
     renyi_divergence(base[:, 1], 0.5, backend="torch")
@@ -500,3 +501,154 @@ def test_native_renyi_steps_aside(native_renyi):
     renyi_divergence(base[:, 0].double(), 0.5, backend="torch")
     renyi_divergence(base[:, 0].contiguous(), 1.0, backend="torch")
     assert not native_renyi
+
+
+# ---------------------------------------------------------------------------------------
+# The torch backend's native CPU form for G estimates (csrc/cpu/renyi_columns.cpp): the
+# columns of a contiguous (N, G) float32/bfloat16 input reduced over dim 0. G below 16 takes
+# several rows per vector row (and a remainder of rows); G = 17 a full width and one more.
+# ---------------------------------------------------------------------------------------
+
+COLUMN_SHAPES = [(1, 1), (7, 3), (1025, 17), (4099, 5), (THREADED_N // 3 + 7, 3)]
+
+
+@pytest.fixture
+def native_columns(monkeypatch):
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    calls = []
+    forward = renyi_module._native_renyi_columns_forward
+    monkeypatch.setattr(renyi_module, "_native_renyi_columns_forward",
+                        lambda *args: calls.append(1) or forward(*args))
+    return calls
+
+
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=str)
+@pytest.mark.parametrize("alpha", [a for a in ALPHAS if a != 1.0], ids=str)
+def test_native_columns_match_float64(native_columns, shape, alpha):
+    r = log_ratios(shape, "cpu").requires_grad_()
+    upstream = torch.linspace(-1.0, 2.0, shape[1], dtype=torch.float64)
+    got = renyi_divergence(r, alpha, backend="torch")
+    (grad,) = torch.autograd.grad(got, r, upstream.float())
+    assert native_columns, "the native columns form was not taken"
+    assert got.shape == (shape[1],) and got.dtype == torch.float32
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, 0)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream)
+    torch.testing.assert_close(got.double(), want, **tolerance(alpha, want))
+    torch.testing.assert_close(grad.double(), want_grad, rtol=3e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(513, 5), (THREADED_N // 3 + 7, 3)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.999999, 2.0, 10.0], ids=str)
+@pytest.mark.parametrize("mean,scale", [(0.8, 2.0), (40.0, 3.0)])
+def test_native_columns_within_pytorchs_own_error(native_columns, shape, dtype, alpha, mean, scale):
+    """Values and gradient no further from float64 than twice eager PyTorch's own code in the dtype."""
+    r = log_ratios(shape, "cpu", dtype, scale=scale, mean=mean).requires_grad_()
+    upstream = torch.linspace(0.3, 1.1, shape[1])
+    got = renyi_divergence(r, alpha, backend="torch")
+    (grad,) = torch.autograd.grad(got, r, upstream.to(dtype))
+    assert native_columns
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, 0)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    rt = r.detach().clone().requires_grad_()
+    theirs = (torch.logsumexp((1 - alpha) * rt, 0) - math.log(shape[0])) / (alpha - 1)
+    (their_grad,) = torch.autograd.grad(theirs, rt, upstream.to(dtype))
+    eps = torch.finfo(dtype).eps
+    for name, ours, pytorch, ref in (("value", got, theirs, want), ("grad", grad, their_grad, want_grad)):
+        error = (ours.double() - ref).abs().max().item()
+        allowed = 2 * (pytorch.double() - ref).abs().max().item() + eps * ref.abs().max().item()
+        assert error <= allowed, (name, error, allowed)
+
+
+def test_native_columns_near_uniform_weights_take_log1p(native_columns):
+    # Columns of different spreads: as α → 1 each stays continuous with its limit −mean(r).
+    r = log_ratios((4099, 3), "cpu", scale=3.0) * torch.tensor([0.1, 1.0, 3.0])
+    limit = -r.double().mean(0)
+    for alpha in (1.0 - 1e-7, 1.0 + 1e-7):
+        torch.testing.assert_close(renyi_divergence(r, alpha, backend="torch").double(), limit, rtol=1e-5, atol=4e-6)
+    assert len(native_columns) == 2
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_native_columns_non_finite_logits_take_the_reference(native_columns, alpha):
+    for bad in (math.inf, -math.inf, math.nan):
+        r = log_ratios((THREADED_N // 3 + 7, 3), "cpu")
+        r[-2, 1] = bad
+        got = renyi_divergence(r, alpha, backend="torch")
+        torch.testing.assert_close(got, renyi_divergence_reference(r, alpha), equal_nan=True)
+    r = torch.tensor([[1e38, -1e38], [2e38, 0.0], [3e38, 1.0]])  # finite logits, β·r overflowing at α = 10
+    torch.testing.assert_close(renyi_divergence(r, 10.0, backend="torch"), renyi_divergence_reference(r, 10.0),
+                               equal_nan=True)
+    assert len(native_columns) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_columns_keepdim(native_columns, dtype):
+    r = log_ratios((37, 4), "cpu", dtype).requires_grad_()
+    got = renyi_divergence(r, 0.5, keepdim=True, backend="torch")
+    assert got.shape == (1, 4) and got.dtype == dtype
+    upstream = torch.tensor([[0.7, -0.2, 1.0, 0.0]], dtype=dtype)
+    (grad,) = torch.autograd.grad(got, r, upstream)
+    assert torch.equal(got[0], renyi_divergence(r.detach(), 0.5, backend="torch"))
+    want = -upstream.float() * torch.softmax(0.5 * r.detach().float(), 0)
+    torch.testing.assert_close(grad, want.to(dtype))
+    assert native_columns
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_columns_threads_give_the_same_bits(dtype):
+    if _native.module() is None:
+        pytest.skip(f"the native CPU kernels are not used here: {_native.status()}")
+    kernels, code = _native.module(), {torch.float32: 0, torch.bfloat16: 2}[dtype]
+    n, g = _native.THREAD_GRAIN + 7, 5
+    r = log_ratios((n, g), "cpu", dtype)
+    scale = torch.linspace(-1.0, 1.0, g)
+    results = []
+    for threads in (1, 2, 3):
+        shift, expsum = torch.full((g,), math.nan), torch.full((g,), math.nan, dtype=torch.float64)
+        assert kernels.renyi_columns_forward(r.data_ptr(), code, n, g, 0.5, shift.data_ptr(), expsum.data_ptr(),
+                                             threads)
+        grad = torch.full_like(r, math.nan)
+        kernels.renyi_columns_backward(r.data_ptr(), grad.data_ptr(), code, n, g, 0.5, shift.data_ptr(),
+                                       scale.data_ptr(), threads)
+        assert not torch.isnan(grad).any() and not torch.isnan(expsum).any()
+        results.append((shift, expsum, grad))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_native_columns_write_every_gradient_element(native_columns, monkeypatch):
+    monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
+    for shape in COLUMN_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            r = log_ratios(shape, "cpu", dtype).requires_grad_()
+            (grad,) = torch.autograd.grad(renyi_divergence(r, 0.5, backend="torch").sum(), r)
+            assert not torch.isnan(grad).any(), (shape, dtype)
+    assert native_columns
+
+
+def test_native_columns_second_order_is_the_closed_form(native_columns):
+    r = log_ratios((9, 3), "cpu", torch.float64).float().requires_grad_()
+    (grad,) = torch.autograd.grad(renyi_divergence(r, 0.5, backend="torch").sum(), r, create_graph=True)
+    (second,) = torch.autograd.grad(grad.square().sum(), r)
+    r64 = r.detach().double().requires_grad_()
+    (grad64,) = torch.autograd.grad(textbook64(r64, 0.5, 0).sum(), r64, create_graph=True)
+    (second64,) = torch.autograd.grad(grad64.square().sum(), r64)
+    torch.testing.assert_close(second.double(), second64, rtol=1e-4, atol=1e-6)
+    assert native_columns
+
+
+def test_native_columns_step_aside(native_columns):
+    # Reduced over dim 1, transposed (strided) columns, 3-d inputs, float16 and float64, and
+    # α = 1 take the other forms.
+    base = log_ratios((40, 3), "cpu")
+    renyi_divergence(base, 0.5, 1, backend="torch")
+    renyi_divergence(base.t(), 0.5, backend="torch")
+    renyi_divergence(base.view(40, 3, 1), 0.5, backend="torch")
+    renyi_divergence(base.half(), 0.5, backend="torch")
+    renyi_divergence(base.double(), 0.5, backend="torch")
+    renyi_divergence(base, 1.0, backend="torch")
+    assert not native_columns

@@ -93,6 +93,31 @@ void renyi_backward(uintptr_t log_ratio, uintptr_t grad, int dtype, int64_t n, f
   }
 }
 
+bool renyi_columns_forward(uintptr_t log_ratio, int dtype, int64_t n, int64_t g, float beta, uintptr_t shift,
+                           uintptr_t expsum, int threads) {
+  const fastgan::cpu::RenyiColumnsArgs args{reinterpret_cast<const void*>(log_ratio), dtype, n, g, beta, threads};
+  auto* shift_out = reinterpret_cast<float*>(shift);
+  auto* expsum_out = reinterpret_cast<double*>(expsum);
+  if (n * g >= fastgan::cpu::renyi_thread_grain()) {
+    py::gil_scoped_release no_gil;
+    return fastgan::cpu::renyi_columns_forward(args, shift_out, expsum_out);
+  }
+  return fastgan::cpu::renyi_columns_forward(args, shift_out, expsum_out);
+}
+
+void renyi_columns_backward(uintptr_t log_ratio, uintptr_t grad, int dtype, int64_t n, int64_t g, float beta,
+                            uintptr_t shift, uintptr_t scale, int threads) {
+  const fastgan::cpu::RenyiColumnsArgs args{reinterpret_cast<const void*>(log_ratio), dtype, n, g, beta, threads};
+  auto* shift_in = reinterpret_cast<const float*>(shift);
+  auto* scale_in = reinterpret_cast<const float*>(scale);
+  if (n * g >= fastgan::cpu::renyi_thread_grain()) {
+    py::gil_scoped_release no_gil;
+    fastgan::cpu::renyi_columns_backward(args, reinterpret_cast<void*>(grad), shift_in, scale_in);
+  } else {
+    fastgan::cpu::renyi_columns_backward(args, reinterpret_cast<void*>(grad), shift_in, scale_in);
+  }
+}
+
 // The file of the shared library that holds `address` ("" if none).
 std::string library_of(uintptr_t address) {
   Dl_info info;
@@ -146,6 +171,15 @@ PYBIND11_MODULE(_C_cpu, m) {
         py::arg("dtype"), py::arg("n"), py::arg("beta"), py::arg("threads"));
   m.def("renyi_backward", &renyi_backward, "grad = scale * exp(beta * r - shift) over one row of logits",
         py::arg("log_ratio"), py::arg("grad"), py::arg("dtype"), py::arg("n"), py::arg("beta"), py::arg("shift"),
+        py::arg("scale"), py::arg("threads"));
+  m.def("renyi_columns_forward", &renyi_columns_forward,
+        "Per column of an (n, g) row-major r: shift = max(beta * r), expsum = sum(exp(beta * r - shift)); "
+        "false where some beta * r is not finite",
+        py::arg("log_ratio"), py::arg("dtype"), py::arg("n"), py::arg("g"), py::arg("beta"), py::arg("shift"),
+        py::arg("expsum"), py::arg("threads"));
+  m.def("renyi_columns_backward", &renyi_columns_backward,
+        "grad = scale * exp(beta * r - shift) per column of an (n, g) row-major r", py::arg("log_ratio"),
+        py::arg("grad"), py::arg("dtype"), py::arg("n"), py::arg("g"), py::arg("beta"), py::arg("shift"),
         py::arg("scale"), py::arg("threads"));
   m.def("renyi_thread_grain", &fastgan::cpu::renyi_thread_grain,
         "Elements per thread before the Renyi kernels use another thread");

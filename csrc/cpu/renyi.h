@@ -30,4 +30,22 @@ void renyi_backward(const RenyiArgs& args, void* grad, float shift, float scale)
 
 int renyi_thread_grain();
 
+// Several estimates (csrc/cpu/renyi_columns.cpp): r of shape (n, g), contiguous, each of its
+// g columns reduced over its n rows, as renyi_divergence does over dim 0 of an (N, G) input.
+struct RenyiColumnsArgs {
+  const void* log_ratio;  // n * g elements of dtype, row-major
+  int dtype;
+  int64_t n, g;
+  float beta;   // 1 - alpha, nonzero
+  int threads;  // at most this many threads
+};
+
+// shift[j] = max_i beta * r_ij (float32), expsum[j] = sum_i exp(beta * r_ij - shift[j]) (float64),
+// for every column j. Returns false, with shift and expsum meaningless, where some beta * r is
+// NaN or infinite.
+bool renyi_columns_forward(const RenyiColumnsArgs& args, float* shift, double* expsum);
+
+// grad_ij = scale[j] * exp(beta * r_ij - shift[j]), written in dtype (scale = -g / E per column).
+void renyi_columns_backward(const RenyiColumnsArgs& args, void* grad, const float* shift, const float* scale);
+
 }  // namespace fastgan::cpu

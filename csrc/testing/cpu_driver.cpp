@@ -1,6 +1,7 @@
-// Every native CPU kernel (csrc/cpu: BCE, BatchNorm + LeakyReLU, Rényi) through its entry point, for AddressSanitizer + UBSan and
-// ThreadSanitizer (tests/test_bce.py builds and runs it). Buffers are exactly sized heap arrays,
-// so a read or write past an operand is reported; outputs start as NaN, so an element left
+// Every native CPU kernel (csrc/cpu: BCE, BatchNorm + LeakyReLU, Rényi over a row and over
+// columns) through its entry point, for AddressSanitizer + UBSan and ThreadSanitizer
+// (tests/test_bce.py builds and runs it). Buffers are exactly sized heap arrays, so a read or
+// write past an operand is reported; outputs start as NaN, so an element left
 // unwritten fails the comparison with a float64 reference. Exits 1 on the first mismatch.
 #include <cmath>
 #include <cstdint>
@@ -311,6 +312,58 @@ int check_renyi(int64_t n, int threads, int dtype, float beta) {
   return 0;
 }
 
+// The columns form (csrc/cpu/renyi_columns.cpp): every column's (m, E) and every gradient
+// element against float64, for g below and above one vector row and a remainder of rows.
+int check_renyi_columns(int64_t n, int64_t g, int threads, int dtype, float beta) {
+  const size_t element = dtype == fastgan::cpu::kBFloat16 ? 2 : 4;
+  auto logits = std::make_unique<unsigned char[]>(n * g * element);
+  auto grad = std::make_unique<unsigned char[]>(n * g * element);
+  std::mt19937 rng(static_cast<unsigned>(n * 13 + g * 7 + threads));
+  std::normal_distribution<float> logit(0.8f, 2.0f);
+  for (int64_t i = 0; i < n * g; ++i) {
+    const float x = i % 89 == 3 ? 40.0f : logit(rng);
+    if (element == 2) {
+      reinterpret_cast<uint16_t*>(logits.get())[i] = to_bfloat16(x);
+    } else {
+      reinterpret_cast<float*>(logits.get())[i] = x;
+    }
+  }
+  std::memset(grad.get(), 0xFF, n * g * element);  // NaN
+  std::vector<float> shift(g), scale(g);
+  std::vector<double> expsum(g);
+  const fastgan::cpu::RenyiColumnsArgs args{logits.get(), dtype, n, g, beta, threads};
+  if (!fastgan::cpu::renyi_columns_forward(args, shift.data(), expsum.data())) {
+    std::printf("renyi columns: finite logits reported as not finite (n=%lld g=%lld)\n", static_cast<long long>(n),
+                static_cast<long long>(g));
+    return 1;
+  }
+  for (int64_t j = 0; j < g; ++j) {
+    double m = -INFINITY, e = 0.0;
+    for (int64_t i = 0; i < n; ++i) m = std::fmax(m, static_cast<double>(beta * static_cast<float>(from_storage(logits.get(), i * g + j, dtype))));
+    for (int64_t i = 0; i < n; ++i) e += std::exp(beta * from_storage(logits.get(), i * g + j, dtype) - m);
+    if (shift[j] != static_cast<float>(m) || !close(expsum[j], e, 1e-5, 0.0)) {
+      std::printf("renyi columns forward mismatch: n=%lld g=%lld column %lld threads=%d dtype=%d: (%g, %.9g) against (%g, %.9g)\n",
+                  static_cast<long long>(n), static_cast<long long>(g), static_cast<long long>(j), threads, dtype,
+                  shift[j], expsum[j], m, e);
+      return 1;
+    }
+    scale[j] = static_cast<float>(-(1.0 + 0.1 * static_cast<double>(j)) / expsum[j]);
+  }
+  fastgan::cpu::renyi_columns_backward(args, grad.get(), shift.data(), scale.data());
+  const double tolerance = dtype == fastgan::cpu::kBFloat16 ? 1e-2 : 1e-5;
+  for (int64_t i = 0; i < n * g; ++i) {
+    const int64_t j = i % g;
+    const double want = scale[j] * std::exp(beta * from_storage(logits.get(), i, dtype) - shift[j]);
+    if (!close(from_storage(grad.get(), i, dtype), want, tolerance, 1e-30)) {
+      std::printf("renyi columns grad mismatch at %lld (n=%lld g=%lld threads %d dtype %d): %.9g against %.9g\n",
+                  static_cast<long long>(i), static_cast<long long>(n), static_cast<long long>(g), threads, dtype,
+                  from_storage(grad.get(), i, dtype), want);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 int main() {
   const int64_t grain = fastgan::cpu::thread_grain();
   const int64_t sizes[] = {0, 1, 15, 1024, 1025, 2 * grain + 1029, 3 * grain + 5};
@@ -352,6 +405,17 @@ int main() {
       for (int threads : {1, 2, 4}) {
         for (float beta : {0.5f, -1.0f}) {
           if (check_renyi(n, threads, dtype, beta) != 0) return 1;
+          ++checks;
+        }
+      }
+    }
+  }
+  const std::pair<int64_t, int64_t> column_shapes[] = {{1, 1}, {7, 3}, {1025, 17}, {2 * renyi_grain / 5 + 9, 5}};
+  for (int dtype : {static_cast<int>(fastgan::cpu::kFloat32), static_cast<int>(fastgan::cpu::kBFloat16)}) {
+    for (const auto& [n, g] : column_shapes) {
+      for (int threads : {1, 2, 4}) {
+        for (float beta : {0.5f, -1.0f}) {
+          if (check_renyi_columns(n, g, threads, dtype, beta) != 0) return 1;
           ++checks;
         }
       }

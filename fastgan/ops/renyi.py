@@ -24,8 +24,10 @@ with the limit −mean(r) to float32 precision. α = 1 exactly uses −mean(r).
 The kernels keep (m, E, S, count, Σr) per lane and per block, merged with the rescaling
 E' = E·e^(m−m'), S' = S·e^(m−m') + count·expm1(m−m') (again one-signed terms). On the CPU
 the torch backend runs one contiguous float32/bfloat16 row (a batch of logits) through the
-native kernel csrc/cpu/renyi.cpp, which returns (m, E) from one read; S is formed there only
-in the near-uniform case, in PyTorch.
+native kernel csrc/cpu/renyi.cpp, which returns (m, E) from one read, and the columns of a
+contiguous (N, G) one reduced over dim 0 (G estimates) through csrc/cpu/renyi_columns.cpp,
+which returns them per column from two reads; S is formed only in the near-uniform case, in
+PyTorch.
 
 Infinite logits. Every difference from the maximum is 0 for values equal to it, also when
 both are the same infinity (the limit of equal large logits). So a β·r of −∞ (r = +∞ with
@@ -166,11 +168,19 @@ def _closed_form_grad(log_ratio: Tensor, grad: Tensor, beta: float, dim: int) ->
 
 
 def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Tensor:
-    """The torch backend on CPU tensors for β ≠ 0 and n ≥ 1: the native kernel for one
-    contiguous float32/bfloat16 row (:class:`_NativeRenyiFunction`), else
-    :class:`_RenyiTorchFunction`; either takes the reference where a logit at the extreme is
+    """The torch backend on CPU tensors for β ≠ 0 and n ≥ 1: the native kernels for one
+    contiguous float32/bfloat16 row (:class:`_NativeRenyiFunction`) and for the columns of a
+    contiguous (N, G) one reduced over dim 0 (:class:`_NativeRenyiColumnsFunction`), else
+    :class:`_RenyiTorchFunction`; each takes the reference where a logit at the extreme is
     infinite or NaN (rare)."""
     r = log_ratio.detach()
+    if dim == 0 and _native_renyi_columns_apply(r):
+        shift, expsum, finite = _native_renyi_columns_forward(r, beta)
+        if not finite:
+            return renyi_divergence_reference(log_ratio, 1.0 - beta, dim, keepdim)
+        if not log_ratio.requires_grad or not torch.is_grad_enabled():
+            return _native_renyi_columns_result(r, beta, shift, expsum, keepdim)
+        return _NativeRenyiColumnsFunction.apply(log_ratio, beta, shift, expsum, keepdim)
     if _native_renyi_applies(r):
         shift, expsum, finite = _native_renyi_forward(r, beta)
         if not finite:
@@ -322,6 +332,71 @@ class _NativeRenyiFunction(torch.autograd.Function):
         n = log_ratio.numel()
         _native.module().renyi_backward(log_ratio.data_ptr(), grad.data_ptr(), _NATIVE_DTYPE_CODES[log_ratio.dtype], n,
                                         ctx.beta, ctx.shift, -grad_out.item() / ctx.expsum, _native.threads_for(n))
+        return grad, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------
+# The torch backend's native CPU form for G estimates at once (csrc/cpu/renyi_columns.cpp):
+# the columns of a contiguous (N, G) float32/bfloat16 input, reduced over dim 0.
+# --------------------------------------------------------------------------------------
+
+
+def _native_renyi_columns_apply(r: Tensor) -> bool:
+    """A contiguous (N, G) float32/bfloat16 input (reduced over dim 0), nothing that needs
+    PyTorch's dispatch, and the native kernels built."""
+    return (r.dim() == 2 and r.dtype in _NATIVE_DTYPE_CODES and r.is_contiguous() and r.shape[1] > 0
+            and not torch._C._are_functorch_transforms_active() and not torch._C._has_torch_function((r,))
+            and _native.module() is not None)
+
+
+def _native_renyi_columns_forward(r: Tensor, beta: float) -> tuple[Tensor, Tensor, bool]:
+    """(m, E, finite) per column from the kernel: m = max β·r (float32, (G,)), E = Σ exp(β·r − m)
+    (float64, (G,))."""
+    n, g = r.shape
+    shift, expsum = r.new_empty(g, dtype=torch.float32), r.new_empty(g, dtype=torch.float64)
+    finite = _native.module().renyi_columns_forward(r.data_ptr(), _NATIVE_DTYPE_CODES[r.dtype], n, g, beta,
+                                                    shift.data_ptr(), expsum.data_ptr(), _native.threads_for(n * g))
+    return shift, expsum, finite
+
+
+def _native_renyi_columns_result(r: Tensor, beta: float, shift: Tensor, expsum: Tensor, keepdim: bool) -> Tensor:
+    """D_α = −(m + log A)/β per column, in r's dtype; near-uniform columns (A > 1/2) take
+    log A = log1p(S/n), S = Σ expm1(β·r − m) in float32, as :func:`_native_renyi_result`."""
+    n = r.shape[0]
+    log_mean = torch.log(expsum).sub_(math.log(n))
+    near_uniform = expsum > 0.5 * n
+    if bool(near_uniform.any()):
+        x = torch.add(-shift, r if r.dtype == torch.float32 else r.float(), alpha=beta)
+        log_mean = torch.where(near_uniform, torch.log1p(x.expm1_().sum(0, dtype=torch.float64).div_(n)), log_mean)
+    result = log_mean.add_(shift).div_(-beta).to(r.dtype)
+    return result.unsqueeze(0) if keepdim else result
+
+
+class _NativeRenyiColumnsFunction(torch.autograd.Function):
+    """Autograd for the columns form: saves the logits and the per-column m and E; the backward
+    is one pass, −g_j·exp(β·r_ij − m_j)/E_j (csrc/cpu/renyi_columns.cpp), or the differentiable
+    closed form when a graph is being built (second order)."""
+
+    @staticmethod
+    def forward(ctx, log_ratio: Tensor, beta: float, shift: Tensor, expsum: Tensor, keepdim: bool):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(log_ratio, shift, expsum)
+        ctx.beta = beta
+        return _native_renyi_columns_result(log_ratio, beta, shift, expsum, keepdim)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if grad_out is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        log_ratio, shift, expsum = ctx.saved_tensors
+        n, g = log_ratio.shape
+        if torch.is_grad_enabled():
+            return _closed_form_grad(log_ratio, grad_out.reshape(1, g), ctx.beta, 0), None, None, None, None
+        scale = grad_out.reshape(g).double().div(expsum).neg_().float()
+        grad = _launch.output_like(log_ratio)
+        _native.module().renyi_columns_backward(log_ratio.data_ptr(), grad.data_ptr(),
+                                                _NATIVE_DTYPE_CODES[log_ratio.dtype], n, g, ctx.beta, shift.data_ptr(),
+                                                scale.data_ptr(), _native.threads_for(n * g))
         return grad, None, None, None, None
 
 
