@@ -640,8 +640,11 @@ def test_cpu_kernel_keeps_the_mean_residual(cpu_kernels, channels_last, slope, m
 @pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_cpu_kernel_bfloat16_is_float32_rounded_once(cpu_kernels, channels_last, training):
-    """The bfloat16 kernels compute exactly what the float32 ones do on the same values and
-    round the result once, to nearest even: y and grad x equal the float32 kernel's rounded."""
+    """The bfloat16 kernels compute what the float32 ones do on the same values and round the
+    result once, to nearest even: y equals the float32 kernel's rounded; grad x too, but for
+    the few elements whose float32 value lies within a rounding of a bfloat16 tie (the planar
+    bfloat16 backward sums in float32 blocks, as eager's does, the float32 one in float64),
+    which may round the other way: one bfloat16 ulp."""
     shape = (3, 17, 9, 11)  # 17 channels: a block of 16 and one more (channels_last)
     x = make_input(shape, channels_last, "cpu", torch.bfloat16, mean=3.0, scale=2.0)
     weight, bias, running_mean, running_var = (t.detach() for t in make_params(shape[1], "cpu"))
@@ -655,8 +658,12 @@ def test_cpu_kernel_bfloat16_is_float32_rounded_once(cpu_kernels, channels_last,
         (grad_x,) = torch.autograd.grad(y, leaf, upstream.to(dtype))
         results.append((y, grad_x))
     assert cpu_kernels == ["forward", "backward"] * 2
-    for ours, wide in zip(*results):
-        assert torch.equal(ours, wide.bfloat16())
+    (y, grad_x), (wide_y, wide_grad_x) = results
+    assert torch.equal(y, wide_y.bfloat16())
+    rounded = wide_grad_x.bfloat16()
+    ulp = rounded.float().abs() * 2.0**-7 + torch.finfo(torch.bfloat16).tiny  # a bfloat16 ulp, or more
+    assert ((grad_x.float() - rounded.float()).abs() <= ulp).all()
+    assert (grad_x != rounded).float().mean() < 1e-3
 
 
 def assert_error_within_twice_eager(backend, device, shape, mean, std, training):

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace fastgan::cpu {
@@ -94,17 +95,37 @@ void forward_typed(const BatchNormArgs& args, int threads) {
 template <typename T, bool kFromY>
 FASTGAN_INLINE void row_grad_sums(const T* __restrict g, const T* __restrict x, const T* __restrict y, int64_t n,
                                   const BackwardChannel& k, float slope, double& sum_dz, double& dot) {
-  double sum = 0.0, product = 0.0;
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    // bfloat16: float32 lanes over blocks of 128 values, the blocks added in float64 (eager's
+    // bfloat16 backward sums in float32 throughout, from a dz it has rounded to bfloat16).
+    for (int64_t start = 0; start < n; start += 128) {
+      const int64_t end = std::min(n, start + 128);
+      float sum = 0.0f, product = 0.0f;
 #pragma omp simd reduction(+ : sum, product)
-  for (int64_t i = 0; i < n; ++i) {
-    const float xi = load(x[i]);
-    const float dz =
-        activation_grad<kFromY>(load(g[i]), kFromY ? load(y[i]) : 0.0f, xi, k.mean, k.mean_low, k.scale, k.shift, slope);
-    sum += static_cast<double>(dz);
-    product += static_cast<double>(dz) * (static_cast<double>(xi) - k.mean64);
+      for (int64_t i = start; i < end; ++i) {
+        const float xi = load(x[i]);
+        const float dz = activation_grad<kFromY>(load(g[i]), kFromY ? load(y[i]) : 0.0f, xi, k.mean, k.mean_low,
+                                                 k.scale, k.shift, slope);
+        sum += dz;
+        product += dz * ((xi - k.mean) - k.mean_low);
+      }
+      sum_dz += static_cast<double>(sum);
+      dot += static_cast<double>(product);
+    }
+  } else {
+    // float32: float64 lanes, as eager's float32 backward accumulates.
+    double sum = 0.0, product = 0.0;
+#pragma omp simd reduction(+ : sum, product)
+    for (int64_t i = 0; i < n; ++i) {
+      const float xi = load(x[i]);
+      const float dz =
+          activation_grad<kFromY>(load(g[i]), kFromY ? load(y[i]) : 0.0f, xi, k.mean, k.mean_low, k.scale, k.shift, slope);
+      sum += static_cast<double>(dz);
+      product += static_cast<double>(dz) * (static_cast<double>(xi) - k.mean64);
+    }
+    sum_dz += sum;
+    dot += product;
   }
-  sum_dz += sum;
-  dot += product;
 }
 
 // grad_x over one row: ((dz - grad_mean) - (x - mean) * projection) * w_invstd.
