@@ -52,6 +52,25 @@ def tolerance(alpha, values):
     return dict(rtol=3e-5, atol=3e-6 + slack)
 
 
+def assert_within_twice_pytorchs_error(r, alpha, upstream):
+    """The torch backend's value and gradient over dim 0 (``upstream`` the incoming gradient)
+    no further from float64 than twice eager PyTorch's logsumexp code in r's dtype, plus one
+    rounding of the result."""
+    got = renyi_divergence(r, alpha, backend="torch")
+    (grad,) = torch.autograd.grad(got, r, upstream.to(r.dtype))
+    r64 = r.detach().double().requires_grad_()
+    want = textbook64(r64, alpha, 0)
+    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
+    rt = r.detach().clone().requires_grad_()
+    theirs = (torch.logsumexp((1 - alpha) * rt, 0) - math.log(r.shape[0])) / (alpha - 1)
+    (their_grad,) = torch.autograd.grad(theirs, rt, upstream.to(r.dtype))
+    eps = torch.finfo(r.dtype).eps
+    for name, ours, pytorch, ref in (("value", got, theirs, want), ("grad", grad, their_grad, want_grad)):
+        error = (ours.double() - ref).abs().max().item()
+        allowed = 2 * (pytorch.double() - ref).abs().max().item() + eps * ref.abs().max().item()
+        assert error <= allowed, (name, error, allowed)
+
+
 def test_reference_matches_definition_and_gradcheck():
     r = log_ratios((40, 3), "cpu", torch.float64)
     for alpha in ALPHAS:
@@ -404,21 +423,8 @@ def test_native_renyi_matches_float64(native_renyi, n, alpha):
 def test_native_renyi_within_pytorchs_own_error(native_renyi, n, dtype, alpha, mean, scale):
     """Value and gradient no further from float64 than twice eager PyTorch's own code in the dtype."""
     r = log_ratios((n,), "cpu", dtype, scale=scale, mean=mean).requires_grad_()
-    upstream = torch.tensor(0.7)
-    got = renyi_divergence(r, alpha, backend="torch")
-    (grad,) = torch.autograd.grad(got, r, upstream.to(dtype))
+    assert_within_twice_pytorchs_error(r, alpha, torch.tensor(0.7))
     assert native_renyi
-    r64 = r.detach().double().requires_grad_()
-    want = textbook64(r64, alpha, 0)
-    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
-    rt = r.detach().clone().requires_grad_()
-    theirs = (torch.logsumexp((1 - alpha) * rt, 0) - math.log(n)) / (alpha - 1)
-    (their_grad,) = torch.autograd.grad(theirs, rt, upstream.to(dtype))
-    eps = torch.finfo(dtype).eps
-    for name, ours, pytorch, ref in (("value", got, theirs, want), ("grad", grad, their_grad, want_grad)):
-        error = (ours.double() - ref).abs().max().item()
-        allowed = 2 * (pytorch.double() - ref).abs().max().item() + eps * ref.abs().max().item()
-        assert error <= allowed, (name, error, allowed)
 
 
 def test_native_renyi_near_uniform_weights_take_log1p(native_renyi):
@@ -527,14 +533,9 @@ def native_columns(monkeypatch):
 @pytest.mark.parametrize("alpha", [a for a in ALPHAS if a != 1.0], ids=str)
 def test_native_columns_match_float64(native_columns, shape, alpha):
     r = log_ratios(shape, "cpu").requires_grad_()
-    upstream = torch.linspace(-1.0, 2.0, shape[1], dtype=torch.float64)
-    got = renyi_divergence(r, alpha, backend="torch")
-    (grad,) = torch.autograd.grad(got, r, upstream.float())
+    got, grad, want, want_grad = _against_float64(r, alpha, 0, "torch")
     assert native_columns, "the native columns form was not taken"
     assert got.shape == (shape[1],) and got.dtype == torch.float32
-    r64 = r.detach().double().requires_grad_()
-    want = textbook64(r64, alpha, 0)
-    (want_grad,) = torch.autograd.grad(want, r64, upstream)
     torch.testing.assert_close(got.double(), want, **tolerance(alpha, want))
     torch.testing.assert_close(grad.double(), want_grad, rtol=3e-5, atol=1e-6)
 
@@ -546,21 +547,8 @@ def test_native_columns_match_float64(native_columns, shape, alpha):
 def test_native_columns_within_pytorchs_own_error(native_columns, shape, dtype, alpha, mean, scale):
     """Values and gradient no further from float64 than twice eager PyTorch's own code in the dtype."""
     r = log_ratios(shape, "cpu", dtype, scale=scale, mean=mean).requires_grad_()
-    upstream = torch.linspace(0.3, 1.1, shape[1])
-    got = renyi_divergence(r, alpha, backend="torch")
-    (grad,) = torch.autograd.grad(got, r, upstream.to(dtype))
+    assert_within_twice_pytorchs_error(r, alpha, torch.linspace(0.3, 1.1, shape[1]))
     assert native_columns
-    r64 = r.detach().double().requires_grad_()
-    want = textbook64(r64, alpha, 0)
-    (want_grad,) = torch.autograd.grad(want, r64, upstream.double())
-    rt = r.detach().clone().requires_grad_()
-    theirs = (torch.logsumexp((1 - alpha) * rt, 0) - math.log(shape[0])) / (alpha - 1)
-    (their_grad,) = torch.autograd.grad(theirs, rt, upstream.to(dtype))
-    eps = torch.finfo(dtype).eps
-    for name, ours, pytorch, ref in (("value", got, theirs, want), ("grad", grad, their_grad, want_grad)):
-        error = (ours.double() - ref).abs().max().item()
-        allowed = 2 * (pytorch.double() - ref).abs().max().item() + eps * ref.abs().max().item()
-        assert error <= allowed, (name, error, allowed)
 
 
 def test_native_columns_near_uniform_weights_take_log1p(native_columns):

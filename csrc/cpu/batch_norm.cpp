@@ -44,11 +44,9 @@ namespace {
 // 8x32x16x16 on one thread (120 against 104 us).
 constexpr int64_t kThreadGrain = 1 << 15;
 
-int threads_for(const BatchNormArgs& args) {
-  return thread_count(args.threads, args.batch * args.channels * args.spatial, kThreadGrain);
-}
-
-int threads_for(const BatchNormBackwardArgs& args) {
+// Threads for a forward's or a backward's arguments.
+template <typename Args>
+int threads_for(const Args& args) {
   return thread_count(args.threads, args.batch * args.channels * args.spatial, kThreadGrain);
 }
 

@@ -174,20 +174,21 @@ def _renyi_torch(log_ratio: Tensor, beta: float, dim: int, keepdim: bool) -> Ten
     :class:`_RenyiTorchFunction`; each takes the reference where a logit at the extreme is
     infinite or NaN (rare)."""
     r = log_ratio.detach()
+    # Either native form: (its kernels' (m, E, finite), D_α from them, its autograd Function).
     if dim == 0 and _native_renyi_columns_apply(r):
-        shift, expsum, finite = _native_renyi_columns_forward(r, beta)
+        native = (_native_renyi_columns_forward, _native_renyi_columns_result, _NativeRenyiColumnsFunction)
+    elif _native_renyi_applies(r):
+        native = (_native_renyi_forward, _native_renyi_result, _NativeRenyiFunction)
+    else:
+        native = None
+    if native is not None:
+        forward, result, function = native
+        shift, expsum, finite = forward(r, beta)
         if not finite:
             return renyi_divergence_reference(log_ratio, 1.0 - beta, dim, keepdim)
         if not log_ratio.requires_grad or not torch.is_grad_enabled():
-            return _native_renyi_columns_result(r, beta, shift, expsum, keepdim)
-        return _NativeRenyiColumnsFunction.apply(log_ratio, beta, shift, expsum, keepdim)
-    if _native_renyi_applies(r):
-        shift, expsum, finite = _native_renyi_forward(r, beta)
-        if not finite:
-            return renyi_divergence_reference(log_ratio, 1.0 - beta, dim, keepdim)
-        if not log_ratio.requires_grad or not torch.is_grad_enabled():
-            return _native_renyi_result(r, beta, shift, expsum, keepdim)
-        return _NativeRenyiFunction.apply(log_ratio, beta, shift, expsum, keepdim)
+            return result(r, beta, shift, expsum, keepdim)
+        return function.apply(log_ratio, beta, shift, expsum, keepdim)
     compute = _compute_dtype(r.dtype)
     if log_ratio.dim() == 1:
         extreme = (r.amax() if beta > 0 else r.amin()).item()
