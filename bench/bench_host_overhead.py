@@ -72,19 +72,21 @@ class _RenyiFloor(torch.autograd.Function):
 
 
 class _BatchNormFloor(torch.autograd.Function):
-    """batch_norm_leaky_relu's shape of call: x, weight, bias in; y out; x and two vectors of C saved."""
+    """batch_norm_leaky_relu's shape of call: x, weight, bias and the running statistics in; y
+    out; x, weight, bias and three vectors of C saved (the batch mean, its float32 rounding
+    residual and invstd)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, running_mean, running_var):
         y = torch.empty_like(x)
-        mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
-        ctx.save_for_backward(x, weight, mean, invstd)
+        mean, residual, invstd = (x.new_empty(x.shape[1]) for _ in range(3))
+        ctx.save_for_backward(x, weight, bias, mean, invstd, residual)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, _, _ = ctx.saved_tensors
-        return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+        x, weight, _, _, _, _ = ctx.saved_tensors
+        return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape), None, None
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +172,7 @@ def bench_batch_norm_leaky_relu_host_overhead(benchmark, path, monkeypatch):
     if path == "eager":
         benchmark(lambda: eager_block(x).backward(grad))
     elif path == "floor":
-        benchmark(lambda: _BatchNormFloor.apply(x, weight, bias).backward(grad))
+        benchmark(lambda: _BatchNormFloor.apply(x, weight, bias, running_mean, running_var).backward(grad))
     else:
         _stub_launches(monkeypatch)
         benchmark(lambda: batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2)

@@ -408,6 +408,27 @@ def test_errors(backend, device):
         BatchNormLeakyReLU1d(3)(x)
 
 
+def test_errors_after_a_valid_call_with_the_same_layouts(backend, device):
+    """Validation is cached by the arguments' layouts and scalar values; a call that differs
+    only in a scalar's type or value is still refused."""
+    x = make_input((4, 3, 2, 2), False, device)
+    weight, bias, running_mean, running_var = make_params(3, device)
+    batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
+    with pytest.raises(TypeError, match="training must be a bool"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, 1, 0.1, 1e-5, 0.2, backend=backend)
+    with pytest.raises(TypeError, match="momentum must be a float or None"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, True, 1e-5, 0.2, backend=backend)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, -1e-5, 0.2, backend=backend)
+    with pytest.raises(ValueError, match="negative_slope"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, math.inf, backend=backend)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        batch_norm_leaky_relu(x, weight.tolist(), bias, running_mean, running_var, True, 0.1, 1e-5, 0.2,
+                              backend=backend)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        batch_norm_leaky_relu(x, weight, bias[:2], running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
+
+
 def test_opcheck(kernel_backend, device):
     x3 = make_input((4, 3, 10), False, device).requires_grad_()
     weight, bias, running_mean, running_var = make_params(3, device)

@@ -260,19 +260,13 @@ def _native_layout(x: Tensor) -> int:
     return _CHANNELS_LAST if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else 0
 
 
-def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> int:
-    """x's layout code (:func:`_native_layout`) where the torch backend's block runs fastgan's
-    native CPU kernels (csrc/cpu/batch_norm.cpp), else 0: threads from PyTorch's OpenMP pool or
-    one intra-op thread (see above), a float32 or bfloat16 CPU x in a layout the kernels take,
-    contiguous parameters and statistics in float32 (or all in x's bfloat16), not the
-    cumulative average, nothing that needs PyTorch's dispatch (torch.compile tracing,
-    torch.func transforms, tensor subclasses), and the kernels built."""
+def _native_layout_of_call(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum) -> int:
+    """The part of :func:`_cpu_kernel_applies` that depends only on the arguments' dtypes,
+    devices, shapes and strides and the scalars (so it is cached with the validation): x's
+    layout code where the kernels take the call, else 0."""
     if x.dtype not in _NATIVE_DTYPE_CODES or x.device.type != "cpu" or not x.numel():
         return 0
     if training and momentum is None and running_mean is not None:
-        return 0
-    layout = _native_layout(x)
-    if not layout or not (torch.get_num_threads() == 1 or _native.shares_openmp_pool()):
         return 0
     parameter_dtype = None
     for t in (weight, bias, running_mean, running_var):
@@ -282,6 +276,22 @@ def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, trai
             if t.dtype != parameter_dtype or not t.is_contiguous():
                 return 0
     if parameter_dtype not in (None, torch.float32, x.dtype):
+        return 0
+    return _native_layout(x)
+
+
+def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum,
+                        layout: Optional[int] = None) -> int:
+    """x's layout code (:func:`_native_layout`) where the torch backend's block runs fastgan's
+    native CPU kernels (csrc/cpu/batch_norm.cpp), else 0: threads from PyTorch's OpenMP pool or
+    one intra-op thread (see above), a float32 or bfloat16 CPU x in a layout the kernels take,
+    contiguous parameters and statistics in float32 (or all in x's bfloat16), not the
+    cumulative average, nothing that needs PyTorch's dispatch (torch.compile tracing,
+    torch.func transforms, tensor subclasses), and the kernels built. ``layout``: what
+    :func:`_native_layout_of_call` returned for these arguments, when known."""
+    if layout is None:
+        layout = _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum)
+    if not layout or not (torch.get_num_threads() == 1 or _native.shares_openmp_pool()):
         return 0
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return 0
@@ -296,7 +306,10 @@ def _address(t: Optional[Tensor]) -> int:
 
 def _parameter_code(*parameters: Optional[Tensor]) -> int:
     """The dtype code of the block's per-channel vectors (all one dtype, see _cpu_kernel_applies)."""
-    return next((_NATIVE_DTYPE_CODES[t.dtype] for t in parameters if t is not None), 0)
+    for t in parameters:
+        if t is not None:
+            return _NATIVE_DTYPE_CODES[t.dtype]
+    return 0
 
 
 def _kernel_threads() -> int:
@@ -335,8 +348,9 @@ def _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, training: boo
     grad_out = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last if channels_last and x.dim() == 4
                                                else torch.contiguous_format)
     grad_x = _launch.output_like(x) if needs[0] else None
-    grad_weight = weight.new_empty(weight.shape) if needs[1] and weight is not None else None
-    grad_bias = bias.new_empty(bias.shape) if needs[2] and bias is not None else None
+    # The parameters are contiguous here (_cpu_kernel_applies), so their gradients are too.
+    grad_weight = torch.empty_like(weight) if needs[1] and weight is not None else None
+    grad_bias = torch.empty_like(bias) if needs[2] and bias is not None else None
     channels = x.shape[1]
     parameter_code = _parameter_code(weight, bias, *((None, None) if training else (mean, stat)))
     _native.module().batch_norm_leaky_relu_backward(
@@ -593,6 +607,33 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
     return positions
 
 
+# Calls validated before, by _arguments_key: validation and the kernel-path choices depend only
+# on the arguments' shapes, strides, dtypes, devices and scalar values (host time is the cost
+# of a small block).
+_CHECKED_ARGUMENTS: dict = {}
+_MAX_CHECKED_ARGUMENTS = 1024
+
+
+def _tensor_key(t: Optional[Tensor]):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
+                   negative_slope) -> Optional[tuple]:
+    """What :func:`_check_args`, the backend's dtype, the layout checks and
+    :func:`_native_layout_of_call` depend on, or None for a call that is
+    validated in full every time: a scalar of another type than nn.BatchNorm's (``True ==
+    1`` as a key, but not as ``training``) or an argument that is not a tensor."""
+    if not (training.__class__ is bool and eps.__class__ is float and negative_slope.__class__ is float
+            and (momentum is None or momentum.__class__ is float)):
+        return None
+    try:
+        return (_tensor_key(x), _tensor_key(weight), _tensor_key(bias), _tensor_key(running_mean),
+                _tensor_key(running_var), _tensor_key(num_batches_tracked), training, momentum, eps, negative_slope)
+    except (AttributeError, TypeError):
+        return None
+
+
 def _synchronising_group(process_group, training: bool):
     """The process group whose batch statistics are combined, or None for this process's own:
     ``process_group`` validated; None also in eval (running statistics) and for a group of one."""
@@ -706,17 +747,30 @@ def _forward_impl(x3, weight, bias, running_mean, running_var, num_batches_track
     if training:
         mean = _launch.output(x3, (2, channels), torch.float32)  # (float32 mean, its rounding residual)
         invstd = _launch.output(x3, (channels,), torch.float32)
-        partials = x3.new_empty((plan.splits, 3, channels), dtype=torch.float32)
-        _launcher(backend, "batch_norm_forward_train")(
-            x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean[0], invstd, partials,
-            plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope, mean_residual=mean[1],
-        )
+        _launch_forward(x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean[0], mean[1], invstd,
+                        plan, training, momentum, cumulative, eps, slope, backend)
     else:
         mean, invstd = x3.new_empty((0,), dtype=torch.float32), x3.new_empty((0,), dtype=torch.float32)
+        _launch_forward(x3, y3, weight, bias, running_mean, running_var, None, None, None, None, plan, training,
+                        momentum, cumulative, eps, slope, backend)
+    return y3, mean, invstd
+
+
+def _launch_forward(x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, mean_residual, invstd,
+                    plan: BatchNormPlan, training: bool, momentum: float, cumulative: bool, eps: float, slope: float,
+                    backend: str) -> None:
+    """The forward's launches into y3 and, in training, the fp32 [C] ``mean``,
+    ``mean_residual`` and ``invstd`` (the running statistics updated in place)."""
+    if training:
+        partials = x3.new_empty((plan.splits, 3, x3.shape[1]), dtype=torch.float32)
+        _launcher(backend, "batch_norm_forward_train")(
+            x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
+            plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope, mean_residual=mean_residual,
+        )
+    else:
         _launcher(backend, "batch_norm_forward_eval")(
             x3, y3, weight, bias, running_mean, running_var, plan=plan, eps=eps, slope=slope
         )
-    return y3, mean, invstd
 
 
 @torch.library.custom_op(
@@ -759,14 +813,24 @@ def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
     plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
+    _launch_backward(grad_out3, x3, weight, bias, mean, mean_residual, stat, grad_x, grad_weight, grad_bias, plan,
+                     training, stat_is_invstd, eps, slope, backend)
+    # Absent gradients are distinct empty tensors: custom-op outputs may not alias each other.
+    return tuple(g if g is not None else x3.new_empty((0,)) for g in (grad_x, grad_weight, grad_bias))
+
+
+def _launch_backward(grad_out3, x3, weight, bias, mean, mean_residual, stat, grad_x, grad_weight, grad_bias,
+                     plan: BatchNormPlan, training: bool, stat_is_invstd: bool, eps: float, slope: float,
+                     backend: str) -> None:
+    """The backward's launches into whichever of grad_x, grad_weight, grad_bias is not None;
+    grad_out3, x3 and grad_x share one layout."""
+    channels = x3.shape[1]
     partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
     _launcher(backend, "batch_norm_backward")(
         grad_out3, x3, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials, coefficients,
         plan=plan, training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope, mean_residual=mean_residual,
     )
-    # Absent gradients are distinct empty tensors: custom-op outputs may not alias each other.
-    return tuple(g if g is not None else x3.new_empty((0,)) for g in (grad_x, grad_weight, grad_bias))
 
 
 @torch.library.custom_op("fastgan::batch_norm_leaky_relu_backward", mutates_args=())
@@ -817,18 +881,25 @@ def _block_grads(grad_out3, x3, weight, bias, mean, stat, training: bool, eps: f
                  wanted) -> tuple:
     """(grad_x3, grad_weight, grad_bias), None where not ``wanted``, from what the forward saved
     (``mean``, ``stat``: the fp32 (mean, residual) pair and invstd in training, the running
-    statistics in eval): the backward of both kernel-path Functions."""
+    statistics in eval): :class:`_BatchNormLeakyReLUFunction`'s backward."""
     need_x, need_weight, need_bias = wanted
     if torch.is_grad_enabled():
-        # Second order (e.g. an R1 penalty): recompute the forward differentiably from x.
-        running = (None, None) if training else (mean, stat)
-        return _differentiable_backward(grad_out3, x3, weight, bias, *running, eps, slope, wanted)
+        return _second_order_grads(grad_out3, x3, weight, bias, mean, stat, training, eps, slope, wanted)
     # Traced (torch.compile): the registered backward op; eager: its implementation directly,
     # as the forward does (the custom-op dispatcher costs tens of µs per call).
     backward = _batch_norm_leaky_relu_backward_op if torch.compiler.is_compiling() else _backward_impl
     outputs = backward(grad_out3, x3, weight, bias, mean, stat, training, training, eps, slope,
                        need_x, need_weight and weight is not None, need_bias and bias is not None, backend)
     return tuple(g if w else None for g, w in zip(outputs, wanted))
+
+
+def _second_order_grads(grad_out3, x3, weight, bias, mean, stat, training: bool, eps: float, slope: float,
+                        wanted) -> tuple:
+    """The kernel path's gradients under ``create_graph`` (e.g. an R1 penalty): the forward
+    recomputed differentiably from x, with batch statistics in training and the saved running
+    ones (``mean``, ``stat``) in eval."""
+    running = (None, None) if training else (mean, stat)
+    return _differentiable_backward(grad_out3, x3, weight, bias, *running, eps, slope, wanted)
 
 
 def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
@@ -1039,32 +1110,67 @@ class _BatchNormLeakyReLUFunction(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
+@functools.lru_cache(maxsize=1024)
+def _eager_layout(shape, stride, device) -> tuple[tuple[int, int, int], BatchNormPlan]:
+    """((N, C, S), plan) for an (N, C, *) input of this shape and strides whose spatial
+    dimensions merge, with y and grad_x allocated like it (as ``empty_like`` does) and grad_out
+    in its layout or theirs: the one plan that fits the forward's and the backward's launches,
+    looked up once per layout (host time is the cost of a small block)."""
+    shape3 = (shape[0], shape[1], math.prod(shape[2:]))
+    x3 = torch.empty_strided(shape, stride, device="meta").view(shape3)
+    like = torch.empty_like(torch.empty_strided(shape, stride, device="meta")).view(shape3)
+    return shape3, _planned(shape3, x3.stride(), ((shape3, like.stride()),), device)
+
+
 class _EagerBatchNormLeakyReLUFunction(torch.autograd.Function):
     """The kernel path in eager mode, unsynchronised: :class:`_BatchNormLeakyReLUFunction`'s
-    forward and backward implementations with less host time per call (what decides a small
-    block's speed). It takes x in its own shape and views it as (N, C, S) inside, so no view
-    nodes join the graph; returns y alone (the statistics stay in ctx); and takes the
-    constants as one tuple (``apply`` pays per argument)."""
+    launches with less host time per call (what decides a small block's speed). It takes x
+    in its own shape and views it as (N, C, S) inside, so no view nodes join the graph; returns
+    y alone (the statistics are saved, not returned); plans once per layout
+    (:func:`_eager_layout`); and takes the constants as one tuple (``apply`` pays per
+    argument)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, constants):
         training, momentum, cumulative, eps, slope, backend = constants
-        y3, mean, invstd = _forward_impl(_three_d(x), weight, bias, running_mean, running_var, num_batches_tracked,
-                                         training, momentum, cumulative, eps, slope, backend)
-        ctx.save_for_backward(x, weight, bias, *((mean, invstd) if training else (running_mean, running_var)))
-        ctx.constants = constants
-        return y3.view(x.shape)
+        shape3, plan = _eager_layout(x.shape, x.stride(), x.device)
+        y = _launch.output_like(x)
+        x3 = x.view(shape3)
+        if training:
+            channels = shape3[1]
+            mean = _launch.output(x, (channels,), torch.float32)
+            mean_residual = _launch.output(x, (channels,), torch.float32)
+            invstd = _launch.output(x, (channels,), torch.float32)
+            _launch_forward(x3, y.view(shape3), weight, bias, running_mean, running_var, num_batches_tracked, mean,
+                            mean_residual, invstd, plan, training, momentum, cumulative, eps, slope, backend)
+            ctx.save_for_backward(x, weight, bias, mean, invstd, mean_residual)
+        else:
+            _launch_forward(x3, y.view(shape3), weight, bias, running_mean, running_var, None, None, None, None, plan,
+                            training, momentum, cumulative, eps, slope, backend)
+            ctx.save_for_backward(x, weight, bias, running_mean, running_var, None)
+        ctx.constants, ctx.shape3, ctx.plan = constants, shape3, plan
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, mean, stat = ctx.saved_tensors
+        x, weight, bias, mean, stat, mean_residual = ctx.saved_tensors
         training, _, _, eps, slope, backend = ctx.constants
-        x3 = _three_d(x)
+        shape3 = ctx.shape3
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         # In x's layout first, so that (N, C, S) is a view of it as it is of x.
-        grad_out3 = _in_layout_of(grad_out, x).view(x3.shape)
-        grad_x3, grad_weight, grad_bias = _block_grads(grad_out3, x3, weight, bias, mean, stat, training, eps, slope,
-                                                       backend, ctx.needs_input_grad[:3])
-        return (grad_x3.view(x.shape) if grad_x3 is not None else None), grad_weight, grad_bias, None, None, None, None
+        grad_out3 = _in_layout_of(grad_out, x).view(shape3)
+        if torch.is_grad_enabled():
+            grad_x3, grad_weight, grad_bias = _second_order_grads(grad_out3, x.view(shape3), weight, bias, mean, stat,
+                                                                  training, eps, slope, (need_x, need_weight, need_bias))
+            return (grad_x3.view(x.shape) if grad_x3 is not None else None), grad_weight, grad_bias, None, None, None, None
+        channels = shape3[1]
+        grad_x = _launch.output_like(x) if need_x else None
+        grad_weight = _launch.output(weight, (channels,)) if need_weight and weight is not None else None
+        grad_bias = _launch.output(bias, (channels,)) if need_bias and bias is not None else None
+        _launch_backward(grad_out3, x.view(shape3), weight, bias, mean, mean_residual, stat,
+                         grad_x.view(shape3) if grad_x is not None else None, grad_weight, grad_bias, ctx.plan,
+                         training, training, eps, slope, backend)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def batch_norm_leaky_relu(
@@ -1110,14 +1216,24 @@ def batch_norm_leaky_relu(
         y, shaped like ``x`` in its memory format and dtype.
     """
     group = _synchronising_group(process_group, training)
-    _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
-                num_batches_tracked, synchronised=group is not None)
-    # The kernels take float32/float16/bfloat16 tensors and parameters; anything else (float64
-    # buffers, say) selects like a float64 input does: the torch backend.
-    unsupported = next((t.dtype for t in (x, weight, bias, running_mean, running_var)
-                        if t is not None and t.dtype not in _backend.KERNEL_DTYPES), None)
-    name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device,
-                                   unsupported if unsupported is not None else x.dtype)
+    key = _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
+                         negative_slope) if group is None else None
+    checked = _CHECKED_ARGUMENTS.get(key) if key is not None else None
+    if checked is None:
+        _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
+                    num_batches_tracked, synchronised=group is not None)
+        # The kernels take float32/float16/bfloat16 tensors and parameters; anything else
+        # (float64 buffers, say) selects like a float64 input does: the torch backend.
+        unsupported = next((t.dtype for t in (x, weight, bias, running_mean, running_var)
+                            if t is not None and t.dtype not in _backend.KERNEL_DTYPES), None)
+        checked = (unsupported if unsupported is not None else x.dtype, _spatial_dims_merge(x),
+                   _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum))
+        if key is not None:
+            if len(_CHECKED_ARGUMENTS) >= _MAX_CHECKED_ARGUMENTS:
+                _CHECKED_ARGUMENTS.clear()
+            _CHECKED_ARGUMENTS[key] = checked
+    selecting_dtype, spatial_dims_merge, native_layout = checked
+    name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, selecting_dtype)
     # An empty synchronised batch still runs the kernel path: its collectives must match the
     # other processes' (the reference's differ in shape).
     if (name == "torch" and group is not None) or (x.numel() == 0 and group is None):
@@ -1128,7 +1244,7 @@ def batch_norm_leaky_relu(
     if name == "torch":
         if training:
             _advance(num_batches_tracked, running_mean)
-        cpu_kernel = _cpu_kernel_applies(x, weight, bias, running_mean, running_var, training, momentum)
+        cpu_kernel = _cpu_kernel_applies(x, weight, bias, running_mean, running_var, training, momentum, native_layout)
         if cpu_kernel and not (torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, weight, bias))):
             return _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training, momentum, float(eps),
@@ -1147,7 +1263,7 @@ def batch_norm_leaky_relu(
     for value, label in ((running_mean, "running_mean"), (running_var, "running_var")):
         if value is not None and not value.is_contiguous():
             raise ValueError(f"{label} must be contiguous: the kernels update it in place")
-    if not _spatial_dims_merge(x):
+    if not spatial_dims_merge:
         _backend.warn_once(
             f"batch_norm_leaky_relu:layout:{x.stride()}",
             "fastgan.ops.batch_norm_leaky_relu: the input is neither contiguous nor channels_last; "
