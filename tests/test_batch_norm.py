@@ -429,6 +429,101 @@ def test_errors_after_a_valid_call_with_the_same_layouts(backend, device):
         batch_norm_leaky_relu(x, weight, bias[:2], running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
 
 
+def test_cached_validation_still_refuses_a_non_tensor(backend, device):
+    """An object with a tensor's attributes is not a tensor, after a valid call as before it."""
+    x = make_input((4, 3, 2, 2), False, device)
+    weight, bias, running_mean, running_var = make_params(3, device)
+
+    class LooksLikeATensor:
+        shape, dtype, device = weight.shape, weight.dtype, weight.device
+
+        def stride(self):
+            return weight.stride()
+
+    batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2, backend=backend)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        batch_norm_leaky_relu(x, LooksLikeATensor(), bias, running_mean, running_var, True, 0.1, 1e-5, 0.2,
+                              backend=backend)
+    with pytest.raises(ValueError, match="momentum must be finite"):
+        batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, math.nan, 1e-5, 0.2, backend=backend)
+
+
+def _strided_input(layout: str, device) -> torch.Tensor:
+    """Inputs whose (N, C, S) view is not dense: the backward reuses the forward's plan for them."""
+    if layout == "batch-sliced":
+        return make_input((8, 3, 4, 5), False, device)[::2]
+    if layout == "batch-sliced channels_last":
+        return make_input((8, 3, 4, 5), True, device)[::2]
+    if layout == "expanded over N":
+        return make_input((1, 3, 4, 5), False, device).expand(4, 3, 4, 5)
+    if layout == "expanded over H, W":
+        return make_input((4, 3, 1, 1), False, device).expand(4, 3, 4, 5)
+    return make_input((6, 3, 1, 1), True, device)  # (N, C, 1, 1) channels_last
+
+
+def _upstream_in(layout: str, shape, device) -> torch.Tensor:
+    if layout == "expanded":  # over H (over N it would make dL/dweight exactly 0 in training: Σ_n x̂ = 0)
+        return torch.randn(tuple(shape[:2]) + (1,) + tuple(shape[3:]), dtype=torch.float64, device=device).expand(shape)
+    upstream = torch.randn(shape, dtype=torch.float64, device=device)
+    return upstream.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else upstream
+
+
+@pytest.mark.parametrize("layout", ["batch-sliced", "batch-sliced channels_last", "expanded over N",
+                                    "expanded over H, W", "(N, C, 1, 1) channels_last"])
+@pytest.mark.parametrize("upstream_layout", ["contiguous", "channels_last", "expanded"])
+@pytest.mark.parametrize("training", [True, False])
+def test_strided_inputs_and_upstream_gradients(kernel_backend, device, layout, upstream_layout, training):
+    x = _strided_input(layout, device).detach().requires_grad_()
+    weight, bias, running_mean, running_var = make_params(3, device)
+    rm64, rv64 = running_mean.double().clone(), running_var.double().clone()
+    y = batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, 0.1, 1e-5, 0.2,
+                              backend=kernel_backend)
+    upstream = _upstream_in(upstream_layout, y.shape, device)
+    grads = torch.autograd.grad(y, (x, weight, bias), upstream.to(y.dtype))
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    y64 = eager64(x64, w64, b64, rm64, rv64, training, 0.1, 1e-5, 0.2)
+    grads64 = torch.autograd.grad(y64, (x64, w64, b64), upstream)
+    assert_matches((y, grads, running_mean, running_var), (y64, grads64, rm64, rv64))
+
+
+def test_torch_compile_dynamic_batch_is_one_graph(kernel_backend, device):
+    """The validation cache stays out of traced code: no guard on it, so a dynamic batch size
+    compiles once, with eager calls of other sizes filling the cache in between."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    weight, bias, running_mean, running_var = make_params(3, device)
+
+    def block(x):
+        return batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2,
+                                     backend=kernel_backend)
+
+    counter = CompileCounter()
+    compiled = torch.compile(block, backend=counter, fullgraph=True, dynamic=True)
+    for batch in (4, 5, 7):
+        x = make_input((batch, 3, 5, 5), False, device)
+        block(x)
+        torch.testing.assert_close(compiled(x), block(x))
+    assert counter.frame_count == 1
+
+
+def test_eager_forward_with_compiled_autograd_backward(kernel_backend, device):
+    """The eager Function's backward traced by compiled autograd takes the registered backward op."""
+    compiled_autograd = pytest.importorskip("torch._dynamo.compiled_autograd")
+    if not hasattr(compiled_autograd, "_enable"):
+        pytest.skip("this torch has no compiled_autograd._enable")
+    torch._dynamo.reset()
+    weight, bias, _, _ = make_params(3, device)
+    x = make_input((4, 3, 5, 5), False, device).requires_grad_()
+    want = torch.autograd.grad(batch_norm_leaky_relu(x, weight, bias, None, None, True, backend=kernel_backend).sum(),
+                               (x, weight, bias))
+    y = batch_norm_leaky_relu(x, weight, bias, None, None, True, backend=kernel_backend)
+    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        y.sum().backward()
+    for got, expected in zip((x.grad, weight.grad, bias.grad), want):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_opcheck(kernel_backend, device):
     x3 = make_input((4, 3, 10), False, device).requires_grad_()
     weight, bias, running_mean, running_var = make_params(3, device)

@@ -586,6 +586,8 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
         raise ValueError("training=False normalises with running_mean/running_var, which are None")
     if momentum is not None and not _is_real(momentum):
         raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    if momentum is not None and not math.isfinite(momentum):
+        raise ValueError(f"momentum must be finite (or None for the cumulative average), got {momentum!r}")
     for value, name in ((eps, "eps"), (negative_slope, "negative_slope")):
         if not _is_real(value) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite real number, got {value!r}")
@@ -615,7 +617,7 @@ _MAX_CHECKED_ARGUMENTS = 1024
 
 
 def _tensor_key(t: Optional[Tensor]):
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+    return None if t is None else (t.__class__, t.shape, t.stride(), t.dtype, t.device)
 
 
 def _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
@@ -823,7 +825,7 @@ def _launch_backward(grad_out3, x3, weight, bias, mean, mean_residual, stat, gra
                      plan: BatchNormPlan, training: bool, stat_is_invstd: bool, eps: float, slope: float,
                      backend: str) -> None:
     """The backward's launches into whichever of grad_x, grad_weight, grad_bias is not None;
-    grad_out3, x3 and grad_x share one layout."""
+    grad_out3 is in x3's layout or grad_x's (``_in_layout_of``), and ``plan`` fits all three."""
     channels = x3.shape[1]
     partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
@@ -881,25 +883,19 @@ def _block_grads(grad_out3, x3, weight, bias, mean, stat, training: bool, eps: f
                  wanted) -> tuple:
     """(grad_x3, grad_weight, grad_bias), None where not ``wanted``, from what the forward saved
     (``mean``, ``stat``: the fp32 (mean, residual) pair and invstd in training, the running
-    statistics in eval): :class:`_BatchNormLeakyReLUFunction`'s backward."""
+    statistics in eval): the backward of both kernel-path Functions (the eager one's only when
+    traced or differentiated again)."""
     need_x, need_weight, need_bias = wanted
     if torch.is_grad_enabled():
-        return _second_order_grads(grad_out3, x3, weight, bias, mean, stat, training, eps, slope, wanted)
+        # Second order (e.g. an R1 penalty): recompute the forward differentiably from x.
+        running = (None, None) if training else (mean, stat)
+        return _differentiable_backward(grad_out3, x3, weight, bias, *running, eps, slope, wanted)
     # Traced (torch.compile): the registered backward op; eager: its implementation directly,
     # as the forward does (the custom-op dispatcher costs tens of µs per call).
     backward = _batch_norm_leaky_relu_backward_op if torch.compiler.is_compiling() else _backward_impl
     outputs = backward(grad_out3, x3, weight, bias, mean, stat, training, training, eps, slope,
                        need_x, need_weight and weight is not None, need_bias and bias is not None, backend)
     return tuple(g if w else None for g, w in zip(outputs, wanted))
-
-
-def _second_order_grads(grad_out3, x3, weight, bias, mean, stat, training: bool, eps: float, slope: float,
-                        wanted) -> tuple:
-    """The kernel path's gradients under ``create_graph`` (e.g. an R1 penalty): the forward
-    recomputed differentiably from x, with batch statistics in training and the saved running
-    ones (``mean``, ``stat``) in eval."""
-    running = (None, None) if training else (mean, stat)
-    return _differentiable_backward(grad_out3, x3, weight, bias, *running, eps, slope, wanted)
 
 
 def _backward(ctx, grad_out3, _grad_mean, _grad_invstd):
@@ -1159,9 +1155,12 @@ class _EagerBatchNormLeakyReLUFunction(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         # In x's layout first, so that (N, C, S) is a view of it as it is of x.
         grad_out3 = _in_layout_of(grad_out, x).view(shape3)
-        if torch.is_grad_enabled():
-            grad_x3, grad_weight, grad_bias = _second_order_grads(grad_out3, x.view(shape3), weight, bias, mean, stat,
-                                                                  training, eps, slope, (need_x, need_weight, need_bias))
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            # Second order, or traced (compiled autograd): _BatchNormLeakyReLUFunction's backward.
+            mean_pair = torch.stack((mean, mean_residual)) if training else mean
+            grad_x3, grad_weight, grad_bias = _block_grads(grad_out3, x.view(shape3), weight, bias, mean_pair, stat,
+                                                           training, eps, slope, backend,
+                                                           (need_x, need_weight, need_bias))
             return (grad_x3.view(x.shape) if grad_x3 is not None else None), grad_weight, grad_bias, None, None, None, None
         channels = shape3[1]
         grad_x = _launch.output_like(x) if need_x else None
@@ -1216,8 +1215,9 @@ def batch_norm_leaky_relu(
         y, shaped like ``x`` in its memory format and dtype.
     """
     group = _synchronising_group(process_group, training)
+    # Traced (torch.compile): validated in full, so no guard on the cache's contents joins the graph.
     key = _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
-                         negative_slope) if group is None else None
+                         negative_slope) if group is None and not torch.compiler.is_compiling() else None
     checked = _CHECKED_ARGUMENTS.get(key) if key is not None else None
     if checked is None:
         _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
