@@ -795,6 +795,28 @@ def test_torch_compile_fullgraph(kernel_backend, device):
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("target", ["labels", "float"])
+def test_torch_compile_dynamic_batch_is_one_graph(backend, device, target):
+    """Validation caches stay out of traced code: a dynamic batch size compiles once, with eager
+    calls of other sizes filling the caches in between."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+
+    def losses(x):
+        loss = bce_with_logits(x, torch.ones_like(x) if target == "labels" else 0.9, backend=backend)
+        d_loss, g_loss = gan_bce_losses(x, 2 * x, backend=backend)
+        return loss + d_loss + g_loss
+
+    counter = CompileCounter()
+    compiled = torch.compile(losses, backend=counter, fullgraph=True, dynamic=True)
+    for n in (40, 50, 70):
+        x = logits((n,), device).float()
+        losses(x)
+        torch.testing.assert_close(compiled(x), losses(x))
+    assert counter.frame_count == 1
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
 def test_cuda_graph_capture(kernel_backend, capture_cuda_graph):

@@ -364,6 +364,21 @@ def test_renyi_torch_compile_fullgraph(kernel_backend, device):
     torch.testing.assert_close(got_grad, want_grad)
 
 
+def test_renyi_torch_compile_dynamic_batch_is_one_graph(backend, device):
+    """No specialisation on the sample count (e.g. through a Python log N): a dynamic batch
+    size compiles once."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(lambda r: renyi_divergence(r, 0.5, backend=backend), backend=counter, fullgraph=True,
+                             dynamic=True)
+    for n in (40, 50, 70):
+        r = log_ratios((n,), device)
+        torch.testing.assert_close(compiled(r), renyi_divergence(r, 0.5, backend=backend))
+    assert counter.frame_count == 1
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
 def test_renyi_cuda_graph_capture(kernel_backend, capture_cuda_graph):

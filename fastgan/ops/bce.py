@@ -736,14 +736,17 @@ def bce_with_logits(
     if not isinstance(input, torch.Tensor) or target_value is None or code is None or not tensors_or_none:
         _check_bce_args(input, target, weight, pos_weight, reduction)  # raises
     # Validation and the kernel dtype depend only on shapes, strides, dtypes and devices.
-    key = _arguments_key(input, target_tensor, weight, pos_weight, code)
-    dtype = _CHECKED_ARGUMENTS.get(key)
+    # Traced (torch.compile): validated in full, so no guard on the cache's contents joins the
+    # graph (one would recompile it for every new batch size).
+    key = None if torch.compiler.is_compiling() else _arguments_key(input, target_tensor, weight, pos_weight, code)
+    dtype = _CHECKED_ARGUMENTS.get(key) if key is not None else None
     if dtype is None:
         _check_bce_args(input, target, weight, pos_weight, reduction)
         dtype = _kernel_dtype(input, target_tensor, weight, pos_weight)
-        if len(_CHECKED_ARGUMENTS) >= _MAX_CACHED_CALLS:
-            _CHECKED_ARGUMENTS.clear()
-        _CHECKED_ARGUMENTS[key] = dtype
+        if key is not None:
+            if len(_CHECKED_ARGUMENTS) >= _MAX_CACHED_CALLS:
+                _CHECKED_ARGUMENTS.clear()
+            _CHECKED_ARGUMENTS[key] = dtype
     if name is None:
         name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
     if name == "torch":
