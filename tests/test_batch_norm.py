@@ -486,25 +486,52 @@ def test_strided_inputs_and_upstream_gradients(kernel_backend, device, layout, u
     assert_matches((y, grads, running_mean, running_var), (y64, grads64, rm64, rv64))
 
 
-def test_torch_compile_dynamic_batch_is_one_graph(kernel_backend, device):
-    """The validation cache stays out of traced code: no guard on it, so a dynamic batch size
-    compiles once, with eager calls of other sizes filling the cache in between."""
+@pytest.mark.parametrize("form", ["functional", "module"])
+def test_torch_compile_dynamic_batch_is_one_graph(backend, device, form):
+    """Traceable with fullgraph on every backend, and the validation cache stays out of traced
+    code (no guard on it): a dynamic batch size compiles once, with eager calls of other sizes
+    filling the cache in between. The module's float attributes are symbolic there."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
     weight, bias, running_mean, running_var = make_params(3, device)
+    module = BatchNormLeakyReLU2d(3, negative_slope=0.2, backend=backend).to(device)
 
     def block(x):
+        if form == "module":
+            return module(x)
         return batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, 0.2,
-                                     backend=kernel_backend)
+                                     backend=backend)
 
     counter = CompileCounter()
     compiled = torch.compile(block, backend=counter, fullgraph=True, dynamic=True)
     for batch in (4, 5, 7):
         x = make_input((batch, 3, 5, 5), False, device)
         block(x)
-        torch.testing.assert_close(compiled(x), block(x))
-    assert counter.frame_count == 1
+        module.eval()
+        want = block(x)
+        torch.testing.assert_close(compiled(x), want)
+        module.train()
+        compiled(x)
+    assert counter.frame_count == (2 if form == "module" else 1)  # the module: its train and eval forwards
+
+
+def test_torch_backend_compiles_fullgraph_with_inductor(device):
+    """The torch backend (the CPU default) under torch.compile(fullgraph=True): the reference's
+    ops, compiled; values, gradients and running statistics as in eager."""
+    torch._dynamo.reset()
+    module = BatchNormLeakyReLU2d(3, momentum=None, negative_slope=0.2, backend="torch").to(device)
+    twin = copy.deepcopy(module)
+    compiled = torch.compile(module, fullgraph=True)
+    for step in range(2):
+        x = make_input((4, 3, 5, 5), step == 1, device).requires_grad_()
+        got, want = compiled(x), twin(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0],
+                                   rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(module.running_mean, twin.running_mean)
+    torch.testing.assert_close(module.running_var, twin.running_var)
+    assert module.num_batches_tracked.item() == twin.num_batches_tracked.item() == 2
 
 
 def test_eager_forward_with_compiled_autograd_backward(kernel_backend, device):

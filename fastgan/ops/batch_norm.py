@@ -562,6 +562,12 @@ def _is_real(value) -> bool:
     return type(value) is float or (not isinstance(value, bool) and isinstance(value, numbers.Real))
 
 
+def _is_finite(value) -> bool:
+    """math.isfinite spelled in comparisons, which torch.compile can trace for the symbolic floats
+    a module's float attributes become under ``dynamic=True``."""
+    return value == value and -math.inf < value < math.inf
+
+
 def _check_args(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
                 num_batches_tracked, synchronised: bool = False) -> int:
     """Validates the arguments; returns P, the number of values per channel (of this process).
@@ -586,10 +592,10 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
         raise ValueError("training=False normalises with running_mean/running_var, which are None")
     if momentum is not None and not _is_real(momentum):
         raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
-    if momentum is not None and not math.isfinite(momentum):
+    if momentum is not None and not _is_finite(momentum):
         raise ValueError(f"momentum must be finite (or None for the cumulative average), got {momentum!r}")
     for value, name in ((eps, "eps"), (negative_slope, "negative_slope")):
-        if not _is_real(value) or not math.isfinite(value):
+        if not _is_real(value) or not _is_finite(value):
             raise ValueError(f"{name} must be a finite real number, got {value!r}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
@@ -1241,6 +1247,11 @@ def batch_norm_leaky_relu(
             x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope,
             num_batches_tracked=num_batches_tracked, process_group=process_group,
         )
+    if name == "torch" and torch.compiler.is_compiling():
+        # Traced: the reference's PyTorch ops, which the compiler fuses (the eager forms below ask
+        # the host for thread counts and call the native kernels by address).
+        return batch_norm_leaky_relu_reference(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                                               negative_slope, num_batches_tracked=num_batches_tracked)
     if name == "torch":
         if training:
             _advance(num_batches_tracked, running_mean)
