@@ -475,11 +475,12 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
     PyTorch's leaky_relu and BatchNorm backward with no pass to rebuild the BatchNorm output;
     y is the next layer's input, which that layer keeps anyway. A negative slope flips the
     sign, so there the mask is recomputed from x. Under ``create_graph`` the backward is the
-    differentiable reference's, so second-order gradients stay exact."""
+    differentiable reference's, so second-order gradients stay exact. The constants come as one
+    tuple (``apply`` pays per argument: host time decides a small block's speed)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, slope,
-                cpu_kernel):
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, constants):
+        training, momentum, eps, slope, cpu_kernel = constants
         if cpu_kernel:  # x's layout code (_native_layout)
             y, saved = _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
                                            slope, cpu_kernel)
@@ -498,15 +499,15 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
         x, weight, bias, mean, stat, y = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         if grad_out is None:
-            return (None,) * 11
+            return (None,) * 7
         if torch.is_grad_enabled():
             running = (None, None) if ctx.training else (mean, stat)
             grads = _differentiable_backward(grad_out, x, weight, bias, *running, ctx.eps, ctx.slope,
                                              (need_x, need_weight, need_bias))
-            return grads + (None,) * 8
+            return grads + (None,) * 4
         if ctx.cpu_kernel:
             return _cpu_kernel_backward(grad_out, x, weight, bias, mean, stat, y, ctx.training, ctx.eps, ctx.slope,
-                                        (need_x, need_weight, need_bias), ctx.cpu_kernel) + (None,) * 8
+                                        (need_x, need_weight, need_bias), ctx.cpu_kernel) + (None,) * 4
         dtype = _parameter_dtype(x, weight, bias, *((None, None) if ctx.training else (mean, stat)))
         weight_c = _as_compute(weight, dtype)
         if x.dtype in (torch.float16, torch.bfloat16):  # PyTorch's BatchNorm backward takes them as they are
@@ -526,7 +527,7 @@ class _NativeBatchNormLeakyReLUFunction(torch.autograd.Function):
         grads = tuple(g.to(t.dtype) if wanted and t is not None else None
                       for g, t, wanted in zip((grad_x, grad_weight, grad_bias), (x, weight, bias),
                                               (need_x, need_weight, need_bias)))
-        return grads + (None,) * 8
+        return grads + (None,) * 4
 
 
 def _leaky_relu_grad_from_x(grad_out, x, weight, bias, mean, stat, training: bool, eps: float, slope: float) -> Tensor:
@@ -1265,8 +1266,8 @@ def batch_norm_leaky_relu(
             return _eager_batch_norm_leaky_relu(x, weight, bias, running_mean, running_var, training, momentum,
                                                 float(eps), float(negative_slope))
         return _NativeBatchNormLeakyReLUFunction.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
-                                                       training, momentum, float(eps), float(negative_slope),
-                                                       cpu_kernel)
+                                                       (training, momentum, float(eps), float(negative_slope),
+                                                        cpu_kernel))
     # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
     # copy stays in the autograd graph); running statistics are updated in place, so refuse.
     weight = weight.contiguous() if weight is not None else None
