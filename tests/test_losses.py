@@ -614,3 +614,25 @@ def test_losses_compile_fullgraph(device):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(torch.autograd.grad(got[0], fake)[0], torch.autograd.grad(want[0], fake)[0])
+
+
+@pytest.mark.parametrize("role", ["discriminator", "generator"])
+def test_every_loss_compiles_once_for_a_dynamic_batch(backend, device, role):
+    """Every registered loss traces with fullgraph on every backend, values as in eager, and a
+    new batch size does not recompile (a loss object's float attributes, such as Rényi's α, are
+    symbolic floats there)."""
+    from torch._dynamo.testing import CompileCounter
+
+    for name in losses.available(role):
+        loss = losses.get(name, role, backend=backend, **({"alpha": 0.5} if name == "renyi" else {}))
+
+        def value(real, fake):
+            return (loss(real, fake) if role == "discriminator" else loss(fake, real)).loss
+
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        compiled = torch.compile(value, backend=counter, fullgraph=True, dynamic=True)
+        for n in (40, 50, 70):
+            real, fake = logits((n,), device), logits((n,), device)
+            torch.testing.assert_close(compiled(real, fake), value(real, fake), msg=lambda m: f"{name}: {m}")
+        assert counter.frame_count == 1, name

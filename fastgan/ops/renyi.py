@@ -58,7 +58,9 @@ def check_alpha(alpha) -> float:
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise ValueError(f"alpha must be a real number >= 0, got {type(alpha).__name__}")
         alpha = float(alpha)
-    if not math.isfinite(alpha) or alpha < 0:
+    # One comparison chain (NaN and ±inf fail it): it traces under torch.compile, where a loss
+    # object's float attribute is a symbolic float with dynamic=True (math.isfinite is not).
+    if not 0 <= alpha < math.inf:
         raise ValueError(f"alpha must be a finite real number >= 0, got {alpha}")
     return alpha
 
