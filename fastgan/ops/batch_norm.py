@@ -80,7 +80,7 @@ from torch import Tensor
 from fastgan import _backend, _indexing, _native
 from fastgan.ops import _launch
 from fastgan.ops.collectives import all_gather_into, all_reduce_sum, gather_batch
-from fastgan.ops.bce import _compute_dtype
+from fastgan.ops.bce import _NATIVE_DTYPE_CODES, _compute_dtype, _tensor_key
 
 # Tile shapes: the unit-stride dimension is the long one.
 _CHANNELS_LAST_TILE = (32, 64)  # (channels, positions) when channels are contiguous
@@ -240,7 +240,6 @@ _MIN_PLANAR_ROW = 64
 # measured fwd+bwd on 2 threads, 1.02-1.51x eager from 2^18 (4096x64, 65536x32), 0.93-1.54x at
 # 2^17, 0.78-0.86x at 2^14-2^15, where eager's ops measured 0.89-0.93x.
 _MIN_NATIVE_FEATURES = 1 << 18
-_NATIVE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # csrc/cpu/dtype.h
 
 
 # The native kernels' layouts of x (0: neither, the kernels do not apply).
@@ -280,17 +279,15 @@ def _native_layout_of_call(x: Tensor, weight, bias, running_mean, running_var, t
     return _native_layout(x)
 
 
-def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum,
-                        layout: Optional[int] = None) -> int:
+def _cpu_kernel_applies(x: Tensor, weight, bias, running_mean, running_var, layout: int) -> int:
     """x's layout code (:func:`_native_layout`) where the torch backend's block runs fastgan's
     native CPU kernels (csrc/cpu/batch_norm.cpp), else 0: threads from PyTorch's OpenMP pool or
     one intra-op thread (see above), a float32 or bfloat16 CPU x in a layout the kernels take,
     contiguous parameters and statistics in float32 (or all in x's bfloat16), not the
     cumulative average, nothing that needs PyTorch's dispatch (torch.compile tracing,
     torch.func transforms, tensor subclasses), and the kernels built. ``layout``: what
-    :func:`_native_layout_of_call` returned for these arguments, when known."""
-    if layout is None:
-        layout = _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum)
+    :func:`_native_layout_of_call` returned for these arguments (cached with their validation);
+    the rest, checked here, can change between calls with the same arguments."""
     if not layout or not (torch.get_num_threads() == 1 or _native.shares_openmp_pool()):
         return 0
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
@@ -621,10 +618,6 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
 # of a small block).
 _CHECKED_ARGUMENTS: dict = {}
 _MAX_CHECKED_ARGUMENTS = 1024
-
-
-def _tensor_key(t: Optional[Tensor]):
-    return None if t is None else (t.__class__, t.shape, t.stride(), t.dtype, t.device)
 
 
 def _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
@@ -1120,9 +1113,9 @@ def _eager_layout(shape, stride, device) -> tuple[tuple[int, int, int], BatchNor
     in its layout or theirs: the one plan that fits the forward's and the backward's launches,
     looked up once per layout (host time is the cost of a small block)."""
     shape3 = (shape[0], shape[1], math.prod(shape[2:]))
-    x3 = torch.empty_strided(shape, stride, device="meta").view(shape3)
-    like = torch.empty_like(torch.empty_strided(shape, stride, device="meta")).view(shape3)
-    return shape3, _planned(shape3, x3.stride(), ((shape3, like.stride()),), device)
+    x = torch.empty_strided(shape, stride, device="meta")
+    like = torch.empty_like(x).view(shape3)
+    return shape3, _planned(shape3, x.view(shape3).stride(), ((shape3, like.stride()),), device)
 
 
 class _EagerBatchNormLeakyReLUFunction(torch.autograd.Function):
@@ -1256,7 +1249,7 @@ def batch_norm_leaky_relu(
     if name == "torch":
         if training:
             _advance(num_batches_tracked, running_mean)
-        cpu_kernel = _cpu_kernel_applies(x, weight, bias, running_mean, running_var, training, momentum, native_layout)
+        cpu_kernel = _cpu_kernel_applies(x, weight, bias, running_mean, running_var, native_layout)
         if cpu_kernel and not (torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, weight, bias))):
             return _cpu_kernel_forward(x, weight, bias, running_mean, running_var, training, momentum, float(eps),

@@ -387,7 +387,9 @@ _MAX_CACHED_CALLS = 4096
 
 
 def _tensor_key(t: Optional[Tensor]):
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+    """What a cached validation of ``t`` depends on (its class too: a look-alike object with a
+    tensor's attributes must not pass as one); None for None."""
+    return None if t is None else (t.__class__, t.shape, t.stride(), t.dtype, t.device)
 
 
 def _arguments_key(input, target, weight, pos_weight, reduction: int) -> tuple:
@@ -602,7 +604,7 @@ class _BCELabelsFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------
 
 _NATIVE_BCE_DTYPES = (torch.float32, torch.bfloat16)
-_NATIVE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # csrc/cpu/bce.h
+_NATIVE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2}  # csrc/cpu/dtype.h
 
 
 def _native_bce_applies(input: Tensor, target: Tensor) -> bool:
