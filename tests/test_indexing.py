@@ -5,6 +5,7 @@ import torch
 
 from fastgan import _indexing
 from fastgan.ops import bce as bce_module
+from fastgan.ops._cache import BoundedCache
 from fastgan.ops.bce import bce_with_logits
 
 
@@ -82,7 +83,7 @@ def test_int64_kernel_path_matches(kernel_backend, device, monkeypatch, request)
     monkeypatch.setattr(_indexing, "plan", lambda shape, ops: real_plan(shape, ops)._replace(needs_int64=True))
     monkeypatch.setattr(bce_module._indexing, "INDEX_HEADROOM", 2**31 - 10)  # gan path: 64-bit too
     # Launch plans are cached per shape: plan these calls afresh under the patches.
-    monkeypatch.setattr(bce_module, "_BCE_CALLS", {})
+    monkeypatch.setattr(bce_module, "_BCE_CALLS", BoundedCache(16))
     bce_module._gan_launch_plan.cache_clear()
     got = bce_with_logits(x, y, backend=kernel_backend)
     (got_grad,) = torch.autograd.grad(got, x)

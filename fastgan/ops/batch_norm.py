@@ -79,6 +79,7 @@ from torch import Tensor
 
 from fastgan import _backend, _indexing, _native
 from fastgan.ops import _launch
+from fastgan.ops._cache import BoundedCache
 from fastgan.ops.collectives import all_gather_into, all_reduce_sum, gather_batch
 from fastgan.ops.bce import _NATIVE_DTYPE_CODES, _compute_dtype, _tensor_key
 
@@ -616,8 +617,7 @@ def _check_args(x, weight, bias, running_mean, running_var, training, momentum, 
 # Calls validated before, by _arguments_key: validation and the kernel-path choices depend only
 # on the arguments' shapes, strides, dtypes, devices and scalar values (host time is the cost
 # of a small block).
-_CHECKED_ARGUMENTS: dict = {}
-_MAX_CHECKED_ARGUMENTS = 1024
+_CHECKED_ARGUMENTS = BoundedCache(1024)
 
 
 def _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
@@ -1229,9 +1229,7 @@ def batch_norm_leaky_relu(
         checked = (unsupported if unsupported is not None else x.dtype, _spatial_dims_merge(x),
                    _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum))
         if key is not None:
-            if len(_CHECKED_ARGUMENTS) >= _MAX_CHECKED_ARGUMENTS:
-                _CHECKED_ARGUMENTS.clear()
-            _CHECKED_ARGUMENTS[key] = checked
+            _CHECKED_ARGUMENTS.store(key, checked)
     selecting_dtype, spatial_dims_merge, native_layout = checked
     name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, selecting_dtype)
     # An empty synchronised batch still runs the kernel path: its collectives must match the

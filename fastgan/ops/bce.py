@@ -42,6 +42,7 @@ from torch import Tensor
 
 from fastgan import _backend, _indexing, _native
 from fastgan.ops import _launch
+from fastgan.ops._cache import BoundedCache
 
 REDUCTIONS = ("none", "mean", "sum")
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
@@ -382,8 +383,8 @@ class _BceCall(NamedTuple):
     launch_options: dict  # the launcher's keyword arguments
 
 
-_BCE_CALLS: dict = {}
 _MAX_CACHED_CALLS = 4096
+_BCE_CALLS = BoundedCache(_MAX_CACHED_CALLS)
 
 
 def _tensor_key(t: Optional[Tensor]):
@@ -405,10 +406,8 @@ def _bce_call(input, target, target_value, weight, pos_weight, reduction, write_
     key = (arguments_key, target_value, write_grad, backend)
     call = _BCE_CALLS.get(key)
     if call is None:
-        call = _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend)
-        if len(_BCE_CALLS) >= _MAX_CACHED_CALLS:
-            _BCE_CALLS.clear()
-        _BCE_CALLS[key] = call
+        call = _BCE_CALLS.store(key, _plan_bce_call(input, target, target_value, weight, pos_weight, reduction,
+                                                    write_grad, backend))
     return call
 
 
@@ -665,9 +664,9 @@ class _NativeBCEFunction(torch.autograd.Function):
 
 
 # Argument keys already validated, with the dtype the backend must handle.
-_CHECKED_ARGUMENTS: dict = {}
+_CHECKED_ARGUMENTS = BoundedCache(_MAX_CACHED_CALLS)
 # (logits, labels) calls of one dtype already validated, with their plans (_BceCall).
-_LABELS_CALLS: dict = {}
+_LABELS_CALLS = BoundedCache(_MAX_CACHED_CALLS)
 # The torch backend runs PyTorch's binary_cross_entropy_with_logits itself for operands of one
 # dtype: it is the op a drop-in replaces, so it is exactly as fast and as accurate.
 _EAGER_BCE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -746,9 +745,7 @@ def bce_with_logits(
         _check_bce_args(input, target, weight, pos_weight, reduction)
         dtype = _kernel_dtype(input, target_tensor, weight, pos_weight)
         if key is not None:
-            if len(_CHECKED_ARGUMENTS) >= _MAX_CACHED_CALLS:
-                _CHECKED_ARGUMENTS.clear()
-            _CHECKED_ARGUMENTS[key] = dtype
+            _CHECKED_ARGUMENTS.store(key, dtype)
     if name is None:
         name = _backend.select_backend("bce_with_logits", backend, input.device, dtype)
     if name == "torch":
@@ -773,9 +770,7 @@ def bce_with_logits(
         return loss
     call = _bce_call(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name, key)
     if labels_key is not None:
-        if len(_LABELS_CALLS) >= _MAX_CACHED_CALLS:
-            _LABELS_CALLS.clear()
-        _LABELS_CALLS[labels_key] = call
+        _LABELS_CALLS.store(labels_key, call)
         return _BCELabelsFunction.apply(input, target_tensor, call)
     return _BCEWithLogitsFunction.apply(input, target_tensor, weight, pos_weight, call)
 
