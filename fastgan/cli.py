@@ -137,10 +137,15 @@ TOY_DEFAULTS = dict(
     model="mlp", latent_dim=8, components=None, hidden=128, layers=3, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=11000, batch_size=256, lr_g=3e-3, lr_d=9e-3, beta1=0.5, beta2=0.999, lr_decay=0.02, d_steps=1,
     r1_gamma=0.86, r1_every=1, ema_decay=0.999, log_every=500, sample_keep=0.85, mh_steps=20, sir_pool=20,
+    d_fourier=0, d_coarse_to_fine=0.0, relocate_every=0,
 )
-# grid100's own preset: the toy preset with these changes (100 modes: a batch of 512, about five
-# samples of each mode per D step, and more steps; see README).
-GRID100_OVERRIDES = dict(steps=20000, batch_size=512)
+# grid100's own preset: the toy preset with these changes (see README). 100 modes: a batch of 512
+# (about five samples of each mode per D step) and more steps. Modes 1/180 of the extent wide:
+# a discriminator with Fourier input features of 7 octaves, brought in coarse to fine over the
+# first half (a plain MLP D left samples smeared between modes: 38-50 % high-quality), and
+# relocation of the components D rates over-covered to the modes it says are empty (models.py,
+# relocation.py: without it 15-23 modes stayed empty, duplicates trapped on their neighbours).
+GRID100_OVERRIDES = dict(steps=20000, batch_size=512, d_fourier=7, d_coarse_to_fine=0.5, relocate_every=60)
 # ring8's own preset: a weaker R1 penalty. Its modes are 5x narrower (σ 0.01) on a 4x smaller
 # extent than grid25's, so the same γ smooths the discriminator over the modes' own width and it
 # cannot pull in their tails (γ 0.86: 84-99 % high-quality over 5 seeds; 0.2: 98.4-99.8 %).
@@ -150,6 +155,7 @@ IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,
     steps=5000, batch_size=128, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, lr_decay=1.0, d_steps=1, r1_gamma=0.0,
     r1_every=4, ema_decay=0.999, log_every=100, sample_keep=0.85, mh_steps=5, sir_pool=5,
+    d_fourier=0, d_coarse_to_fine=0.0, relocate_every=0,
 )
 # The embedded shapes set's own preset: the layered generator with a mixture latent of two
 # components per mode (24 modes; with one per mode, components that land on the same mode
@@ -214,6 +220,8 @@ def _resolve_config(args: argparse.Namespace) -> dict:
             config["model"] = "dcgan"
         if config["model"] == "dcgan" and args.components is None:
             config["components"] = 0  # the preset's mixture latent belongs to the layered generator
+    if not config.get("components") and getattr(args, "relocate_every", None) is None:
+        config["relocate_every"] = 0  # the preset's relocation moves mixture components: none to move
     _validate(config)
     return config
 
@@ -244,6 +252,20 @@ def _validate(config: dict) -> None:
         raise UsageError(f"--components must be a non-negative integer, got {components}")
     if components and config["data_kind"] != "toy" and config.get("model") != "layered":
         raise UsageError("--components (a mixture latent prior) applies to the MLP toy models and --model layered only")
+    fourier = config.get("d_fourier", 0)
+    if not isinstance(fourier, int) or not 0 <= fourier <= 16:
+        raise UsageError(f"--d-fourier must be an integer from 0 to 16, got {fourier}")
+    if fourier and config["data_kind"] != "toy":
+        raise UsageError("--d-fourier (Fourier input features) applies to the toy MLP discriminator only")
+    coarse_to_fine = config.get("d_coarse_to_fine", 0.0)
+    if not 0 <= coarse_to_fine <= 1:
+        raise UsageError(f"--d-coarse-to-fine must be a fraction of the run in [0, 1], got {coarse_to_fine}")
+    relocate_every = config.get("relocate_every", 0)
+    if not isinstance(relocate_every, int) or relocate_every < 0:
+        raise UsageError(f"--relocate-every must be a non-negative integer, got {relocate_every}")
+    if relocate_every and not (config["data_kind"] == "toy" and components):
+        raise UsageError("--relocate-every moves mixture-latent components: it needs the toy MLP generator with "
+                         "--components > 0")
     if config.get("model") == "layered" and config["data_kind"] == "toy":
         raise UsageError("--model layered makes images; the toy mixtures take --model mlp")
     for key in ("beta1", "beta2"):
@@ -283,6 +305,8 @@ def _validate(config: dict) -> None:
 _CONFIG_KEYS = ("data", "data_kind", "model", "latent_dim", "hidden", "layers", "d_loss", "g_loss", "steps",
                 "batch_size", "lr_g", "lr_d", "lr_decay", "d_steps", "r1_gamma", "r1_every", "ema_decay", "log_every",
                 "precision", "cuda_graphs", "backend", "device", "seed", "fuse")
+# Settings added after runs were first saved, with the value such runs trained with.
+_ADDED_SETTINGS = {"d_fourier": 0, "d_coarse_to_fine": 0.0, "relocate_every": 0}
 # Flags a resumed run may change: how far and how it runs, not what it trains.
 _RESUME_MAY_CHANGE = ("steps", "log_every", "sample_keep", "mh_steps", "sir_pool", "device", "precision",
                       "cuda_graphs", "backend")
@@ -354,6 +378,8 @@ def _apply_resume_flags(config: dict, args: argparse.Namespace, config_path: str
     """The saved ``config`` with the flags a resumed run may change applied; a flag that would
     change what the run trains (model, data, losses, optimiser, seed) is refused in one line."""
     given = _flags_given(args)
+    for key, default in _ADDED_SETTINGS.items():  # runs saved before these settings existed trained without them
+        config.setdefault(key, default)
     conflicts = [(key, value) for key, value in given.items()
                  if key not in _RESUME_MAY_CHANGE and not _same_setting(key, value, config.get(key))]
     if conflicts:
@@ -384,7 +410,9 @@ def _build(config: dict):
         generator = models.MLPGenerator(config["latent_dim"], 2, config["hidden"], config["layers"], scale=extent,
                                         components=config.get("components") or 0)
         discriminator = models.MLPDiscriminator(2, config.get("d_hidden") or config["hidden"],
-                                                config.get("d_layers") or config["layers"], scale=extent)
+                                                config.get("d_layers") or config["layers"], scale=extent,
+                                                fourier_octaves=config.get("d_fourier", 0),
+                                                coarse_to_fine=config.get("d_coarse_to_fine", 0.0))
         return data, generator, discriminator
     if kind == "shapes":
         data = data_module.ShapesDataset(size=config["image_size"])
@@ -414,7 +442,8 @@ def _make_trainer(config: dict, generator, discriminator, device=None):
         g_loss_params={"alpha": config["alpha"]} if config["g_loss"] == "renyi" else None,
         lr_g=config["lr_g"], lr_d=config["lr_d"], betas=(config.get("beta1", 0.5), config.get("beta2", 0.999)),
         lr_decay=config["lr_decay"], total_steps=max(config["steps"], 1),
-        d_steps=config["d_steps"], r1_gamma=config["r1_gamma"], r1_every=config["r1_every"], ema_decay=config["ema_decay"], precision=config["precision"],
+        d_steps=config["d_steps"], r1_gamma=config["r1_gamma"], r1_every=config["r1_every"], ema_decay=config["ema_decay"],
+        relocate_every=config.get("relocate_every", 0), precision=config["precision"],
         device=device or config["device"], seed=config["seed"], fuse=config["fuse"], cuda_graphs=graphs,
         backend=config["backend"],
     )
@@ -735,8 +764,11 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     _save_samples(out, config, samples, _figure_title(config, result, trainer.step))
     _save_training_curves(out, config, log_path)
     seconds = time.perf_counter() - started
-    _write_json(os.path.join(out, "metrics.json"), {**result, "steps": trainer.step, "wall_seconds": round(seconds, 2)})
-    summary = f"fastgan train: done, {trainer.step} steps in {seconds:.1f} s"
+    moved = {"relocations": len(trainer.relocations)} if config.get("relocate_every") else {}
+    _write_json(os.path.join(out, "metrics.json"),
+                {**result, "steps": trainer.step, "wall_seconds": round(seconds, 2), **moved})
+    summary = (f"fastgan train: done, {trainer.step} steps in {seconds:.1f} s"
+               + (f" ({moved['relocations']} components relocated)" if moved else ""))
     formatted = _format_metrics(config, result)
     print(summary + (f"; {formatted}" if formatted else "") + f"\n  run directory: {out}")
     return 0
@@ -882,6 +914,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ema-decay", type=float, help="EMA decay of the generator's weights")
     train.add_argument("--r1-gamma", type=float, help="R1 gradient penalty weight γ (0: off)")
     train.add_argument("--r1-every", type=int, help="apply R1 lazily every this many D steps")
+    train.add_argument("--d-fourier", type=int,
+                       help="toy D: feed it sin/cos of its input at this many octaves of frequency (0: off; "
+                            "grid100: 7), so it can resolve narrow modes")
+    train.add_argument("--d-coarse-to-fine", type=float,
+                       help="toy D with --d-fourier: bring the octaves in one by one over this fraction of the run "
+                            "(0: all from the start; grid100: 0.5)")
+    train.add_argument("--relocate-every", type=int,
+                       help="every this many steps (between 40 and 85 %% of the run) move the mixture component D "
+                            "rates lowest to where D says data is missing (0: never; grid100: 60; see "
+                            "fastgan.relocation)")
     train.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision (default fp32)")
     train.add_argument("--cuda-graphs", choices=("auto", "on", "off"), help="capture the steps in CUDA graphs (default auto: on CUDA)")
     train.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), help="fastgan op backend (default auto)")

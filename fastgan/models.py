@@ -2,7 +2,8 @@
 
 * :class:`MLPGenerator` / :class:`MLPDiscriminator`: small multilayer perceptrons for the
   2-D toy mixtures (``fastgan.data``); the generator optionally draws its latent from a
-  learnable Gaussian mixture (:class:`MixtureLatent`).
+  learnable Gaussian mixture (:class:`MixtureLatent`), the discriminator optionally reads
+  Fourier features of its input, brought in coarse to fine (grid100's narrow modes).
 * :class:`DCGANGenerator` / :class:`DCGANDiscriminator`: the DCGAN architecture (Radford et
   al., 2016) for 32×32 and 64×64 images, built on the fused BatchNorm → ReLU (generator) and
   BatchNorm → LeakyReLU(0.2) (discriminator) blocks of :mod:`fastgan.nn`.
@@ -72,6 +73,13 @@ class MixtureLatent(nn.Module):
         uniform = torch.special.ndtr(z[:, 0].float())
         return torch.clamp((uniform * self.components).long(), 0, self.components - 1)
 
+    def noise_for(self, components: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Noise z (N, 1 + latent_dim) that selects ``components`` (N,) int64: standard normal
+        but for z₀, set to the middle of each component's slice of the normal CDF."""
+        z = torch.randn(components.shape[0], 1 + self.output_dim, generator=generator, device=self.means.device)
+        z[:, 0] = torch.special.ndtri((components.to(z.device, torch.float64) + 0.5) / self.components).float()
+        return z
+
     def forward(self, z: Tensor) -> Tensor:
         one_hot = nn.functional.one_hot(self.component(z), self.components).to(self.means.dtype)
         return one_hot @ self.means + (one_hot @ self.log_scales).exp() * z[:, 1:]
@@ -98,26 +106,80 @@ class MLPGenerator(nn.Module):
                         _check_positive(data_dim, "data_dim"), nn.ReLU)
         self.register_buffer("scale", torch.tensor(float(scale)))
 
+    def decode(self, latent: Tensor) -> Tensor:
+        """The map after the mixture latent: latent (N, latent_dim without the component
+        coordinate) → x (N, data_dim)."""
+        return self.net(latent) * self.scale
+
     def forward(self, z: Tensor) -> Tensor:
         if self.prior is not None:
             z = self.prior(z)
-        return self.net(z) * self.scale
+        return self.decode(z)
 
 
 class MLPDiscriminator(nn.Module):
     """x (N, data_dim) → logits (N,): ``layers`` hidden LeakyReLU(0.2) layers of ``hidden`` units.
 
     ``scale`` divides the input (the generator's ``scale``), so both networks see unit-scale data.
+
+    ``fourier_octaves`` L > 0 feeds the network the positional encoding of the unit-scale input
+    u beside u itself: sin(π·2^i·u) and cos(π·2^i·u) for i < L, per coordinate (NeRF's
+    encoding; Tancik et al., NeurIPS 2020, "Fourier features let networks learn high frequency
+    functions"). Why: an MLP learns low frequencies first, so a plain D cannot resolve modes
+    much narrower than their spacing (grid100's σ is 1/180 of its extent) and the generator's
+    samples stay smeared between them. Periods run from 2 (the whole unit box) down to 2^(1−L).
+
+    ``coarse_to_fine`` f > 0 brings the octaves in one after another over the first fraction f
+    of training (BARF's schedule, Lin et al., ICCV 2021): octave i has weight
+    (1 − cos(π·clamp(L·t/f − i, 0, 1)))/2 at training progress t. A sharp D from the first step
+    traps each generator component at the mode nearest its start, duplicates and all; a D that
+    sharpens gradually lets the components spread over the data first. The trainer calls
+    :meth:`set_training_progress`; the weights are a buffer (in the state_dict, so a
+    checkpoint's D is the D that was trained), all 1 at construction and once t ≥ f.
     """
 
-    def __init__(self, data_dim: int = 2, hidden: int = 128, layers: int = 3, scale: float = 1.0):
+    def __init__(self, data_dim: int = 2, hidden: int = 128, layers: int = 3, scale: float = 1.0,
+                 fourier_octaves: int = 0, coarse_to_fine: float = 0.0):
         super().__init__()
-        self.net = _mlp(_check_positive(data_dim, "data_dim"), _check_positive(hidden, "hidden"),
+        data_dim = _check_positive(data_dim, "data_dim")
+        if isinstance(fourier_octaves, bool) or not isinstance(fourier_octaves, int) or not 0 <= fourier_octaves <= 16:
+            raise ValueError(f"fourier_octaves must be an integer from 0 to 16, got {fourier_octaves!r}")
+        if isinstance(coarse_to_fine, bool) or not isinstance(coarse_to_fine, (int, float)) or not 0.0 <= coarse_to_fine <= 1.0:
+            raise ValueError(f"coarse_to_fine must be a fraction of training in [0, 1], got {coarse_to_fine!r}")
+        self.fourier_octaves, self.coarse_to_fine = fourier_octaves, float(coarse_to_fine)
+        self.net = _mlp(data_dim * (1 + 2 * fourier_octaves), _check_positive(hidden, "hidden"),
                         _check_positive(layers, "layers"), 1, lambda: nn.LeakyReLU(0.2))
         self.register_buffer("inv_scale", torch.tensor(1.0 / float(scale)))
+        if fourier_octaves:
+            self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(fourier_octaves, dtype=torch.float32),
+                                 persistent=False)
+            self.register_buffer("octave_weights", torch.ones(fourier_octaves))
+            self._progress_weights: Optional[tuple] = None  # the weights last written, to skip rewrites
+
+    def octave_weights_at(self, progress: float) -> list[float]:
+        """The coarse-to-fine weights of the ``fourier_octaves`` octaves at training progress
+        ``progress`` in [0, 1]."""
+        if self.coarse_to_fine == 0.0:
+            return [1.0] * self.fourier_octaves
+        reached = self.fourier_octaves * min(1.0, progress / self.coarse_to_fine)
+        return [(1.0 - math.cos(math.pi * min(1.0, max(0.0, reached - i)))) / 2.0 for i in range(self.fourier_octaves)]
+
+    def set_training_progress(self, progress: float) -> None:
+        """Set the octave weights for training progress ``progress`` (step / total steps)."""
+        if not self.fourier_octaves:
+            return
+        weights = tuple(self.octave_weights_at(progress))
+        if weights != self._progress_weights:  # in place: CUDA graphs replay with the new values
+            self.octave_weights.copy_(torch.tensor(weights))
+            self._progress_weights = weights
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x * self.inv_scale).squeeze(-1)
+        u = x * self.inv_scale
+        if self.fourier_octaves:
+            phases = u.unsqueeze(-1) * self.frequencies  # (N, data_dim, L)
+            u = torch.cat([u, (phases.sin() * self.octave_weights).flatten(1),
+                           (phases.cos() * self.octave_weights).flatten(1)], dim=1)
+        return self.net(u).squeeze(-1)
 
 
 def _check_image_size(image_size: int) -> int:

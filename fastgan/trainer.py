@@ -47,6 +47,7 @@ from fastgan.distributed import process_info, stream_seed
 from fastgan.fusion import fuse as fuse_models
 from fastgan.nn import SyncBatchNormLeakyReLU
 from fastgan.ops.collectives import gather_batch
+from fastgan.relocation import Relocation, relocate_components, supports_relocation
 from fastgan.sampling import truncated_latents
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
@@ -111,6 +112,11 @@ class Trainer:
             al., 2018), applied lazily every ``r1_every`` D steps with weight γ·r1_every
             (StyleGAN2's lazy regularisation); 0 turns it off.
         ema_decay: keep an exponential moving average of G with this decay (None: no EMA).
+        relocate_every, relocate_window: every ``relocate_every`` steps (0: never) while the
+            step is within ``relocate_window`` (fractions of ``total_steps``), move the mixture
+            component the discriminator rates lowest to a real sample it rates highest
+            (:mod:`fastgan.relocation`; the generator needs a mixture latent). Moves are in
+            :attr:`relocations` as (step, :class:`~fastgan.relocation.Relocation`).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
         device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
         fuse: run :func:`fastgan.fuse` on both models first.
@@ -157,6 +163,8 @@ class Trainer:
         r1_gamma: float = 0.0,
         r1_every: int = 4,
         ema_decay: Optional[float] = 0.999,
+        relocate_every: int = 0,
+        relocate_window: tuple[float, float] = (0.4, 0.85),
         precision: str = "fp32",
         device="cpu",
         seed: int = 0,
@@ -192,6 +200,16 @@ class Trainer:
         _check_number(r1_gamma, "r1_gamma", 0.0)
         if isinstance(r1_every, bool) or not isinstance(r1_every, int) or r1_every < 1:
             raise ValueError(f"r1_every must be a positive integer, got {r1_every!r}")
+        if isinstance(relocate_every, bool) or not isinstance(relocate_every, int) or relocate_every < 0:
+            raise ValueError(f"relocate_every must be a non-negative integer, got {relocate_every!r}")
+        if relocate_every and not supports_relocation(generator):
+            raise ValueError("relocate_every needs a generator with a mixture latent (a MixtureLatent `prior` and a "
+                             "`decode` method, e.g. MLPGenerator(components=K))")
+        if not (isinstance(relocate_window, (tuple, list)) and len(relocate_window) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in relocate_window)
+                and 0.0 <= relocate_window[0] < relocate_window[1] <= 1.0):
+            raise ValueError(f"relocate_window must be (start, end) fractions of the run with 0 <= start < end <= 1, "
+                             f"got {relocate_window!r}")
         if isinstance(d_steps, bool) or not isinstance(d_steps, int) or d_steps < 1:
             raise ValueError(f"d_steps must be a positive integer, got {d_steps!r}")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -235,6 +253,11 @@ class Trainer:
             memo = {id(process_group): process_group} if process_group is not None else {}
             self.ema = copy.deepcopy(self.generator, memo).requires_grad_(False).eval()
         self.ema_decay = ema_decay
+        self.relocate_every, self.relocate_window = relocate_every, (float(relocate_window[0]), float(relocate_window[1]))
+        self.relocations: list[tuple[int, Relocation]] = []
+        # Modules whose behaviour follows the run's progress (a coarse-to-fine discriminator).
+        self._progress_modules = [m for model in (self.generator, self.discriminator) for m in model.modules()
+                                  if callable(getattr(m, "set_training_progress", None))]
         self.precision = precision
         self.d_steps = d_steps
         self.r1_gamma, self.r1_every = float(r1_gamma), r1_every
@@ -360,6 +383,37 @@ class Trainer:
                 else:
                     group["lr"] = start * fraction
 
+    def _relocation_due(self) -> bool:
+        if not self.relocate_every or self.step == 0 or self.step % self.relocate_every:
+            return False
+        start, end = self.relocate_window
+        return start <= self.step / self.total_steps < end
+
+    # Real samples a relocation chooses its target from.
+    RELOCATION_POOL = 4096
+
+    def _relocate(self, data) -> None:
+        """One relocation (:mod:`fastgan.relocation`), between steps. Its draws come from a
+        generator seeded by the run's seed and the step, so a resumed run repeats it, and the
+        trainer's own streams are untouched; distributed, rank 0's result is broadcast."""
+        rng = torch.Generator(self.device).manual_seed(stream_seed(self.seed, 0, 2) * 1_000_003 + self.step)
+        generator, discriminator = self.generator, self.discriminator
+        was_training = generator.training, discriminator.training
+        generator.eval(), discriminator.eval()
+        try:
+            real = data.sample(self.RELOCATION_POOL, device=self.device, generator=rng)
+            moves = relocate_components(generator, discriminator, real, ema=self.ema, generator_rng=rng)
+        finally:
+            generator.train(was_training[0]), discriminator.train(was_training[1])
+        if self.distributed:
+            for model in (generator, self.ema):
+                if model is not None:
+                    for tensor in (model.prior.means, model.prior.log_scales):
+                        with torch.no_grad():
+                            dist.broadcast(tensor.data, src=dist.get_global_rank(self.process_group, 0)
+                                           if self.process_group is not None else 0, group=self.process_group)
+        self.relocations.extend((self.step, move) for move in moves)
+
     # ----------------------------------------------------------------------------------
     # CUDA graphs
     # ----------------------------------------------------------------------------------
@@ -443,6 +497,10 @@ class Trainer:
                     if not self.distributed:  # distributed: agreed on at the log reads below
                         stop.check()
                     self._set_learning_rates()
+                    for module in self._progress_modules:
+                        module.set_training_progress(self.step / self.total_steps)
+                    if self._relocation_due():
+                        self._relocate(data)
                     self._in_step = True
                     self._one_step(data, batch_size, noise)
                     self._in_step = False

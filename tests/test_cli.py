@@ -170,6 +170,12 @@ def test_sample_and_eval(tmp_path, capsys):
         (["train", "--sir-pool", "-1"], "--sir-pool must be a positive integer"),
         (["train", "--precision", "fp8"], "invalid choice"),
         (["train", "--resume"], "--resume needs --out"),
+        (["train", "--d-fourier", "17"], "--d-fourier must be an integer from 0 to 16"),
+        (["train", "--data", "shapes", "--d-fourier", "4"], "--d-fourier (Fourier input features) applies to the toy"),
+        (["train", "--d-coarse-to-fine", "1.5"], "--d-coarse-to-fine must be a fraction of the run in [0, 1]"),
+        (["train", "--relocate-every", "-1"], "--relocate-every must be a non-negative integer"),
+        (["train", "--components", "0", "--relocate-every", "10"], "--relocate-every moves mixture-latent components"),
+        (["train", "--data", "shapes", "--relocate-every", "10"], "--relocate-every moves mixture-latent components"),
         (["eval", "/no/such.npy", "--data", "grid25"], "no such samples file"),
         (["sample", "/no/such/run"], "no checkpoint.pt"),
     ],
@@ -347,8 +353,14 @@ def test_toy_presets_have_one_latent_component_per_mode(data, components, steps,
     assert given["r1_gamma"] == 3.0  # a flag beats the preset
     flags = cli.build_parser().parse_args(["train", "--data", data, "--components", "0", "--steps", "7", "--device", "cpu"])
     assert (cli._resolve_config(flags)["components"], cli._resolve_config(flags)["steps"]) == (0, 7)
-    _, generator, _ = cli._build(config)
+    assert cli._resolve_config(flags)["relocate_every"] == 0  # nothing to relocate without the mixture
+    _, generator, discriminator = cli._build(config)
     assert generator.latent_dim == 9 and generator.prior.components == components
+    # grid100 alone: a coarse-to-fine Fourier D and component relocation (README).
+    expected = (7, 0.5, 60) if data == "grid100" else (0, 0.0, 0)
+    assert (config["d_fourier"], config["d_coarse_to_fine"], config["relocate_every"]) == expected
+    assert (discriminator.fourier_octaves, discriminator.coarse_to_fine) == expected[:2]
+    assert cli._make_trainer(config, generator, discriminator).relocate_every == expected[2]
 
 
 def test_components_are_refused_for_the_dcgan(capsys):

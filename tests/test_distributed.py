@@ -169,6 +169,44 @@ def test_two_process_checkpoint_resumes_exactly_on_two_and_loads_on_one(tmp_path
     assert single.step == 10 and all(torch.isfinite(v).all() for v in _state(single).values())
 
 
+class RankShiftedGrid:
+    """grid25 whose shards differ by rank (a small shift): each process draws its own targets,
+    so only the broadcast keeps the relocated components the same everywhere."""
+
+    def __init__(self, shift=0.0):
+        self.mixture, self.shift = data.toy_mixture("grid25"), shift
+
+    def sample(self, n, device=None, generator=None):
+        return self.mixture.sample(n, device, generator) + self.shift
+
+    def shard(self, rank, world_size):
+        return RankShiftedGrid(0.05 * rank)
+
+
+def _train_relocating(rank, world_size):
+    import functools
+
+    import fastgan.trainer as trainer_module
+    from fastgan.relocation import relocate_components
+
+    # Move on every call, whatever the ratio says, so that moves happen in a few steps.
+    trainer_module.relocate_components = functools.partial(relocate_components, min_gap=-float("inf"))
+    torch.manual_seed(0)
+    trainer = Trainer(models.MLPGenerator(LATENT, 2, 16, 2, scale=4.15, components=25),
+                      models.MLPDiscriminator(2, 16, 2, scale=4.15), lr_g=3e-3, lr_d=9e-3, total_steps=STEPS,
+                      relocate_every=2, relocate_window=(0.0, 1.0), seed=0)
+    trainer.train(RankShiftedGrid(), STEPS, GLOBAL_BATCH, log_every=3)
+    return _state(trainer), [move for _, move in trainer.relocations]
+
+
+def test_relocation_keeps_the_processes_in_step():
+    (state0, moves0), (state1, moves1) = run_distributed(_train_relocating, 2)
+    assert len(moves0) == 2  # steps 2 and 4
+    assert moves0 != moves1  # each process chose from its own shard ...
+    for name in state0:  # ... and rank 0's moves reached both
+        assert torch.equal(state0[name], state1[name]), name
+
+
 def _streams_and_bad_batch(rank, world_size):
     trainer = _toy_trainer()
     with pytest.raises(ValueError, match=r"batch_size \(7\) must be divisible by the number of processes \(2\)"):

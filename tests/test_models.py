@@ -105,3 +105,51 @@ def test_conv_discriminator_scores_each_sample_alone(image_size):
     assert logits.shape == (5,)
     other = torch.cat([x[:2], torch.randn(3, 3, image_size, image_size) * 3 + 1])
     torch.testing.assert_close(discriminator(other)[:2], logits[:2])
+
+
+def test_fourier_discriminator_feeds_the_octaves_of_its_unit_scale_input():
+    torch.manual_seed(0)
+    plain = models.MLPDiscriminator(2, 16, 2, scale=4.0)
+    fourier = models.MLPDiscriminator(2, 16, 2, scale=4.0, fourier_octaves=3)
+    assert set(plain.state_dict()) == {"inv_scale", "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
+                                       "net.4.weight", "net.4.bias"}  # unchanged without octaves
+    assert fourier.net[0].in_features == 2 * (1 + 2 * 3) and "octave_weights" in fourier.state_dict()
+    x = torch.randn(9, 2, dtype=torch.float64) * 3 + 0.5
+    fourier.double()
+    u = x / 4.0
+    torch.testing.assert_close(fourier.frequencies, torch.tensor([math.pi * 2 ** i for i in range(3)],
+                                                                 dtype=torch.float64), rtol=1e-7, atol=0)
+    phases = torch.stack([u * fourier.frequencies[i] for i in range(3)], -1)  # (N, 2, L)
+    features = torch.cat([u, phases.sin().flatten(1), phases.cos().flatten(1)], 1)
+    torch.testing.assert_close(fourier(x), fourier.net(features).squeeze(-1), rtol=1e-12, atol=1e-12)
+
+
+def test_coarse_to_fine_weights_follow_barfs_schedule():
+    d = models.MLPDiscriminator(2, 8, 1, fourier_octaves=4, coarse_to_fine=0.5)
+    assert d.octave_weights.tolist() == [1.0] * 4  # a D used outside a trainer sees every octave
+    assert d.octave_weights_at(0.0) == [0.0] * 4
+    # Halfway through the schedule (progress 0.25): octaves 0 and 1 on, 2 and 3 off.
+    assert d.octave_weights_at(0.25) == pytest.approx([1.0, 1.0, 0.0, 0.0])
+    # Octave i ramps as (1 - cos(pi * (4 t / 0.5 - i))) / 2: at t = 0.3125, octave 2 is half on.
+    assert d.octave_weights_at(0.3125) == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert d.octave_weights_at(0.5) == d.octave_weights_at(0.9) == [1.0] * 4
+    address = d.octave_weights.data_ptr()
+    d.set_training_progress(0.3125)
+    assert d.octave_weights.tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0]) and d.octave_weights.data_ptr() == address
+    # The weights scale the octaves' features: switched-off octaves do not reach the output.
+    d.set_training_progress(0.25)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1)) + 0.3
+    phases = torch.stack([x * math.pi * 2 ** i for i in range(4)], -1)
+    weights = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    features = torch.cat([x, (phases.sin() * weights).flatten(1), (phases.cos() * weights).flatten(1)], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(d(x), d.net(features).squeeze(-1))
+    assert models.MLPDiscriminator(2, 8, 1).octave_weights_at(0.3) == []
+
+
+@pytest.mark.parametrize("octaves, schedule, message", [(-1, 0.0, "fourier_octaves"), (17, 0.0, "fourier_octaves"),
+                                                        (2.0, 0.0, "fourier_octaves"), (2, 1.5, "coarse_to_fine"),
+                                                        (2, float("nan"), "coarse_to_fine"), (2, "0.5", "coarse_to_fine")])
+def test_bad_fourier_arguments_are_named(octaves, schedule, message):
+    with pytest.raises(ValueError, match=message):
+        models.MLPDiscriminator(2, 8, 1, fourier_octaves=octaves, coarse_to_fine=schedule)
