@@ -260,6 +260,8 @@ def _validate(config: dict) -> None:
     coarse_to_fine = config.get("d_coarse_to_fine", 0.0)
     if not 0 <= coarse_to_fine <= 1:
         raise UsageError(f"--d-coarse-to-fine must be a fraction of the run in [0, 1], got {coarse_to_fine}")
+    if coarse_to_fine and not fourier:
+        raise UsageError("--d-coarse-to-fine schedules the octaves of --d-fourier: give --d-fourier too")
     relocate_every = config.get("relocate_every", 0)
     if not isinstance(relocate_every, int) or relocate_every < 0:
         raise UsageError(f"--relocate-every must be a non-negative integer, got {relocate_every}")

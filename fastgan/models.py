@@ -127,7 +127,10 @@ class MLPDiscriminator(nn.Module):
     encoding; Tancik et al., NeurIPS 2020, "Fourier features let networks learn high frequency
     functions"). Why: an MLP learns low frequencies first, so a plain D cannot resolve modes
     much narrower than their spacing (grid100's σ is 1/180 of its extent) and the generator's
-    samples stay smeared between them. Periods run from 2 (the whole unit box) down to 2^(1−L).
+    samples stay smeared between them. Periods run from 2 (the whole unit box) down to 2^(2−L).
+    Under autocast the input is rounded to the autocast dtype first, as a Linear would round it:
+    otherwise fp32 real data and the generator's low-precision samples would differ in their
+    high-octave phases, a difference D could learn that has nothing to do with the data.
 
     ``coarse_to_fine`` f > 0 brings the octaves in one after another over the first fraction f
     of training (BARF's schedule, Lin et al., ICCV 2021): octave i has weight
@@ -169,13 +172,23 @@ class MLPDiscriminator(nn.Module):
         if not self.fourier_octaves:
             return
         weights = tuple(self.octave_weights_at(progress))
-        if weights != self._progress_weights:  # in place: CUDA graphs replay with the new values
-            self.octave_weights.copy_(torch.tensor(weights))
+        if weights != self._progress_weights:
+            # In place (CUDA graphs replay with the new values), one fill per octave: a copy from
+            # a host tensor would synchronise with a GPU on every step of the schedule.
+            for octave, weight in enumerate(weights):
+                self.octave_weights[octave].fill_(weight)
             self._progress_weights = weights
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.fourier_octaves:
+            self._progress_weights = None  # the loaded weights replace what was last written
 
     def forward(self, x: Tensor) -> Tensor:
         u = x * self.inv_scale
         if self.fourier_octaves:
+            if torch.is_autocast_enabled(u.device.type):
+                u = u.to(torch.get_autocast_dtype(u.device.type)).to(u.dtype)
             phases = u.unsqueeze(-1) * self.frequencies  # (N, data_dim, L)
             u = torch.cat([u, (phases.sin() * self.octave_weights).flatten(1),
                            (phases.cos() * self.octave_weights).flatten(1)], dim=1)

@@ -92,8 +92,8 @@ def relocate_components(
     samples_per_component: int = 32,
     generator_rng: Optional[torch.Generator] = None,
 ) -> list[Relocation]:
-    """Move up to ``count`` of ``generator``'s mixture components from where the discriminator
-    rates them lowest to real samples it rates highest (see the module docstring).
+    """Move up to ``count`` of ``generator``'s mixture components, those the discriminator rates
+    lowest, each to a real sample drawn with probability ∝ exp(r) (see the module docstring).
 
     Args:
         generator: with a mixture latent (:func:`supports_relocation`); its ``prior.means`` and
@@ -104,7 +104,7 @@ def relocate_components(
         ema: the EMA copy of ``generator``, whose rows get the same values.
         count: components moved at most (the lowest-rated ones; each to its own target).
         min_gap: move only when target r − component r ≥ this.
-        samples_per_component: generator samples per component for its mean r.
+        samples_per_component: generator samples per component for its mean r (≥ 1).
         generator_rng: a ``torch.Generator`` on the models' device for the draws.
     Returns:
         The moves made (possibly none).
@@ -112,6 +112,8 @@ def relocate_components(
     if not supports_relocation(generator):
         raise TypeError("relocate_components needs a generator with a MixtureLatent `prior` and a `decode` method "
                         "(e.g. fastgan.models.MLPGenerator(components=K))")
+    if isinstance(samples_per_component, bool) or not isinstance(samples_per_component, int) or samples_per_component < 1:
+        raise ValueError(f"samples_per_component must be a positive integer, got {samples_per_component!r}")
     prior = generator.prior
     components = prior.components
     with torch.no_grad():
@@ -119,6 +121,8 @@ def relocate_components(
         fakes = generator(prior.noise_for(index, generator_rng))
         component_ratio = discriminator(fakes).float().view(components, samples_per_component).mean(1)
         real_ratio = discriminator(real).float().view(-1)
+        if count < 1 or real_ratio.numel() == 0 or not (component_ratio.isfinite().all() and real_ratio.isfinite().all()):
+            return []  # nothing asked for, nothing to choose from, or a diverged D (the trainer reports that)
         # Targets ∝ exp(r), distinct samples; never more than there are components or samples.
         count = min(count, components, real_ratio.numel())
         picks = torch.multinomial(torch.softmax(real_ratio, 0), count, replacement=False, generator=generator_rng)

@@ -43,7 +43,7 @@ from fastgan import checkpoint
 from fastgan import losses as loss_library
 from fastgan.checkpoint import load_checkpoint, save_checkpoint
 from fastgan.cuda_graphs import StepGraphs
-from fastgan.distributed import process_info, stream_seed
+from fastgan.distributed import process_info, resumed_stream_seed, stream_seed
 from fastgan.fusion import fuse as fuse_models
 from fastgan.nn import SyncBatchNormLeakyReLU
 from fastgan.ops.collectives import gather_batch
@@ -114,8 +114,9 @@ class Trainer:
         ema_decay: keep an exponential moving average of G with this decay (None: no EMA).
         relocate_every, relocate_window: every ``relocate_every`` steps (0: never) while the
             step is within ``relocate_window`` (fractions of ``total_steps``), move the mixture
-            component the discriminator rates lowest to a real sample it rates highest
-            (:mod:`fastgan.relocation`; the generator needs a mixture latent). Moves are in
+            component the discriminator rates lowest to a real sample drawn ∝ exp(its rating),
+            when the two ratings differ by at least 1 (:mod:`fastgan.relocation`; the generator
+            needs a mixture latent). Moves made by this trainer object are in
             :attr:`relocations` as (step, :class:`~fastgan.relocation.Relocation`).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
         device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
@@ -395,23 +396,29 @@ class Trainer:
     def _relocate(self, data) -> None:
         """One relocation (:mod:`fastgan.relocation`), between steps. Its draws come from a
         generator seeded by the run's seed and the step, so a resumed run repeats it, and the
-        trainer's own streams are untouched; distributed, rank 0's result is broadcast."""
-        rng = torch.Generator(self.device).manual_seed(stream_seed(self.seed, 0, 2) * 1_000_003 + self.step)
-        generator, discriminator = self.generator, self.discriminator
-        was_training = generator.training, discriminator.training
-        generator.eval(), discriminator.eval()
-        try:
-            real = data.sample(self.RELOCATION_POOL, device=self.device, generator=rng)
-            moves = relocate_components(generator, discriminator, real, ema=self.ema, generator_rng=rng)
-        finally:
-            generator.train(was_training[0]), discriminator.train(was_training[1])
+        trainer's own streams are untouched. Distributed, rank 0 moves and broadcasts the
+        mixture's rows (in G and its EMA) and its list of moves."""
+        moves = []
+        if self.rank == 0:
+            rng = torch.Generator(self.device).manual_seed(resumed_stream_seed(self.seed, 0, 2, self.step))
+            generator, discriminator = self.generator, self.discriminator
+            was_training = generator.training, discriminator.training
+            generator.eval(), discriminator.eval()
+            try:
+                real = data.sample(self.RELOCATION_POOL, device=self.device, generator=rng)
+                moves = relocate_components(generator, discriminator, real, ema=self.ema, generator_rng=rng)
+            finally:
+                generator.train(was_training[0]), discriminator.train(was_training[1])
         if self.distributed:
-            for model in (generator, self.ema):
-                if model is not None:
-                    for tensor in (model.prior.means, model.prior.log_scales):
-                        with torch.no_grad():
-                            dist.broadcast(tensor.data, src=dist.get_global_rank(self.process_group, 0)
-                                           if self.process_group is not None else 0, group=self.process_group)
+            source = dist.get_global_rank(self.process_group, 0) if self.process_group is not None else 0
+            with torch.no_grad():
+                for model in (self.generator, self.ema):
+                    if model is not None:
+                        for tensor in (model.prior.means, model.prior.log_scales):
+                            dist.broadcast(tensor.data, src=source, group=self.process_group)
+            shared = [moves]
+            dist.broadcast_object_list(shared, src=source, group=self.process_group)
+            moves = shared[0]
         self.relocations.extend((self.step, move) for move in moves)
 
     # ----------------------------------------------------------------------------------
@@ -499,9 +506,9 @@ class Trainer:
                     self._set_learning_rates()
                     for module in self._progress_modules:
                         module.set_training_progress(self.step / self.total_steps)
+                    self._in_step = True  # a relocation, too, is left whole or not saved
                     if self._relocation_due():
                         self._relocate(data)
-                    self._in_step = True
                     self._one_step(data, batch_size, noise)
                     self._in_step = False
                     self.step += 1

@@ -174,6 +174,7 @@ def test_sample_and_eval(tmp_path, capsys):
         (["train", "--data", "shapes", "--d-fourier", "4"], "--d-fourier (Fourier input features) applies to the toy"),
         (["train", "--d-coarse-to-fine", "1.5"], "--d-coarse-to-fine must be a fraction of the run in [0, 1]"),
         (["train", "--relocate-every", "-1"], "--relocate-every must be a non-negative integer"),
+        (["train", "--d-coarse-to-fine", "0.5"], "--d-coarse-to-fine schedules the octaves of --d-fourier"),
         (["train", "--components", "0", "--relocate-every", "10"], "--relocate-every moves mixture-latent components"),
         (["train", "--data", "shapes", "--relocate-every", "10"], "--relocate-every moves mixture-latent components"),
         (["eval", "/no/such.npy", "--data", "grid25"], "no such samples file"),
@@ -361,6 +362,22 @@ def test_toy_presets_have_one_latent_component_per_mode(data, components, steps,
     assert (config["d_fourier"], config["d_coarse_to_fine"], config["relocate_every"]) == expected
     assert (discriminator.fourier_octaves, discriminator.coarse_to_fine) == expected[:2]
     assert cli._make_trainer(config, generator, discriminator).relocate_every == expected[2]
+
+
+def test_a_config_saved_before_the_grid100_settings_still_builds_and_resumes():
+    """Runs saved before --d-fourier, --d-coarse-to-fine and --relocate-every existed trained
+    without them: sampling rebuilds them so, and a resume keeps them off."""
+    config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "grid100", "--device", "cpu"]))
+    for key in ("d_fourier", "d_coarse_to_fine", "relocate_every"):
+        del config[key]
+    cli._check_saved_config(config, "old config")
+    _, generator, discriminator = cli._build(config)
+    assert discriminator.fourier_octaves == 0 and cli._make_trainer(config, generator, discriminator).relocate_every == 0
+    resumed = cli._apply_resume_flags(dict(config), cli.build_parser().parse_args(["train", "--resume"]), "old/config.json")
+    assert (resumed["d_fourier"], resumed["d_coarse_to_fine"], resumed["relocate_every"]) == (0, 0.0, 0)
+    with pytest.raises(cli.UsageError, match=r"--relocate-every 60 \(saved: 0\) contradicts"):
+        cli._apply_resume_flags(dict(config), cli.build_parser().parse_args(["train", "--resume", "--relocate-every",
+                                                                             "60"]), "old/config.json")
 
 
 def test_components_are_refused_for_the_dcgan(capsys):

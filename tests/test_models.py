@@ -153,3 +153,24 @@ def test_coarse_to_fine_weights_follow_barfs_schedule():
 def test_bad_fourier_arguments_are_named(octaves, schedule, message):
     with pytest.raises(ValueError, match=message):
         models.MLPDiscriminator(2, 8, 1, fourier_octaves=octaves, coarse_to_fine=schedule)
+
+
+def test_fourier_features_see_real_and_generated_inputs_alike_under_autocast():
+    """Under bfloat16 autocast the generator's samples are bfloat16 and real data float32: the
+    features must not tell them apart by rounding (a plain Linear input would not)."""
+    torch.manual_seed(0)
+    d = models.MLPDiscriminator(2, 16, 2, scale=4.0, fourier_octaves=12)
+    x = torch.randn(64, 2) * 3 + 0.7
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(d(x), d(x.bfloat16()))
+    assert not torch.equal(d(x), d(x.bfloat16().float()))  # in float32 the rounding is visible: the test can fail
+
+
+def test_loading_octave_weights_is_not_undone_by_the_schedule_cache():
+    d = models.MLPDiscriminator(2, 8, 1, fourier_octaves=3, coarse_to_fine=0.5)
+    d.set_training_progress(1.0)  # all on
+    saved = {k: v.clone() for k, v in d.state_dict().items()}
+    d.set_training_progress(0.1)
+    d.load_state_dict(saved)  # back to all on
+    d.set_training_progress(0.1)  # the same progress as the last write: it must be written again
+    assert d.octave_weights.tolist() == pytest.approx(d.octave_weights_at(0.1))

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from fastgan import Trainer, data, models
+from fastgan import Trainer, TrainingDiverged, data, models
 from fastgan.relocation import relocate_components, supports_relocation
 
 def duplicated_generator(seed=0):
@@ -23,13 +23,19 @@ def duplicated_generator(seed=0):
     return generator
 
 
-# The data's two modes: one where the third component lands (covered), and one the generator
-# reaches from a latent none of its components is at (empty), so an inversion can find it.
-with torch.no_grad():
-    _probe = duplicated_generator()
-    COVERED_MODE = _probe.decode(_probe.prior.means[2:3])[0]
-    EMPTY_MODE = _probe.decode(torch.tensor([[1.5, -1.5, 1.0, -0.5]]))[0]
-    del _probe
+def _modes():
+    """The data's two modes: one where the third component lands (covered), and one the generator
+    reaches from a latent none of its components is at (empty), so an inversion can find it."""
+    state = torch.random.get_rng_state()
+    try:
+        with torch.no_grad():
+            probe = duplicated_generator()
+            return probe.decode(probe.prior.means[2:3])[0], probe.decode(torch.tensor([[1.5, -1.5, 1.0, -0.5]]))[0]
+    finally:
+        torch.random.set_rng_state(state)  # collecting this module leaves the global RNG alone
+
+
+COVERED_MODE, EMPTY_MODE = _modes()
 
 
 def analytic_log_ratio(landing):
@@ -95,6 +101,27 @@ def test_count_moves_distinct_components_to_distinct_samples():
                                 generator_rng=torch.Generator().manual_seed(3))
     assert len(moves) == 3  # no more than there are components
     assert sorted(move.component for move in moves) == [0, 1, 2]
+
+
+def test_a_diverged_discriminator_moves_nothing_and_the_trainer_reports_divergence():
+    generator = duplicated_generator()
+    before = [p.detach().clone() for p in generator.parameters()]
+    nan_ratio = lambda x: torch.full((x.shape[0],), float("nan"))  # noqa: E731
+    assert relocate_components(generator, nan_ratio, real_pool(), generator_rng=torch.Generator().manual_seed(3)) == []
+    assert all(torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    assert relocate_components(generator, lambda x: x.sum(1), real_pool()[:0]) == []  # an empty pool
+    assert relocate_components(generator, lambda x: x.sum(1), real_pool(), count=0) == []
+    trainer = relocating_trainer(relocate_every=1, relocate_window=(0.0, 1.0))
+    trainer.train(GRID, 1, 32, log_every=1)
+    with torch.no_grad():
+        trainer.discriminator.net[0].weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged):
+        trainer.train(GRID, 3, 32, log_every=1)
+
+
+def test_relocation_draws_from_any_seed():
+    trainer = relocating_trainer(seed=10**14, relocate_every=1, relocate_window=(0.0, 1.0))  # no 64-bit overflow
+    trainer.train(GRID, 2, 32, log_every=2)
 
 
 def test_a_generator_without_a_mixture_is_refused():
