@@ -20,9 +20,10 @@ the target: a few Adam steps on the latent alone, from the latent means of the c
 that land nearest and of as many others, keeping, of those that land about as close as the
 best, the one farthest in latent space from every other component's mean (a latent next to a
 neighbour's moves with it as G trains and the two merge again: on grid100, half the moves
-made from the nearest start alone shared a mode again within 1,000 steps). It moves a component only when the target's r exceeds
-the component's by ``min_gap`` (a density ratio of e by default), so a well-covered run is left
-alone. The EMA generator's component moves with it.
+made from the nearest start alone shared a mode again within 1,000 steps). It moves a
+component only when the target's r exceeds the component's by ``min_gap`` (a density ratio of
+e by default), so a well-covered run is left alone. The EMA generator's component moves with
+it.
 
 The trainer calls it every ``relocate_every`` steps over a window of the run
 (:class:`fastgan.Trainer`, ``fastgan train --relocate-every``); it is a few hundred small

@@ -95,6 +95,13 @@ def _check_number(value, name: str, low: float, high: float = math.inf, *, low_o
     return float(value)
 
 
+def _check_integer(value, name: str, low: int) -> int:
+    """``value`` as an int of at least ``low`` (0 or 1); else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be a {'positive' if low == 1 else 'non-negative'} integer, got {value!r}")
+    return value
+
+
 class Trainer:
     """Trains ``generator`` against ``discriminator`` with losses chosen by name.
 
@@ -199,10 +206,8 @@ class Trainer:
         if ema_decay is not None:
             _check_number(ema_decay, "ema_decay", 0.0, 1.0)
         _check_number(r1_gamma, "r1_gamma", 0.0)
-        if isinstance(r1_every, bool) or not isinstance(r1_every, int) or r1_every < 1:
-            raise ValueError(f"r1_every must be a positive integer, got {r1_every!r}")
-        if isinstance(relocate_every, bool) or not isinstance(relocate_every, int) or relocate_every < 0:
-            raise ValueError(f"relocate_every must be a non-negative integer, got {relocate_every!r}")
+        _check_integer(r1_every, "r1_every", 1)
+        _check_integer(relocate_every, "relocate_every", 0)
         if relocate_every and not supports_relocation(generator):
             raise ValueError("relocate_every needs a generator with a mixture latent (a MixtureLatent `prior` and a "
                              "`decode` method, e.g. MLPGenerator(components=K))")
@@ -211,10 +216,8 @@ class Trainer:
                 and 0.0 <= relocate_window[0] < relocate_window[1] <= 1.0):
             raise ValueError(f"relocate_window must be (start, end) fractions of the run with 0 <= start < end <= 1, "
                              f"got {relocate_window!r}")
-        if isinstance(d_steps, bool) or not isinstance(d_steps, int) or d_steps < 1:
-            raise ValueError(f"d_steps must be a positive integer, got {d_steps!r}")
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        _check_integer(d_steps, "d_steps", 1)
+        _check_integer(total_steps, "total_steps", 1)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was requested but CUDA is not available")
@@ -472,9 +475,9 @@ class Trainer:
         Raises:
             TrainingDiverged: a loss or parameter became non-finite (the last good checkpoint stays).
         """
-        for value, name in ((steps, "steps"), (batch_size, "batch_size"), (log_every, "log_every")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} integer, got {value!r}")
+        _check_integer(steps, "steps", 0)
+        _check_integer(batch_size, "batch_size", 1)
+        _check_integer(log_every, "log_every", 1)
         if not hasattr(data, "sample"):
             raise TypeError("data must have a sample(n, device=..., generator=...) method")
         if batch_size % self.world_size:
