@@ -120,10 +120,11 @@ class Trainer:
             (StyleGAN2's lazy regularisation); 0 turns it off.
         ema_decay: keep an exponential moving average of G with this decay (None: no EMA).
         relocate_every, relocate_window: every ``relocate_every`` steps (0: never) while the
-            step is within ``relocate_window`` (fractions of ``total_steps``), move the mixture
-            component the discriminator rates lowest to a real sample drawn ∝ exp(its rating),
-            when the two ratings differ by at least 1 (:mod:`fastgan.relocation`; the generator
-            needs a mixture latent). Moves made by this trainer object are in
+            step is within ``relocate_window`` (fractions of ``total_steps``), move one mixture
+            component (a duplicate first, the one the discriminator rates lowest) to a real
+            sample drawn ∝ exp(its rating), when the two ratings differ by at least 2
+            (:mod:`fastgan.relocation`; the generator needs a mixture latent). The window ends
+            at 70 % so that the last moved components have the rest of the run to settle. Moves made by this trainer object are in
             :attr:`relocations` as (step, :class:`~fastgan.relocation.Relocation`).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
         device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
@@ -172,7 +173,7 @@ class Trainer:
         r1_every: int = 4,
         ema_decay: Optional[float] = 0.999,
         relocate_every: int = 0,
-        relocate_window: tuple[float, float] = (0.4, 0.85),
+        relocate_window: tuple[float, float] = (0.4, 0.7),
         precision: str = "fp32",
         device="cpu",
         seed: int = 0,

@@ -358,7 +358,7 @@ def test_toy_presets_have_one_latent_component_per_mode(data, components, steps,
     _, generator, discriminator = cli._build(config)
     assert generator.latent_dim == 9 and generator.prior.components == components
     # grid100 alone: a coarse-to-fine Fourier D and component relocation (README).
-    expected = (7, 0.5, 60) if data == "grid100" else (0, 0.0, 0)
+    expected = (7, 0.5, 30) if data == "grid100" else (0, 0.0, 0)
     assert (config["d_fourier"], config["d_coarse_to_fine"], config["relocate_every"]) == expected
     assert (discriminator.fourier_octaves, discriminator.coarse_to_fine) == expected[:2]
     assert cli._make_trainer(config, generator, discriminator).relocate_every == expected[2]

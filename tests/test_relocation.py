@@ -82,6 +82,23 @@ def test_the_duplicate_moves_to_the_empty_mode_with_its_ema():
     assert ((samples - EMPTY_MODE).norm(dim=1) < 0.5).float().mean() > 0.95
 
 
+def test_a_duplicate_moves_before_a_lone_component_rated_lower():
+    """The third component, alone on the covered mode, is rated lowest (its samples spread wider
+    than the mode, say); moving it would empty that mode. One of the two copies moves instead."""
+    generator = duplicated_generator()
+    landing = generator.decode(generator.prior.means[:1]).detach()[0]
+    alone = generator.decode(generator.prior.means[2:3]).detach()[0]
+    duplicate_ratio = analytic_log_ratio(landing)
+
+    def log_ratio(x):
+        return duplicate_ratio(x) - 4.0 * (-(x - alone).square().sum(-1) / 0.5).exp()
+
+    moves = relocate_components(generator, log_ratio, real_pool(), generator_rng=torch.Generator().manual_seed(3))
+    assert len(moves) == 1 and moves[0].component in (0, 1)
+    assert moves[0].component_log_ratio > float(log_ratio(alone[None]))  # not the lowest-rated: the duplicate
+    assert (generator.decode(generator.prior.means[moves[0].component][None]).detach()[0] - EMPTY_MODE).norm() < 0.3
+
+
 def test_nothing_moves_when_the_ratio_shows_nothing_missing():
     generator = duplicated_generator()
     before = [p.detach().clone() for p in generator.parameters()]
