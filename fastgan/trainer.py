@@ -47,7 +47,7 @@ from fastgan.distributed import process_info, resumed_stream_seed, stream_seed
 from fastgan.fusion import fuse as fuse_models
 from fastgan.nn import SyncBatchNormLeakyReLU
 from fastgan.ops.collectives import gather_batch
-from fastgan.relocation import Relocation, relocate_components, supports_relocation
+from fastgan.relocation import Relocation, forget_optimizer_state, relocate_components, supports_relocation
 from fastgan.sampling import truncated_latents
 
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
@@ -123,8 +123,9 @@ class Trainer:
             step is within ``relocate_window`` (fractions of ``total_steps``), move one mixture
             component (a duplicate first, the one the discriminator rates lowest) to a real
             sample drawn ∝ exp(its rating), when the two ratings differ by at least 2
-            (:mod:`fastgan.relocation`; the generator needs a mixture latent). The window ends
-            at 70 % so that the last moved components have the rest of the run to settle. Moves made by this trainer object are in
+            (:mod:`fastgan.relocation`; the generator needs a mixture latent), and clear G's
+            optimizer state for its rows. The window ends at 70 % so that the last moved
+            components have the rest of the run to settle. Moves made by this trainer object are in
             :attr:`relocations` as (step, :class:`~fastgan.relocation.Relocation`).
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
         device, seed: where to train; ``seed`` seeds the trainer's noise and data generators.
@@ -423,6 +424,8 @@ class Trainer:
             shared = [moves]
             dist.broadcast_object_list(shared, src=source, group=self.process_group)
             moves = shared[0]
+        # Every rank: each holds its own (identical) optimizer state.
+        forget_optimizer_state(self.opt_g, self.generator, (move.component for move in moves))
         self.relocations.extend((self.step, move) for move in moves)
 
     # ----------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ the other mode is empty), the duplicate moves there, the EMA with it; nothing mo
 ratio says nothing is missing; the trainer moves components only inside its window, repeats
 its moves on resume, and sets a coarse-to-fine discriminator's octave weights every step."""
 
+import functools
 import math
 
 import pytest
 import torch
 
 from fastgan import Trainer, TrainingDiverged, data, models
-from fastgan.relocation import relocate_components, supports_relocation
+from fastgan import trainer as trainer_module
+from fastgan.relocation import forget_optimizer_state, relocate_components, supports_relocation
 
 def duplicated_generator(seed=0):
     """An MLP generator with 3 components, the first two with the same latent mean (both land
@@ -189,6 +191,52 @@ def test_trainer_relocates_only_inside_its_window_and_resume_repeats_it(tmp_path
         assert torch.equal(a, b)
     for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_forget_optimizer_state_zeroes_the_moved_rows_alone():
+    generator = duplicated_generator()
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        generator(torch.randn(16, generator.latent_dim)).square().sum().backward()
+        optimizer.step()
+    prior = generator.prior
+    before = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in generator.parameters()}
+    forget_optimizer_state(optimizer, generator, [1, 1])
+    for parameter in generator.parameters():
+        state, old = optimizer.state[parameter], before[id(parameter)]
+        assert torch.equal(state["step"], old["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            if parameter is prior.means or parameter is prior.log_scales:
+                assert not state[key][1].any() and old[key][1].any()
+                assert torch.equal(state[key][[0, 2]], old[key][[0, 2]])
+            else:
+                assert torch.equal(state[key], old[key])
+    forget_optimizer_state(torch.optim.Adam(generator.parameters()), generator, [0])  # no state yet: nothing to do
+
+
+def test_the_trainer_gives_a_moved_component_fresh_optimizer_state(monkeypatch):
+    monkeypatch.setattr(trainer_module, "relocate_components",
+                        functools.partial(relocate_components, min_gap=-math.inf))  # a move at every chance
+    trainer = relocating_trainer(relocate_every=5, relocate_window=(0.0, 1.0))
+    prior, relocate, checked = trainer.generator.prior, trainer._relocate, []
+
+    def checking_relocate(data_source):
+        before = len(trainer.relocations)
+        old = {name: trainer.opt_g.state[p]["exp_avg_sq"].clone()
+               for name, p in (("means", prior.means), ("log_scales", prior.log_scales))}
+        relocate(data_source)
+        moved = sorted({move.component for _, move in trainer.relocations[before:]})
+        kept = [c for c in range(prior.components) if c not in moved]
+        for name, parameter in (("means", prior.means), ("log_scales", prior.log_scales)):
+            second_moment = trainer.opt_g.state[parameter]["exp_avg_sq"]
+            assert not second_moment[moved].any() and not trainer.opt_g.state[parameter]["exp_avg"][moved].any()
+            assert torch.equal(second_moment[kept], old[name][kept])
+        checked.append(moved)
+
+    trainer._relocate = checking_relocate
+    trainer.train(GRID, 12, 64, log_every=12)
+    assert len(checked) == 2 and all(checked)  # steps 5 and 10, each with a move
 
 
 def test_trainer_sets_the_coarse_to_fine_weights_each_step():
