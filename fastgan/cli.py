@@ -145,7 +145,7 @@ TOY_DEFAULTS = dict(
 # first half (a plain MLP D left samples smeared between modes: 38-50 % high-quality), and
 # relocation of the components D rates over-covered to the modes it says are empty (models.py,
 # relocation.py: without it 15-23 modes stayed empty, duplicates trapped on their neighbours),
-# every 30 steps from 40 % to 70 % of the run, so the last moved components have 30 % to settle.
+# every 30 steps from 30 % to 70 % of the run, so the last moved components have 30 % to settle.
 GRID100_OVERRIDES = dict(steps=20000, batch_size=512, d_fourier=7, d_coarse_to_fine=0.5, relocate_every=30)
 # ring8's own preset: a weaker R1 penalty. Its modes are 5x narrower (σ 0.01) on a 4x smaller
 # extent than grid25's, so the same γ smooths the discriminator over the modes' own width and it

@@ -174,7 +174,7 @@ class Trainer:
         r1_every: int = 4,
         ema_decay: Optional[float] = 0.999,
         relocate_every: int = 0,
-        relocate_window: tuple[float, float] = (0.4, 0.7),
+        relocate_window: tuple[float, float] = (0.3, 0.7),
         precision: str = "fp32",
         device="cpu",
         seed: int = 0,
