@@ -125,7 +125,7 @@ def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_in
 
 _NO_STRIDES_3D = (0, 0, 0)
 
-# The batch-norm bindings take 11-35 arguments, passed positionally in the order of their
+# The batch-norm bindings take 11-34 arguments, passed positionally in the order of their
 # py::arg lists in csrc/bindings.cpp (keywords cost pybind11 a name match per argument on every
 # call: 2.2 µs against 0.6 for the forward's 29); the emulated cuda tests run every launcher.
 

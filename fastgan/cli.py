@@ -924,9 +924,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="toy D with --d-fourier: bring the octaves in one by one over this fraction of the run "
                             "(0: all from the start; grid100: 0.5)")
     train.add_argument("--relocate-every", type=int,
-                       help="every this many steps (between 40 and 85 %% of the run) move the mixture component D "
-                            "rates lowest to where D says data is missing (0: never; grid100: 60; see "
-                            "fastgan.relocation)")
+                       help="every this many steps (between 30 and 70 %% of the run) move a mixture component, a "
+                            "duplicate first, the one D rates lowest, to where D says data is missing (0: never; "
+                            "grid100: 30; see fastgan.relocation)")
     train.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision (default fp32)")
     train.add_argument("--cuda-graphs", choices=("auto", "on", "off"), help="capture the steps in CUDA graphs (default auto: on CUDA)")
     train.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), help="fastgan op backend (default auto)")

@@ -101,6 +101,42 @@ def test_a_duplicate_moves_before_a_lone_component_rated_lower():
     assert (generator.decode(generator.prior.means[moves[0].component][None]).detach()[0] - EMPTY_MODE).norm() < 0.3
 
 
+def test_a_component_smeared_over_the_copies_is_a_duplicate_too():
+    """The third component's samples spread wider than the distance to the copies' spot (smeared
+    over it): by its own spread it is a duplicate, and, rated lowest, it moves first. The copies,
+    tight, are duplicates of each other only."""
+    generator = duplicated_generator()
+    landing = generator.decode(generator.prior.means[:1]).detach()[0]
+    alone = generator.decode(generator.prior.means[2:3]).detach()[0]
+    with torch.no_grad():
+        generator.prior.log_scales[2].fill_(math.log(0.5))
+    index = torch.full((512,), 2)
+    samples = generator(generator.prior.noise_for(index, torch.Generator().manual_seed(5))).detach()
+    spread = (samples - samples.mean(0)).square().sum(1).mean().sqrt()
+    assert 0.2 < (alone - landing).norm() < 2 * spread  # far from the copies in their spread, near in its own
+    duplicate_ratio = analytic_log_ratio(landing)
+
+    def log_ratio(x):
+        return duplicate_ratio(x) - 12.0 * torch.sigmoid(4.0 * (1.5 - (x - alone).norm(dim=-1)))  # low around it
+
+    assert float(log_ratio(samples).mean()) < float(duplicate_ratio(landing[None])) - 0.5  # rated lowest
+    moves = relocate_components(generator, log_ratio, real_pool(), generator_rng=torch.Generator().manual_seed(3))
+    assert len(moves) == 1 and moves[0].component == 2
+
+
+def test_the_default_gap_is_two():
+    generator = duplicated_generator()
+    landing = generator.decode(generator.prior.means[:1]).detach()[0]
+    moves = relocate_components(generator, analytic_log_ratio(landing), real_pool(),
+                                generator_rng=torch.Generator().manual_seed(3))
+    gap = moves[0].target_log_ratio - moves[0].component_log_ratio
+    shrunk = lambda x: analytic_log_ratio(landing)(x) * (1.5 / gap)  # noqa: E731  (the same choice, a gap of 1.5)
+    assert relocate_components(duplicated_generator(), shrunk, real_pool(),
+                               generator_rng=torch.Generator().manual_seed(3)) == []
+    assert len(relocate_components(duplicated_generator(), shrunk, real_pool(), min_gap=1.0,
+                                   generator_rng=torch.Generator().manual_seed(3))) == 1
+
+
 def test_nothing_moves_when_the_ratio_shows_nothing_missing():
     generator = duplicated_generator()
     before = [p.detach().clone() for p in generator.parameters()]
@@ -118,8 +154,9 @@ def test_count_moves_distinct_components_to_distinct_samples():
     landing = generator.decode(generator.prior.means[:1]).detach()[0]
     moves = relocate_components(generator, analytic_log_ratio(landing), real_pool(), count=5, min_gap=0.0,
                                 generator_rng=torch.Generator().manual_seed(3))
-    assert len(moves) == 3  # no more than there are components
-    assert sorted(move.component for move in moves) == [0, 1, 2]
+    # One copy and the third component; the other copy, the last on its spot, stays.
+    assert len(moves) == 2 and len({move.component for move in moves}) == 2
+    assert {move.component for move in moves} in ({0, 2}, {1, 2})
 
 
 def test_a_diverged_discriminator_moves_nothing_and_the_trainer_reports_divergence():
