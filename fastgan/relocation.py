@@ -18,12 +18,12 @@ latent mean lands (through the generator) within twice its own spread (the RMS d
 samples from their mean) of its own. Two copies on one mode are duplicates of each other; so is
 a component smeared over others' modes, which is wrong where it is too; a tight component alone
 on its mode is not. Only when there is none does it take the lowest-rated component of all;
-and of a group of duplicates it never moves the last one left (with ``count`` > 1). (Judging
-by the smaller of the two spreads, so that a smeared component next to a tight one is no
-duplicate, measured 0.1–1.4 points lower high-quality on four grid100 seeds.) Why: a component
-alone on its mode can rate lowest too, when its samples spread wider than the mode; moving it
-empties that mode, and the next moves chase it (on grid100, the runs with the most moves ended
-with the fewest modes).
+and of a group of duplicates it never moves the last one left (with ``count`` > 1). Why: a
+component alone on its mode can rate lowest too, when its samples spread wider than the mode;
+moving it empties that mode, and the next moves chase it (on grid100, the runs with the most
+moves ended with the fewest modes). Judging by the smaller of the two spreads instead, so that
+a smeared component next to a tight one is no duplicate, measured 0.1–1.4 points lower
+high-quality on four grid100 seeds.
 
 :func:`relocate_components` moves such a component to such a place: it draws the target among
 a pool of real samples with probability ∝ exp(r) (the ratio itself: an uncovered mode's
@@ -54,6 +54,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from fastgan.models import MixtureLatent, _check_positive
+
 __all__ = ["Relocation", "forget_optimizer_state", "relocate_components", "supports_relocation"]
 
 INVERSION_STARTS = 8  # latent starts per inversion from the components landing nearest, and as many at random
@@ -75,8 +77,6 @@ class Relocation(NamedTuple):
 def supports_relocation(generator: nn.Module) -> bool:
     """True when ``generator`` has a :class:`~fastgan.models.MixtureLatent` ``prior`` and a
     ``decode(latent)`` method (the map after the prior), as ``MLPGenerator(components=K)`` does."""
-    from fastgan.models import MixtureLatent
-
     return isinstance(getattr(generator, "prior", None), MixtureLatent) and callable(getattr(generator, "decode", None))
 
 
@@ -160,8 +160,7 @@ def relocate_components(
     if not supports_relocation(generator):
         raise TypeError("relocate_components needs a generator with a MixtureLatent `prior` and a `decode` method "
                         "(e.g. fastgan.models.MLPGenerator(components=K))")
-    if isinstance(samples_per_component, bool) or not isinstance(samples_per_component, int) or samples_per_component < 1:
-        raise ValueError(f"samples_per_component must be a positive integer, got {samples_per_component!r}")
+    _check_positive(samples_per_component, "samples_per_component")
     prior = generator.prior
     components = prior.components
     with torch.no_grad():

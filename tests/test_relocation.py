@@ -195,6 +195,12 @@ def test_bad_relocation_window_is_named(window):
         Trainer(duplicated_generator(), models.MLPDiscriminator(2, 8, 1), relocate_every=10, relocate_window=window)
 
 
+@pytest.mark.parametrize("samples", [0, 2.5, True])
+def test_bad_samples_per_component_is_named(samples):
+    with pytest.raises(ValueError, match="samples_per_component must be a positive integer"):
+        relocate_components(duplicated_generator(), lambda x: x[:, 0], real_pool(), samples_per_component=samples)
+
+
 @pytest.mark.parametrize("every", [-1, 2.5, True])
 def test_bad_relocate_every_is_named(every):
     with pytest.raises(ValueError, match="relocate_every must be a non-negative integer"):
