@@ -103,9 +103,9 @@ def _invert(generator: nn.Module, target: Tensor, starts: Tensor) -> tuple[Tenso
 def _sources(landing: Tensor, spread: Tensor, ratio: Tensor, count: int) -> list[int]:
     """Up to ``count`` components to move, in order: at each pick, the lowest-rated component
     that still has a duplicate among the components not yet picked, else the lowest-rated one
-    left that was no picked component's duplicate (the last of a group stays on its mode). A
-    component is a duplicate when another lands closer to it than ``DUPLICATE_SPREADS`` times
-    its own spread."""
+    left that was not a duplicate of a picked one, either way (the last of a group stays on its
+    mode). A component is a duplicate when another lands closer to it than
+    ``DUPLICATE_SPREADS`` times its own spread."""
     close = torch.cdist(landing, landing) < DUPLICATE_SPREADS * spread[:, None]  # row i: within i's own spread
     close.fill_diagonal_(False)
     left = torch.ones(ratio.shape[0], dtype=torch.bool, device=ratio.device)
@@ -122,7 +122,7 @@ def _sources(landing: Tensor, spread: Tensor, ratio: Tensor, count: int) -> list
         source = int(candidates[0])
         sources.append(source)
         left[source] = False
-        kept_last |= close[source]
+        kept_last |= close[source] | close[:, source]  # duplicates either way: one of each group stays
     return sources
 
 

@@ -12,7 +12,7 @@ import torch
 
 from fastgan import Trainer, TrainingDiverged, data, models
 from fastgan import trainer as trainer_module
-from fastgan.relocation import forget_optimizer_state, relocate_components, supports_relocation
+from fastgan.relocation import _sources, forget_optimizer_state, relocate_components, supports_relocation
 
 def duplicated_generator(seed=0):
     """An MLP generator with 3 components, the first two with the same latent mean (both land
@@ -157,6 +157,17 @@ def test_count_moves_distinct_components_to_distinct_samples():
     # One copy and the third component; the other copy, the last on its spot, stays.
     assert len(moves) == 2 and len({move.component for move in moves}) == 2
     assert {move.component for move in moves} in ({0, 2}, {1, 2})
+
+
+def test_a_picked_component_protects_its_duplicates_either_way():
+    """A and J are copies (each within the other's spread); B, smeared, has A within its own
+    spread but not J. A, rated lowest, moves first; then no duplicate is left, and B, A's
+    duplicate by B's spread, must not move in the fallback: a group keeps its last member on
+    either side of the asymmetric rule."""
+    landing = torch.tensor([[0.0, 0.0], [-0.15, 0.0], [1.9, 0.0], [9.0, 9.0]])  # A, J, B, a lone C
+    spread = torch.tensor([0.1, 0.1, 1.0, 0.1])
+    ratio = torch.tensor([-3.0, 0.0, -2.0, -1.0])
+    assert _sources(landing, spread, ratio, count=4) == [0, 3]  # A, then C (lone, lowest left); B and J stay
 
 
 def test_a_diverged_discriminator_moves_nothing_and_the_trainer_reports_divergence():
