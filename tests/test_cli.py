@@ -394,13 +394,13 @@ def test_shapes_preset_reaches_the_config_models_and_optimisers():
     from fastgan import models
 
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "shapes", "--device", "cpu"]))
-    expected = dict(model="layered", image_size=32, latent_dim=32, components=48, hidden=16, d_hidden=24,
+    expected = dict(model="layered", image_size=32, latent_dim=32, components=48, hidden=32, d_hidden=24, mask="coordinates",
                     steps=6500, batch_size=48, lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99, r1_gamma=0.2,
                     r1_every=4, ema_decay=0.99, lr_decay=1.0, d_loss="bce", g_loss="nonsaturating")
     assert {key: config[key] for key in expected} == expected
     _, generator, discriminator = cli._build(config)
     assert isinstance(generator, models.LayeredGenerator) and isinstance(discriminator, models.ConvDiscriminator)
-    assert discriminator.net[0].out_channels == 24
+    assert discriminator.net[0].out_channels == 24 and generator.mask.width == 32
     assert generator.latent_dim == 33 and generator.prior.means.shape == (48, 32)
     trainer = cli._make_trainer(config, generator, discriminator)
     assert trainer.opt_d.param_groups[0]["betas"] == (0.0, 0.99) and trainer.r1_gamma == 0.2
@@ -415,6 +415,34 @@ def test_shapes_preset_reaches_the_config_models_and_optimisers():
     assert isinstance(cli._build(config)[1], models.DCGANGenerator)
     # Other image sets keep the DCGAN preset, and the toy presets their Adam.
     assert cli.IMAGE_DEFAULTS["model"] == "dcgan" and (cli.TOY_DEFAULTS["beta1"], cli.TOY_DEFAULTS["beta2"]) == (0.5, 0.999)
+
+
+def test_the_layered_mask_is_a_flag_and_runs_saved_before_it_keep_the_convolutions(capsys):
+    from fastgan import models
+
+    parse = cli.build_parser().parse_args
+    assert cli.MASK_CHOICES == models.LAYERED_MASKS
+    config = cli._resolve_config(parse(["train", "--data", "shapes", "--device", "cpu"]))
+    assert config["mask"] == "coordinates" and isinstance(cli._build(config)[1].mask, models.CoordinateMask)
+    chosen = cli._resolve_config(parse(["train", "--data", "shapes", "--device", "cpu", "--mask", "convolutions"]))
+    assert chosen["mask"] == "convolutions" and cli._build(chosen)[1].mask_kind == "convolutions"
+    dcgan = cli._resolve_config(parse(["train", "--data", "shapes", "--model", "dcgan", "--device", "cpu"]))
+    assert "mask" not in dcgan
+    assert "mask" not in cli._apply_resume_flags(dict(dcgan), parse(["train", "--resume"]), "dcgan/config.json")
+    for flags, model in ((["--data", "shapes", "--model", "dcgan"], "dcgan"), (["--data", "grid25"], "mlp")):
+        assert cli.main(["train", *flags, "--mask", "convolutions", "--steps", "1"]) == 2
+        assert f"--mask chooses --model layered's mask network; it does not apply to --model {model}" \
+            in capsys.readouterr().err
+    # A layered run saved before the flag existed trained the convolutional mask: it rebuilds and resumes so.
+    old = dict(config)
+    del old["mask"]
+    cli._check_saved_config(old, "old config")
+    assert cli._build(old)[1].mask_kind == "convolutions"
+    assert cli._apply_resume_flags(dict(old), parse(["train", "--resume"]), "old/config.json")["mask"] == "convolutions"
+    with pytest.raises(cli.UsageError, match=r"--mask coordinates \(saved: convolutions\) contradicts"):
+        cli._apply_resume_flags(dict(old), parse(["train", "--resume", "--mask", "coordinates"]), "old/config.json")
+    with pytest.raises(cli.UsageError, match="mask is 'pixels', not one of coordinates, convolutions"):
+        cli._check_saved_config(dict(config, mask="pixels"), "run/config.json")
 
 
 def test_shapes_run_samples_again_from_its_checkpoint(tmp_path, capsys):

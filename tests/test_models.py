@@ -63,18 +63,27 @@ def test_bad_mixture_arguments_are_named():
         models.MixtureLatent(3, 0)
 
 
-def test_layered_generator_composites_a_placed_mask_over_two_colours():
+def _mask_logits_at_identity(generator, code):
+    """The mask network's logits with the placement at the identity (scale 1, shift 0)."""
+    n = code.shape[0]
+    if generator.mask_kind == "coordinates":
+        return generator.mask(code, torch.ones(n), torch.zeros(n, 2))
+    return generator.mask(generator.project(code).view(n, 4 * generator.width, 4, 4))
+
+
+@pytest.mark.parametrize("mask", models.LAYERED_MASKS)
+def test_layered_generator_composites_a_placed_mask_over_two_colours(mask):
     torch.manual_seed(0)
-    generator = models.LayeredGenerator(8, 3, 32, width=4, components=5).eval()
+    generator = models.LayeredGenerator(8, 3, 32, width=4, components=5, mask=mask).eval()
     assert generator.latent_dim == 9 and generator.prior.components == 5
     z = torch.randn(6, 9) * 1.3 + 0.1
     images = generator(z)
     assert images.shape == (6, 3, 32, 32) and images.abs().max() <= 1
     # At initialisation the placement is the identity: the image is the plain composite.
     code = generator.prior(z)
-    mask = torch.sigmoid(generator.mask(generator.project(code).view(6, 16, 4, 4)))
+    mask_values = torch.sigmoid(_mask_logits_at_identity(generator, code))
     colours = torch.sigmoid(generator.colours(code)).view(6, 2, 3, 1, 1)
-    expected = (mask * colours[:, 0] + (1 - mask) * colours[:, 1]) * 2 - 1
+    expected = (mask_values * colours[:, 0] + (1 - mask_values) * colours[:, 1]) * 2 - 1
     torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-5)
     # A shift of a quarter of the half-image (tanh(b)/2 = 1/4) samples the mask 4 pixels (of 32) to
     # the right, so the object moves 4 pixels left.
@@ -83,7 +92,50 @@ def test_layered_generator_composites_a_placed_mask_over_two_colours():
     shifted = generator(z)
     torch.testing.assert_close(shifted[..., :-4], images[..., 4:], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(shifted, images, atol=1e-3)
-    assert models.LayeredGenerator(8, 1, 64, width=4, components=0)(torch.randn(2, 8)).shape == (2, 1, 64, 64)
+    assert models.LayeredGenerator(8, 1, 64, width=4, components=0, mask=mask)(torch.randn(2, 8)).shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("n,image_size,width,layers", [(3, 32, 5, 3), (1, 64, 8, 1), (4, 32, 7, 2)])
+def test_coordinate_mask_is_its_mlp_at_the_placed_coordinates(n, image_size, width, layers):
+    """The mask's fused first layer (scale·(p·W) + shift·W + bias) and batched hidden layers equal
+    the plain MLP evaluated pixel by pixel at q = scale·p + shift, p the pixel centre in (−1, 1)²."""
+    torch.manual_seed(1)
+    mask = models.CoordinateMask(6, image_size, width, layers).double()
+    code = torch.randn(n, 6, dtype=torch.float64) + 0.3
+    scale = torch.rand(n, dtype=torch.float64) + 0.6
+    shift = torch.rand(n, 2, dtype=torch.float64) - 0.5
+    logits = mask(code, scale, shift)
+    assert logits.shape == (n, 1, image_size, image_size)
+    centres = (torch.arange(image_size, dtype=torch.float64) + 0.5) / image_size * 2 - 1
+    biases = mask.code_biases(code).view(n, layers, width)
+    for sample in range(n):
+        for row, column in [(0, 0), (image_size - 1, 2), (image_size // 2, image_size - 1), (5, 11)]:
+            q = scale[sample] * torch.stack([centres[column], centres[row]]) + shift[sample]  # (x, y)
+            hidden = torch.relu(q @ mask.coordinate_weight + biases[sample, 0])
+            for index, weight in enumerate(mask.hidden_weights):
+                hidden = torch.relu(hidden @ weight + biases[sample, index + 1])
+            torch.testing.assert_close(logits[sample, 0, row, column], mask.out(hidden)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_coordinate_mask_gradients_match_finite_differences():
+    torch.manual_seed(2)
+    mask = models.CoordinateMask(3, 32, 4, 2).double()
+    code = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(2, dtype=torch.float64) + 0.7).requires_grad_()
+    shift = (torch.rand(2, 2, dtype=torch.float64) - 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, s, t: mask(c, s, t), (code, scale, shift))
+
+
+def test_the_convolutional_mask_keeps_the_state_dict_of_its_runs():
+    """Runs saved before the coordinate mask hold these keys: they still load (README)."""
+    generator = models.LayeredGenerator(8, 3, 32, width=4, components=5, mask="convolutions")
+    assert sorted(generator.state_dict()) == sorted([
+        "prior.means", "prior.log_scales", "project.weight", "project.bias",
+        *[f"mask.{i}.{name}" for i in (0, 2, 4) for name in ("weight", "bias", "running_mean", "running_var",
+                                                             "num_batches_tracked")],
+        *[f"mask.{i}.{name}" for i in (1, 3, 5) for name in ("weight", "bias")],
+        "colours.weight", "colours.bias", "placement.weight", "placement.bias",
+    ])
 
 
 def test_layered_generator_and_conv_discriminator_arguments():
@@ -91,6 +143,10 @@ def test_layered_generator_and_conv_discriminator_arguments():
         models.LayeredGenerator(8, 3, 32, 4, components=-1)
     with pytest.raises(ValueError, match="image_size must be 32 or 64"):
         models.LayeredGenerator(8, 3, 48, 4)
+    with pytest.raises(ValueError, match="mask must be one of coordinates, convolutions, got 'pixels'"):
+        models.LayeredGenerator(8, 3, 32, 4, mask="pixels")
+    with pytest.raises(ValueError, match="layers must be a positive integer"):
+        models.CoordinateMask(8, 32, 4, layers=0)
     with pytest.raises(ValueError, match="width must be a positive integer"):
         models.ConvDiscriminator(3, 32, 0)
 
