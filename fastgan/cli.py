@@ -386,6 +386,8 @@ def _apply_resume_flags(config: dict, args: argparse.Namespace, config_path: str
     """The saved ``config`` with the flags a resumed run may change applied; a flag that would
     change what the run trains (model, data, losses, optimiser, seed) is refused in one line."""
     given = _flags_given(args)
+    if "mask" in given and config.get("model") != "layered":
+        raise UsageError(f"--mask chooses --model layered's mask network; it does not apply to --model {config.get('model')}")
     for key, default in _ADDED_SETTINGS.items():  # runs saved before these settings existed trained without them
         if key != "mask" or config.get("model") == "layered":  # the mask belongs to the layered generator alone
             config.setdefault(key, default)
@@ -906,7 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "images (default: mlp for toy data, layered for shapes, dcgan for your images)")
     train.add_argument("--mask", choices=MASK_CHOICES,
                        help="--model layered's mask network: coordinates (a ReLU MLP of the pixel coordinates, sharp "
-                            "polygon corners; the default) or convolutions (transposed convolutions, the earlier recipe)")
+                            "polygon corners; the default) or convolutions (transposed convolutions: the earlier recipe "
+                            "with --hidden 16)")
     train.add_argument("--image-size", type=int, choices=(32, 64), help="image resolution (default 32 for shapes, 64 for your images)")
     train.add_argument("--latent-dim", type=int, help="latent dimension of z")
     train.add_argument("--components", type=int,

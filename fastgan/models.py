@@ -342,6 +342,10 @@ class LayeredGenerator(nn.Module):
     pose factored out, the mask network learns only a shape per component. The mixture's
     components give the discrete choice of shape and colour that a connected Gaussian latent
     cannot (README: 24/24 modes in under 5 minutes on the 2-core CPU).
+
+    Checkpoints saved before the coordinate mask (2026-11-30) hold the convolutional one at
+    width 16: rebuild them with ``width=16, mask="convolutions"`` (the command line reads both
+    from the run's config).
     """
 
     def __init__(self, latent_dim: int = 32, channels: int = 3, image_size: int = 32, width: int = 32,

@@ -429,6 +429,9 @@ def test_the_layered_mask_is_a_flag_and_runs_saved_before_it_keep_the_convolutio
     dcgan = cli._resolve_config(parse(["train", "--data", "shapes", "--model", "dcgan", "--device", "cpu"]))
     assert "mask" not in dcgan
     assert "mask" not in cli._apply_resume_flags(dict(dcgan), parse(["train", "--resume"]), "dcgan/config.json")
+    with pytest.raises(cli.UsageError, match="--mask chooses --model layered's mask network; it does not apply to "
+                                             "--model dcgan"):
+        cli._apply_resume_flags(dict(dcgan), parse(["train", "--resume", "--mask", "coordinates"]), "dcgan/config.json")
     for flags, model in ((["--data", "shapes", "--model", "dcgan"], "dcgan"), (["--data", "grid25"], "mlp")):
         assert cli.main(["train", *flags, "--mask", "convolutions", "--steps", "1"]) == 2
         assert f"--mask chooses --model layered's mask network; it does not apply to --model {model}" \

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from fastgan import models
 
@@ -115,6 +116,15 @@ def test_coordinate_mask_is_its_mlp_at_the_placed_coordinates(n, image_size, wid
             for index, weight in enumerate(mask.hidden_weights):
                 hidden = torch.relu(hidden @ weight + biases[sample, index + 1])
             torch.testing.assert_close(logits[sample, 0, row, column], mask.out(hidden)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_coordinate_mask_pixels_are_affine_grids_sampling_points(image_size):
+    """The convolutional mask is placed by affine_grid (align_corners=False): the coordinate mask
+    reads the same (x, y) points, so both masks move the same way under one placement."""
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    grid = nn.functional.affine_grid(identity, [1, 1, image_size, image_size], align_corners=False)
+    torch.testing.assert_close(models.CoordinateMask(4, image_size).pixels, grid.view(-1, 2), rtol=0, atol=1e-6)
 
 
 def test_coordinate_mask_gradients_match_finite_differences():
