@@ -222,14 +222,19 @@ def _resolve_config(args: argparse.Namespace) -> dict:
             config["model"] = "dcgan"
         if config["model"] == "dcgan" and args.components is None:
             config["components"] = 0  # the preset's mixture latent belongs to the layered generator
+    _check_mask_applies(getattr(args, "mask", None), config["model"])
     if config["model"] == "layered":
         config["mask"] = getattr(args, "mask", None) or "coordinates"
-    elif getattr(args, "mask", None) is not None:
-        raise UsageError(f"--mask chooses --model layered's mask network; it does not apply to --model {config['model']}")
     if not config.get("components") and getattr(args, "relocate_every", None) is None:
         config["relocate_every"] = 0  # the preset's relocation moves mixture components: none to move
     _validate(config)
     return config
+
+
+def _check_mask_applies(mask, model) -> None:
+    """``--mask`` (given, or None) belongs to ``--model layered``; with another model it is a one-line error."""
+    if mask is not None and model != "layered":
+        raise UsageError(f"--mask chooses --model layered's mask network; it does not apply to --model {model}")
 
 
 def _cuda_available() -> bool:
@@ -386,8 +391,7 @@ def _apply_resume_flags(config: dict, args: argparse.Namespace, config_path: str
     """The saved ``config`` with the flags a resumed run may change applied; a flag that would
     change what the run trains (model, data, losses, optimiser, seed) is refused in one line."""
     given = _flags_given(args)
-    if "mask" in given and config.get("model") != "layered":
-        raise UsageError(f"--mask chooses --model layered's mask network; it does not apply to --model {config.get('model')}")
+    _check_mask_applies(given.get("mask"), config.get("model"))
     for key, default in _ADDED_SETTINGS.items():  # runs saved before these settings existed trained without them
         if key != "mask" or config.get("model") == "layered":  # the mask belongs to the layered generator alone
             config.setdefault(key, default)

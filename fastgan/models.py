@@ -358,7 +358,7 @@ class LayeredGenerator(nn.Module):
         if mask not in LAYERED_MASKS:
             raise ValueError(f"mask must be one of {', '.join(LAYERED_MASKS)}, got {mask!r}")
         self.mask_kind = mask
-        upsamplings = {32: 3, 64: 4}[_check_image_size(image_size)]
+        _check_image_size(image_size)
         self.prior = MixtureLatent(latent_dim, components) if components else None
         self.latent_dim = latent_dim + (1 if components else 0)
         if mask == "coordinates":
@@ -367,6 +367,7 @@ class LayeredGenerator(nn.Module):
             features = 4 * width
             self.project = nn.Linear(latent_dim, features * 16)
             layers: list[nn.Module] = [BatchNormLeakyReLU2d(features, negative_slope=0.0)]
+            upsamplings = {32: 3, 64: 4}[image_size]
             for index in range(upsamplings):
                 last = index == upsamplings - 1
                 out = 1 if last else max(features // 2, 1)
