@@ -113,7 +113,10 @@ class Trainer:
             ``{"alpha": 0.5}``, go to the generator loss).
         lr_g, lr_d, betas: Adam settings (DCGAN's β = (0.5, 0.999) by default).
         lr_decay: the learning rates decay exponentially to ``lr_decay`` × their start value
-            at ``total_steps`` (1.0: constant).
+            at ``total_steps`` (1.0: constant), and hold that value at later steps.
+        total_steps: the length of the schedules (the learning-rate decay, the coarse-to-fine
+            progress of a Fourier-feature D, the relocation window); :meth:`train` may run
+            past it, holding every schedule at its end (``fastgan train --final-hold``).
         d_steps: discriminator updates per generator update.
         r1_gamma, r1_every: the R1 gradient penalty γ/2·E_data[‖∇_x D(x)‖²] (Mescheder et
             al., 2018), applied lazily every ``r1_every`` D steps with weight γ·r1_every
@@ -381,7 +384,7 @@ class Trainer:
         self._record_g(self._generator_step(batch, noise))
 
     def _set_learning_rates(self) -> None:
-        fraction = self.lr_decay ** (self.step / self.total_steps)
+        fraction = self.lr_decay ** min(1.0, self.step / self.total_steps)
         for optimizer, start in ((self.opt_g, self.lr_g), (self.opt_d, self.lr_d)):
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], Tensor):
@@ -512,7 +515,7 @@ class Trainer:
                         stop.check()
                     self._set_learning_rates()
                     for module in self._progress_modules:
-                        module.set_training_progress(self.step / self.total_steps)
+                        module.set_training_progress(min(1.0, self.step / self.total_steps))
                     self._in_step = True  # a relocation, too, is left whole or not saved
                     if self._relocation_due():
                         self._relocate(data)

@@ -174,6 +174,9 @@ def test_sample_and_eval(tmp_path, capsys):
         (["train", "--data", "shapes", "--d-fourier", "4"], "--d-fourier (Fourier input features) applies to the toy"),
         (["train", "--d-coarse-to-fine", "1.5"], "--d-coarse-to-fine must be a fraction of the run in [0, 1]"),
         (["train", "--relocate-every", "-1"], "--relocate-every must be a non-negative integer"),
+        (["train", "--final-hold", "1"], "--final-hold must be a fraction of the run in [0, 1)"),
+        (["train", "--final-hold", "-0.1"], "--final-hold must be a fraction of the run in [0, 1)"),
+        (["train", "--final-hold", "1/0"], "expected a number or a fraction such as 1/6"),
         (["train", "--d-coarse-to-fine", "0.5"], "--d-coarse-to-fine schedules the octaves of --d-fourier"),
         (["train", "--components", "0", "--relocate-every", "10"], "--relocate-every moves mixture-latent components"),
         (["train", "--data", "shapes", "--relocate-every", "10"], "--relocate-every moves mixture-latent components"),
@@ -345,7 +348,7 @@ def test_info_and_help(capsys):
 
 
 @pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 256), ("ring8", 8, 11000, 256),
-                                                         ("grid100", 100, 20000, 512)])
+                                                         ("grid100", 100, 24000, 512)])
 def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
     assert (config["components"], config["steps"], config["batch_size"]) == (components, steps, batch)
@@ -361,20 +364,39 @@ def test_toy_presets_have_one_latent_component_per_mode(data, components, steps,
     expected = (7, 0.5, 30) if data == "grid100" else (0, 0.0, 0)
     assert (config["d_fourier"], config["d_coarse_to_fine"], config["relocate_every"]) == expected
     assert (discriminator.fourier_octaves, discriminator.coarse_to_fine) == expected[:2]
-    assert cli._make_trainer(config, generator, discriminator).relocate_every == expected[2]
+    trainer = cli._make_trainer(config, generator, discriminator)
+    assert trainer.relocate_every == expected[2]
+    assert config["final_hold"] == (pytest.approx(1 / 6) if data == "grid100" else 0.0)
+    # grid100's schedules run over its first 20,000 steps; the last 4,000 hold the final learning rate.
+    assert trainer.total_steps == (20000 if data == "grid100" else steps)
+
+
+def test_final_hold_takes_a_fraction_and_toy_runs_thread_by_batch():
+    config = cli._resolve_config(cli.build_parser().parse_args(["train", "--final-hold", "1/4", "--steps", "400",
+                                                                "--device", "cpu"]))
+    assert config["final_hold"] == 0.25 and cli._schedule_steps(config) == 300
+    # One thread for the toy MLPs at batches under 512 (faster), torch's default from 512 (grid100).
+    assert cli._default_threads(config) == 1
+    grid100 = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "grid100", "--device", "cpu"]))
+    assert cli._default_threads(grid100) is None
+    shapes = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "shapes", "--device", "cpu"]))
+    assert cli._default_threads(shapes) is None
 
 
 def test_a_config_saved_before_the_grid100_settings_still_builds_and_resumes():
-    """Runs saved before --d-fourier, --d-coarse-to-fine and --relocate-every existed trained
-    without them: sampling rebuilds them so, and a resume keeps them off."""
+    """Runs saved before --d-fourier, --d-coarse-to-fine, --relocate-every and --final-hold
+    existed trained without them: sampling rebuilds them so, and a resume keeps them off."""
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "grid100", "--device", "cpu"]))
-    for key in ("d_fourier", "d_coarse_to_fine", "relocate_every"):
+    for key in ("d_fourier", "d_coarse_to_fine", "relocate_every", "final_hold"):
         del config[key]
     cli._check_saved_config(config, "old config")
     _, generator, discriminator = cli._build(config)
-    assert discriminator.fourier_octaves == 0 and cli._make_trainer(config, generator, discriminator).relocate_every == 0
+    trainer = cli._make_trainer(config, generator, discriminator)
+    assert discriminator.fourier_octaves == 0 and trainer.relocate_every == 0
+    assert trainer.total_steps == config["steps"]  # no final hold: the schedules span the run
     resumed = cli._apply_resume_flags(dict(config), cli.build_parser().parse_args(["train", "--resume"]), "old/config.json")
-    assert (resumed["d_fourier"], resumed["d_coarse_to_fine"], resumed["relocate_every"]) == (0, 0.0, 0)
+    assert (resumed["d_fourier"], resumed["d_coarse_to_fine"], resumed["relocate_every"], resumed["final_hold"]) == \
+        (0, 0.0, 0, 0.0)
     with pytest.raises(cli.UsageError, match=r"--relocate-every 60 \(saved: 0\) contradicts"):
         cli._apply_resume_flags(dict(config), cli.build_parser().parse_args(["train", "--resume", "--relocate-every",
                                                                              "60"]), "old/config.json")

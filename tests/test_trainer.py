@@ -279,6 +279,18 @@ def test_sigint_stops_between_steps_and_saves(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_learning_rates_hold_their_final_value_past_total_steps():
+    """The schedules span total_steps; train() may run past it (fastgan train --final-hold),
+    and the learning rates then hold lr_decay × their start instead of decaying further."""
+    trainer = toy_trainer(total_steps=20)
+    for target in (10, 20, 30, 40):
+        trainer.train(GRID, target, 16, log_every=10)
+        last_step = target - 1  # the rates are set at the start of each step
+        fraction = 0.05 ** min(1.0, last_step / 20)
+        for optimizer, start in ((trainer.opt_g, 5e-3), (trainer.opt_d, 5e-3)):
+            assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(start * fraction, rel=1e-12)
+
+
 def test_r1_penalty_gradient_and_lazy_schedule():
     trainer = toy_trainer(r1_gamma=0.7, r1_every=3)
     batch = FixedBatch(GRID.sample(16, generator=torch.Generator().manual_seed(5)))
