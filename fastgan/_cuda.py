@@ -27,6 +27,11 @@ def address(tensor: Optional[Tensor]) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
+# The current stream's raw handle without building a torch.cuda.Stream object (what compiled
+# code launches with; a microsecond or more per launch through torch.cuda.current_stream).
+_current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def stream_handle(tensor: Tensor) -> int:
     """The current CUDA stream of ``tensor``'s device, as the integer handle the kernels take.
 
@@ -34,13 +39,16 @@ def stream_handle(tensor: Tensor) -> int:
     device is refused rather than launched into the wrong context. CPU tensors (the emulated
     build, ``FASTGAN_CUDA_EMULATE=1``) have no stream: 0.
     """
-    if tensor.device.type == "cpu":
+    if not tensor.is_cuda:
         return 0
-    if tensor.device.index is not None and tensor.device.index != torch.cuda.current_device():
+    index, current = tensor.get_device(), torch.cuda.current_device()
+    if index != current:
         raise RuntimeError(
-            f"fastgan: the cuda backend launches on the current device (cuda:{torch.cuda.current_device()}) "
-            f"but the tensor is on {tensor.device}; wrap the call in `with torch.cuda.device({tensor.device.index}):`"
+            f"fastgan: the cuda backend launches on the current device (cuda:{current}) but the tensor is on "
+            f"{tensor.device}; wrap the call in `with torch.cuda.device({index}):`"
         )
+    if _current_raw_stream is not None:
+        return _current_raw_stream(index)
     return torch.cuda.current_stream(tensor.device).cuda_stream
 
 
@@ -128,40 +136,35 @@ _NO_STRIDES_3D = (0, 0, 0)
 # The batch-norm bindings take 11-34 arguments, passed positionally in the order of their
 # py::arg lists in csrc/bindings.cpp (keywords cost pybind11 a name match per argument on every
 # call: 2.2 µs against 0.6 for the forward's 29); the emulated cuda tests run every launcher.
-
-
-def _in_layout_of(grad_out: Tensor, x: Tensor) -> Tensor:
-    """The incoming gradient in x's dtype and, when x is dense, x's strides (a copy only when
-    they differ): the backward kernels then walk x, dy and dx in one layout, in 16-byte packs
-    where it allows, instead of reading dy across its rows."""
-    if grad_out.dtype != x.dtype:
-        grad_out = grad_out.to(x.dtype)
-    if grad_out.stride() == x.stride():
-        return grad_out
-    like = torch.empty_like(x)
-    return like.copy_(grad_out) if like.stride() == x.stride() else grad_out
+# Sizes and strides come from the plan (fastgan.ops.batch_norm.BatchNormPlan): the tensors are
+# (N, C, *) in its geometry, and the op layer has put the incoming gradient in its layout.
 
 
 def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd,
                                     partials, *, plan, momentum, cumulative, eps, slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_train`` (always 64-bit offsets)."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
+    codes = DTYPE_CODES
+    # The optional operands' addresses and codes written out, not through address()/dtype_code():
+    # a call each is a microsecond per launch (host time is the cost of a small block).
     _backend.extension().batch_norm_forward_train(
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(), y.data_ptr(), DTYPE_CODES[y.dtype], y.stride(), n, c, s,
-        address(weight), dtype_code(weight), address(bias), dtype_code(bias),
-        address(running_mean), dtype_code(running_mean), address(running_var), dtype_code(running_var),
-        address(num_batches_tracked) if cumulative else 0,
-        mean.data_ptr(), invstd.data_ptr(), address(mean_residual), partials.data_ptr(),
-        plan.splits, plan.positions_per_split, float(momentum) if momentum is not None else 0.0, bool(cumulative),
-        float(eps), float(slope), stream_handle(x),
+        x.data_ptr(), codes[x.dtype], plan.x_strides, y.data_ptr(), codes[y.dtype], plan.out_strides, n, c, s,
+        0 if weight is None else weight.data_ptr(), 0 if weight is None else codes[weight.dtype],
+        0 if bias is None else bias.data_ptr(), 0 if bias is None else codes[bias.dtype],
+        0 if running_mean is None else running_mean.data_ptr(), 0 if running_mean is None else codes[running_mean.dtype],
+        0 if running_var is None else running_var.data_ptr(), 0 if running_var is None else codes[running_var.dtype],
+        num_batches_tracked.data_ptr() if cumulative and num_batches_tracked is not None else 0,
+        mean.data_ptr(), invstd.data_ptr(), 0 if mean_residual is None else mean_residual.data_ptr(),
+        partials.data_ptr(), plan.splits, plan.positions_per_split,
+        float(momentum) if momentum is not None else 0.0, bool(cumulative), float(eps), float(slope), stream_handle(x),
     )
 
 
 def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var, *, plan, eps, slope):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_eval`` (always 64-bit offsets)."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
     _backend.extension().batch_norm_forward_eval(
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(), y.data_ptr(), DTYPE_CODES[y.dtype], y.stride(), n, c, s,
+        x.data_ptr(), DTYPE_CODES[x.dtype], plan.x_strides, y.data_ptr(), DTYPE_CODES[y.dtype], plan.out_strides, n, c, s,
         address(weight), dtype_code(weight), address(bias), dtype_code(bias),
         address(running_mean), dtype_code(running_mean), address(running_var), dtype_code(running_var),
         float(eps), float(slope), stream_handle(x),
@@ -174,26 +177,29 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
 
     The reduction and finalize run when ``training`` or a parameter gradient is asked for; the
     elementwise dx pass when ``grad_x`` is given."""
-    grad_out = _in_layout_of(grad_out, x)
-    n, c, s = x.shape
+    n, c, s = plan.shape
+    codes = DTYPE_CODES
+    # Optional operands written out, as in launch_batch_norm_forward_train.
     _backend.extension().batch_norm_backward(
-        grad_out.data_ptr(), DTYPE_CODES[grad_out.dtype], grad_out.stride(),
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(),
-        address(grad_x), dtype_code(grad_x), grad_x.stride() if grad_x is not None else _NO_STRIDES_3D, n, c, s,
-        address(weight), dtype_code(weight), address(bias), dtype_code(bias),
-        mean.data_ptr(), DTYPE_CODES[mean.dtype], address(mean_residual), stat.data_ptr(), DTYPE_CODES[stat.dtype],
-        bool(stat_is_invstd),
-        address(grad_weight), dtype_code(grad_weight), address(grad_bias), dtype_code(grad_bias),
-        partials.data_ptr(), address(coefficients),
+        grad_out.data_ptr(), codes[grad_out.dtype], plan.grad_strides, x.data_ptr(), codes[x.dtype], plan.x_strides,
+        0 if grad_x is None else grad_x.data_ptr(), 0 if grad_x is None else codes[grad_x.dtype],
+        _NO_STRIDES_3D if grad_x is None else plan.out_strides, n, c, s,
+        0 if weight is None else weight.data_ptr(), 0 if weight is None else codes[weight.dtype],
+        0 if bias is None else bias.data_ptr(), 0 if bias is None else codes[bias.dtype],
+        mean.data_ptr(), codes[mean.dtype], 0 if mean_residual is None else mean_residual.data_ptr(),
+        stat.data_ptr(), codes[stat.dtype], bool(stat_is_invstd),
+        0 if grad_weight is None else grad_weight.data_ptr(), 0 if grad_weight is None else codes[grad_weight.dtype],
+        0 if grad_bias is None else grad_bias.data_ptr(), 0 if grad_bias is None else codes[grad_bias.dtype],
+        partials.data_ptr(), 0 if coefficients is None else coefficients.data_ptr(),
         plan.splits, plan.positions_per_split, bool(training), float(eps), float(slope), stream_handle(x),
     )
 
 
 def launch_batch_norm_statistics(x, partials, merged, *, plan):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_statistics``."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
     _backend.extension().batch_norm_statistics(
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(), n, c, s, partials.data_ptr(), merged.data_ptr(),
+        x.data_ptr(), DTYPE_CODES[x.dtype], plan.x_strides, n, c, s, partials.data_ptr(), merged.data_ptr(),
         plan.splits, plan.positions_per_split, stream_handle(x),
     )
 
@@ -202,9 +208,9 @@ def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, 
                                               invstd, statistics, *, plan, momentum, cumulative, eps, slope,
                                               mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_forward_from_statistics``."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
     _backend.extension().batch_norm_forward_from_statistics(
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(), y.data_ptr(), DTYPE_CODES[y.dtype], y.stride(), n, c, s,
+        x.data_ptr(), DTYPE_CODES[x.dtype], plan.x_strides, y.data_ptr(), DTYPE_CODES[y.dtype], plan.out_strides, n, c, s,
         address(weight), dtype_code(weight), address(bias), dtype_code(bias),
         address(running_mean), dtype_code(running_mean), address(running_var), dtype_code(running_var),
         address(num_batches_tracked) if cumulative else 0,
@@ -217,11 +223,10 @@ def launch_batch_norm_forward_from_statistics(x, y, weight, bias, running_mean, 
 def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, grad_weight, grad_bias, partials, sums, *,
                                     plan, eps, slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_sums``."""
-    grad_out = _in_layout_of(grad_out, x)
-    n, c, s = x.shape
+    n, c, s = plan.shape
     _backend.extension().batch_norm_backward_sums(
-        grad_out.data_ptr(), DTYPE_CODES[grad_out.dtype], grad_out.stride(),
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(), n, c, s,
+        grad_out.data_ptr(), DTYPE_CODES[grad_out.dtype], plan.grad_strides,
+        x.data_ptr(), DTYPE_CODES[x.dtype], plan.x_strides, n, c, s,
         address(weight), dtype_code(weight), address(bias), dtype_code(bias),
         mean.data_ptr(), address(mean_residual), invstd.data_ptr(),
         address(grad_weight), dtype_code(grad_weight), address(grad_bias), dtype_code(grad_bias),
@@ -233,12 +238,11 @@ def launch_batch_norm_backward_sums(grad_out, x, weight, bias, mean, invstd, gra
 def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, invstd, coefficients, *, plan, eps,
                                      slope, mean_residual=None):
     """CUDA twin of ``fastgan.kernels.batch_norm.launch_batch_norm_backward_input``."""
-    grad_out = _in_layout_of(grad_out, x)
-    n, c, s = x.shape
+    n, c, s = plan.shape
     _backend.extension().batch_norm_backward_input(
-        grad_out.data_ptr(), DTYPE_CODES[grad_out.dtype], grad_out.stride(),
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.stride(),
-        grad_x.data_ptr(), DTYPE_CODES[grad_x.dtype], grad_x.stride(), n, c, s,
+        grad_out.data_ptr(), DTYPE_CODES[grad_out.dtype], plan.grad_strides,
+        x.data_ptr(), DTYPE_CODES[x.dtype], plan.x_strides,
+        grad_x.data_ptr(), DTYPE_CODES[grad_x.dtype], plan.out_strides, n, c, s,
         address(weight), dtype_code(weight), address(bias), dtype_code(bias),
         mean.data_ptr(), address(mean_residual), invstd.data_ptr(), coefficients.data_ptr(),
         float(eps), float(slope), stream_handle(x),

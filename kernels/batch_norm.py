@@ -67,6 +67,8 @@ dw and dbias stay the device's own sums, as in nn.SyncBatchNorm (data parallelis
 parameter gradients itself).
 """
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -508,7 +510,9 @@ def bn_leaky_relu_backward_input_kernel(
 
 
 # --------------------------------------------------------------------------------------
-# Launchers: 3-d (N, C, S) views and a plan from fastgan.ops.batch_norm; the CUDA twins in
+# Launchers: tensors of any (N, C, *) shape whose spatial dimensions merge, and a plan from
+# fastgan.ops.batch_norm that holds their (N, C, S) geometry (x's strides, the outputs' and the
+# incoming gradient's), so the op layer makes no view per call; the CUDA twins in
 # fastgan._cuda take the same arguments.
 # --------------------------------------------------------------------------------------
 
@@ -521,24 +525,28 @@ _CHANNELS_LAST_WARPS = 8
 _CHANNELS_FIRST_WARPS = 4
 
 
-def _tile_launch(plan, *tensors) -> dict:
+@functools.lru_cache(maxsize=1024)
+def _tile_launch(plan, *strides) -> dict:
     """The launch keywords of a tile kernel: num_warps (see above), CHANNELS_LAST (the tile's
     contiguous dimension is the channels) and ALIGN, the largest
     power of two up to 16 dividing every size and stride the contiguous dimension's addresses
-    depend on, for all of ``tensors`` (N, C, S views): the channel count and the position
-    strides for channels_last, the spatial size and the sample/channel strides otherwise.
-    Strides of size-1 dimensions are left out (that coordinate is always 0). 1 when the
-    contiguous dimension is not unit-stride in every tensor."""
-    n, c, s = tensors[0].shape
+    depend on, for the (N, C, S) ``strides`` of every tensor the kernel walks (in ``plan``'s
+    shape): the channel count and the position strides for channels_last, the spatial size and
+    the sample/channel strides otherwise. Strides of size-1 dimensions are left out (that
+    coordinate is always 0). 1 when the contiguous dimension is not unit-stride in every
+    tensor. Cached per plan (host time is the cost of a small block); callers must not change
+    the dict."""
+    shape = plan.shape
+    n, c, s = shape
     channels_last = plan.channels_last
     unit = 1 if channels_last else 2
     warps = _CHANNELS_LAST_WARPS if channels_last else _CHANNELS_FIRST_WARPS
-    if any(t.stride(unit) != 1 for t in tensors if t.shape[unit] > 1):
+    if shape[unit] > 1 and any(st[unit] != 1 for st in strides):
         return dict(CHANNELS_LAST=channels_last, ALIGN=1, num_warps=warps)
     values = [c] if channels_last else [s]
-    for t in tensors:
-        others = (0, 2) if channels_last else (0, 1)
-        values += [t.stride(d) for d in others if t.shape[d] > 1]
+    others = (0, 2) if channels_last else (0, 1)
+    for st in strides:
+        values += [st[d] for d in others if shape[d] > 1]
     align = 16
     for value in values:
         while value % align:
@@ -567,11 +575,11 @@ def launch_batch_norm_statistics(x, partials, merged, *, plan):
     """The first stage of a synchronised training forward: the per-split statistics of ``x``
     into ``partials`` (fp32 [splits, 3, C]), merged into ``merged`` (fp32 [4, C], one
     (count, mean, M2, mean residual) row; zeros for an empty ``x``)."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
     _launch_partial_statistics(x, partials, plan)
     block = _finalize_block(c)
     bn_merge_partials_kernel[(triton.cdiv(c, block),)](
-        x, partials, merged, plan.splits, c, n * s, x.stride(1), INT64=plan.needs_int64, BLOCK_C=block,
+        x, partials, merged, plan.splits, c, n * s, plan.x_strides[1], INT64=plan.needs_int64, BLOCK_C=block,
     )
 
 
@@ -592,14 +600,14 @@ def _finalize_and_normalise(x, y, weight, bias, running_mean, running_var, num_b
     """Finalize over the rows of ``statistics`` (fp32 [splits, 3, C] shifted by the pivots, or
     [devices, 4, C]) into mean, invstd, ``residual`` (fp32 [C]) and the running statistics,
     then y."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
     has_running = running_mean is not None
     block = _finalize_block(c)
     bn_finalize_statistics_kernel[(triton.cdiv(c, block),)](
         statistics, x, mean, invstd, residual,
         running_mean if has_running else mean, running_var if has_running else invstd,
         num_batches_tracked if cumulative else mean,
-        statistics.shape[0], c, n * s, x.stride(1), momentum, eps,
+        statistics.shape[0], c, n * s, plan.x_strides[1], momentum, eps,
         ROW=statistics.shape[1], INT64=plan.needs_int64, HAS_RUNNING=has_running, CUMULATIVE=cumulative,
         BLOCK_C=block,
     )
@@ -614,15 +622,15 @@ def launch_batch_norm_forward_eval(x, y, weight, bias, running_mean, running_var
 
 
 def _launch_partial_statistics(x, partials, plan):
-    n, c, s = x.shape
+    n, c, s = plan.shape
     bn_partial_statistics_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
-        x, partials, c, s, n * s, *x.stride(), plan.positions_per_split,
-        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, x),
+        x, partials, c, s, n * s, *plan.x_strides, plan.positions_per_split,
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, plan.x_strides),
     )
 
 
 def _launch_elementwise(x, y, mean, stat, weight, bias, residual, *, plan, eps, slope, stat_is_invstd):
-    n, c, s = x.shape
+    n, c, s = plan.shape
     p = n * s
     if p == 0:  # an empty grid (a device with no samples in a synchronised batch)
         return
@@ -630,10 +638,10 @@ def _launch_elementwise(x, y, mean, stat, weight, bias, residual, *, plan, eps, 
     bn_leaky_relu_forward_kernel[grid](
         x, y, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
         residual if residual is not None else mean,
-        c, s, p, *x.stride(), *y.stride(), eps, slope,
+        c, s, p, *plan.x_strides, *plan.out_strides, eps, slope,
         STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None,
-        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, x, y),
+        INT64=plan.needs_int64, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, **_tile_launch(plan, plan.x_strides, plan.out_strides),
     )
 
 
@@ -642,7 +650,7 @@ def launch_batch_norm_backward(grad_out, x, weight, bias, mean, stat, grad_x, gr
     """Reduction (``partials``: fp32 [splits, 4, C] scratch), finalize (dw, dbias) and, when
     ``grad_x`` is given, the elementwise dx pass. ``mean_residual``: the forward's (fp32 [C],
     training), so that the activation mask and x̂ are the forward's."""
-    n, c, s = x.shape
+    n, c, s = plan.shape
     p = n * s
     if training or grad_weight is not None or grad_bias is not None:
         _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients,
@@ -671,19 +679,20 @@ def launch_batch_norm_backward_input(grad_out, x, grad_x, weight, bias, mean, in
                            stat_is_invstd=True, eps=eps, slope=slope, mean_residual=mean_residual)
 
 
-def _backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, *tensors):
+def _backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, *strides):
     return dict(STAT_IS_INVSTD=stat_is_invstd, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
                 HAS_RESIDUAL=mean_residual is not None, INT64=plan.needs_int64, BLOCK_C=plan.block_c,
                 BLOCK_P=plan.block_p,
-                **_tile_launch(plan, *tensors))
+                **_tile_launch(plan, *strides))
 
 
-def _reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x):
+def _reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, x):
     """The backward reduction's launch keywords: twice the tile's warps for 4-byte (and wider)
     elements, which halves the four compensated per-lane accumulators each thread holds
     (fp32: 72-80 registers down to 40-58) while every thread still reads 16-byte runs; 2-byte
     elements keep the tile's warps, or a thread's run would shrink to 8 bytes."""
-    constants = _backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x)
+    constants = _backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, plan.grad_strides,
+                                    plan.x_strides)
     if x.element_size() >= 4:
         constants["num_warps"] *= 2
     return constants
@@ -691,13 +700,13 @@ def _reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_ou
 
 def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, grad_bias, partials, coefficients, *,
                           plan, training, stat_is_invstd, inv_p, eps, slope, mean_residual):
-    n, c, s = x.shape
+    n, c, s = plan.shape
     bn_leaky_relu_backward_reduce_kernel[(triton.cdiv(c, plan.block_c), plan.splits)](
         grad_out, x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
         mean_residual if mean_residual is not None else mean, partials,
-        c, s, n * s, *grad_out.stride(), *x.stride(), plan.positions_per_split, eps, slope,
+        c, s, n * s, *plan.grad_strides, *plan.x_strides, plan.positions_per_split, eps, slope,
         # No FP contraction: fusing a product into its compensated sum would break the TwoSum.
-        enable_fp_fusion=False, **_reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x),
+        enable_fp_fusion=False, **_reduce_constants(weight, bias, mean_residual, plan, stat_is_invstd, x),
     )
     block = _finalize_block(c)
     bn_leaky_relu_backward_finalize_kernel[(triton.cdiv(c, block),)](
@@ -713,7 +722,7 @@ def _launch_backward_sums(grad_out, x, weight, bias, mean, stat, grad_weight, gr
 
 def _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coefficients, *, plan, training,
                            stat_is_invstd, eps, slope, mean_residual):
-    n, c, s = x.shape
+    n, c, s = plan.shape
     p = n * s
     if p == 0:
         return
@@ -721,7 +730,8 @@ def _launch_backward_input(grad_out, x, grad_x, weight, bias, mean, stat, coeffi
     bn_leaky_relu_backward_input_kernel[grid](
         grad_out, x, grad_x, mean, stat, weight if weight is not None else mean, bias if bias is not None else mean,
         mean_residual if mean_residual is not None else mean, coefficients if coefficients is not None else mean,
-        c, s, p, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps, slope,
+        c, s, p, *plan.grad_strides, *plan.x_strides, *plan.out_strides, eps, slope,
         TRAINING=training,
-        **_backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, grad_out, x, grad_x),
+        **_backward_constants(weight, bias, mean_residual, plan, stat_is_invstd, plan.grad_strides, plan.x_strides,
+                                 plan.out_strides),
     )

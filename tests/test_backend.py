@@ -172,3 +172,26 @@ def test_console_script():
     result = subprocess.run(["fastgan", "info"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "backends:" in result.stdout
+
+
+class _FakeCudaTensor:
+    """What stream_handle reads of a CUDA tensor, on a machine without one."""
+
+    is_cuda = True
+    device = torch.device("cuda:1")
+
+    def get_device(self):
+        return 1
+
+
+def test_stream_handle_is_the_current_raw_stream_of_the_current_device(monkeypatch):
+    from fastgan import _cuda
+
+    assert _cuda.stream_handle(torch.empty(1)) == 0  # CPU tensors (the emulated build) have no stream
+    asked = []
+    monkeypatch.setattr(_cuda, "_current_raw_stream", lambda index: asked.append(index) or 1234)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert _cuda.stream_handle(_FakeCudaTensor()) == 1234 and asked == [1]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with pytest.raises(RuntimeError, match=r"launches on the current device \(cuda:0\) but the tensor is on cuda:1"):
+        _cuda.stream_handle(_FakeCudaTensor())

@@ -90,14 +90,22 @@ _CHANNELS_FIRST_TILE = (2, 512)  # when positions are contiguous (NCHW)
 
 class BatchNormPlan(NamedTuple):
     """How the kernels tile an (N, C, S) view: ``splits`` programs per channel block for the
-    reductions, each covering ``positions_per_split`` of the P = N·S positions."""
+    reductions, each covering ``positions_per_split`` of the P = N·S positions; and the (N, C,
+    S) geometry of the tensors a launch walks, so that the launchers take them in any (N, C, *)
+    shape whose spatial dimensions merge (no view per call: host time is the cost of a small
+    block): x's strides, those of the outputs shaped like x (y in the forward, grad_x in the
+    backward) and those of the incoming gradient (x's in a forward plan)."""
 
     splits: int
     positions_per_split: int
     block_c: int
     block_p: int
     needs_int64: bool
-    channels_last: bool = False  # the tile's contiguous (long) dimension is the channels
+    channels_last: bool  # the tile's contiguous (long) dimension is the channels
+    shape: tuple[int, int, int]
+    x_strides: tuple[int, int, int]
+    out_strides: tuple[int, int, int]
+    grad_strides: tuple[int, int, int]
 
 
 # --------------------------------------------------------------------------------------
@@ -667,7 +675,10 @@ def _advance(num_batches_tracked: Optional[Tensor], running_mean: Optional[Tenso
 # --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _launcher(backend: str, name: str):
+    """The launch function ``name`` of the triton (``fastgan.kernels.batch_norm``) or cuda
+    backend, looked up once (an import statement per call is host time)."""
     if backend == "triton":
         from fastgan.kernels import batch_norm as triton_batch_norm
 
@@ -703,18 +714,21 @@ def _largest_offset(*layouts) -> int:
     return max(sum((size - 1) * abs(step) for size, step in zip(shape, strides)) + 1 for shape, strides in layouts)
 
 
-def _plan(x3: Tensor, *others: Tensor) -> BatchNormPlan:
-    """The launch plan for x3 (N, C, S) and the tensors walked with it; it depends only on
-    their shapes and strides, so it is planned once per layout (host time is the cost of a
-    small block)."""
-    return _planned(x3.shape, x3.stride(), tuple((t.shape, t.stride()) for t in others), x3.device)
+def _plan(x3: Tensor, out3: Optional[Tensor] = None, grad3: Optional[Tensor] = None) -> BatchNormPlan:
+    """The launch plan for x3 (N, C, S), the output shaped like it (``out3``: y or grad_x; x3's
+    layout when None) and the incoming gradient (``grad3``; x3's layout when None). It depends
+    only on their shapes and strides, so it is planned once per layout (host time is the cost
+    of a small block)."""
+    x_strides = x3.stride()
+    return _planned(tuple(x3.shape), x_strides, out3.stride() if out3 is not None else x_strides,
+                    grad3.stride() if grad3 is not None else x_strides, x3.device)
 
 
 @functools.lru_cache(maxsize=1024)
-def _planned(shape, stride, others, device) -> BatchNormPlan:
+def _planned(shape, x_strides, out_strides, grad_strides, device) -> BatchNormPlan:
     n, c, s = shape
     positions = n * s
-    channels_last = stride[1] == 1 and c > 1
+    channels_last = x_strides[1] == 1 and c > 1
     block_c, block_p = _CHANNELS_LAST_TILE if channels_last else _CHANNELS_FIRST_TILE
     block_c = min(block_c, _launch.triton_next_power_of_2(max(c, 1)))
     block_c = max(block_c, 2)
@@ -724,16 +738,19 @@ def _planned(shape, stride, others, device) -> BatchNormPlan:
     splits = max(1, min(position_blocks, budget // channel_blocks))
     positions_per_split = -(-position_blocks // splits) * block_p
     splits = max(1, -(-positions // positions_per_split))
-    return BatchNormPlan(splits, positions_per_split, block_c, block_p,
-                         _indexing.needs_int64(_largest_offset((shape, stride), *others)), channels_last)
+    needs_int64 = _indexing.needs_int64(_largest_offset(*((shape, strides) for strides in
+                                                          (x_strides, out_strides, grad_strides))))
+    return BatchNormPlan(splits, positions_per_split, block_c, block_p, needs_int64, channels_last, shape,
+                         tuple(x_strides), tuple(out_strides), tuple(grad_strides))
 
 
 def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
-    """``t`` with ``like``'s strides (copied once when they differ), so the kernels read x and
-    its incoming gradient with one tile orientation and both with vector accesses."""
+    """``t`` in ``like``'s dtype and strides (copied once when they differ, into an output
+    allocated like ``like``), so the kernels read x and its incoming gradient with one tile
+    orientation and both with vector accesses. Strides of size-1 dimensions do not count."""
     strides = t.stride()
-    if strides == like.stride() or all(
-            st == sl for st, sl, size in zip(strides, like.stride(), like.shape) if size > 1):
+    if t.dtype == like.dtype and (strides == like.stride() or all(
+            st == sl for st, sl, size in zip(strides, like.stride(), like.shape) if size > 1)):
         return t
     return _launch.output_like(like).copy_(t)
 
@@ -762,9 +779,10 @@ def _launch_forward(x3, y3, weight, bias, running_mean, running_var, num_batches
                     plan: BatchNormPlan, training: bool, momentum: float, cumulative: bool, eps: float, slope: float,
                     backend: str) -> None:
     """The forward's launches into y3 and, in training, the fp32 [C] ``mean``,
-    ``mean_residual`` and ``invstd`` (the running statistics updated in place)."""
+    ``mean_residual`` and ``invstd`` (the running statistics updated in place). x3 and y3:
+    (N, C, *) in ``plan``'s geometry."""
     if training:
-        partials = x3.new_empty((plan.splits, 3, x3.shape[1]), dtype=torch.float32)
+        partials = _launch.output(x3, (plan.splits, 3, plan.shape[1]), torch.float32)
         _launcher(backend, "batch_norm_forward_train")(
             x3, y3, weight, bias, running_mean, running_var, num_batches_tracked, mean, invstd, partials,
             plan=plan, momentum=momentum, cumulative=cumulative, eps=eps, slope=slope, mean_residual=mean_residual,
@@ -814,7 +832,7 @@ def _backward_impl(grad_out3, x3, weight, bias, mean, stat, training: bool, stat
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
-    plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
+    plan = _plan(x3, grad_x, grad_out3)
     _launch_backward(grad_out3, x3, weight, bias, mean, mean_residual, stat, grad_x, grad_weight, grad_bias, plan,
                      training, stat_is_invstd, eps, slope, backend)
     # Absent gradients are distinct empty tensors: custom-op outputs may not alias each other.
@@ -825,10 +843,11 @@ def _launch_backward(grad_out3, x3, weight, bias, mean, mean_residual, stat, gra
                      plan: BatchNormPlan, training: bool, stat_is_invstd: bool, eps: float, slope: float,
                      backend: str) -> None:
     """The backward's launches into whichever of grad_x, grad_weight, grad_bias is not None;
-    grad_out3 is in x3's layout or grad_x's (``_in_layout_of``), and ``plan`` fits all three."""
-    channels = x3.shape[1]
-    partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
-    coefficients = x3.new_empty((2, channels), dtype=torch.float32) if training else None
+    grad_out3 is in x3's layout or grad_x's (``_in_layout_of``), and ``plan`` describes all
+    three ((N, C, *) tensors in its geometry)."""
+    channels = plan.shape[1]
+    partials = _launch.output(x3, (plan.splits, 4, channels), torch.float32)  # sums and their rounding errors
+    coefficients = _launch.output(x3, (2, channels), torch.float32) if training else None
     _launcher(backend, "batch_norm_backward")(
         grad_out3, x3, weight, bias, mean, stat, grad_x, grad_weight, grad_bias, partials, coefficients,
         plan=plan, training=training, stat_is_invstd=stat_is_invstd, eps=eps, slope=slope, mean_residual=mean_residual,
@@ -970,7 +989,7 @@ def _sync_backward_impl(grad_out3, x3, weight, bias, mean, invstd, count, eps: f
     grad_x = _launch.output_like(x3) if need_x else None
     grad_weight = _launch.output(weight, (channels,)) if need_weight else None
     grad_bias = _launch.output(bias, (channels,)) if need_bias else None
-    plan = _plan(x3, grad_out3, *([grad_x] if grad_x is not None else []))
+    plan = _plan(x3, grad_x, grad_out3)
     partials = x3.new_empty((plan.splits, 4, channels), dtype=torch.float32)  # sums and their rounding errors
     sums = x3.new_empty((2, channels), dtype=torch.float32)
     _launcher(backend, "batch_norm_backward_sums")(
@@ -1107,67 +1126,65 @@ class _BatchNormLeakyReLUFunction(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=1024)
-def _eager_layout(shape, stride, device) -> tuple[tuple[int, int, int], BatchNormPlan]:
-    """((N, C, S), plan) for an (N, C, *) input of this shape and strides whose spatial
-    dimensions merge, with y and grad_x allocated like it (as ``empty_like`` does) and grad_out
-    in its layout or theirs: the one plan that fits the forward's and the backward's launches,
-    looked up once per layout (host time is the cost of a small block)."""
+def _eager_plan(shape, stride, device) -> BatchNormPlan:
+    """The plan of an (N, C, *) input of this shape and strides whose spatial dimensions merge,
+    with y and grad_x allocated like it (as ``empty_like`` does) and grad_out in its layout:
+    the one plan of the forward's and the backward's launches (see
+    :class:`_EagerBatchNormLeakyReLUFunction` for grad_out in another layout)."""
     shape3 = (shape[0], shape[1], math.prod(shape[2:]))
     x = torch.empty_strided(shape, stride, device="meta")
-    like = torch.empty_like(x).view(shape3)
-    return shape3, _planned(shape3, x.view(shape3).stride(), ((shape3, like.stride()),), device)
+    x_strides = x.view(shape3).stride()
+    return _planned(shape3, x_strides, torch.empty_like(x).view(shape3).stride(), x_strides, device)
 
 
 class _EagerBatchNormLeakyReLUFunction(torch.autograd.Function):
     """The kernel path in eager mode, unsynchronised: :class:`_BatchNormLeakyReLUFunction`'s
-    launches with less host time per call (what decides a small block's speed). It takes x
-    in its own shape and views it as (N, C, S) inside, so no view nodes join the graph; returns
-    y alone (the statistics are saved, not returned); plans once per layout
-    (:func:`_eager_layout`); and takes the constants as one tuple (``apply`` pays per
-    argument)."""
+    launches with less host time per call (what decides a small block's speed). It hands the
+    launchers x, y and the gradients in their own (N, C, *) shape with the plan's (N, C, S)
+    geometry, so no view is made per call (each costs about a microsecond, more for a tensor
+    that requires grad); returns y alone (the statistics are saved, not returned); and takes
+    the constants and the plan as one tuple (``apply`` pays per argument)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, constants):
-        training, momentum, cumulative, eps, slope, backend = constants
-        shape3, plan = _eager_layout(x.shape, x.stride(), x.device)
+        training, momentum, cumulative, eps, slope, backend, plan = constants
         y = _launch.output_like(x)
-        x3 = x.view(shape3)
         if training:
-            channels = shape3[1]
+            channels = plan.shape[1]
             mean = _launch.output(x, (channels,), torch.float32)
             mean_residual = _launch.output(x, (channels,), torch.float32)
             invstd = _launch.output(x, (channels,), torch.float32)
-            _launch_forward(x3, y.view(shape3), weight, bias, running_mean, running_var, num_batches_tracked, mean,
-                            mean_residual, invstd, plan, training, momentum, cumulative, eps, slope, backend)
+            _launch_forward(x, y, weight, bias, running_mean, running_var, num_batches_tracked, mean, mean_residual,
+                            invstd, plan, training, momentum, cumulative, eps, slope, backend)
             ctx.save_for_backward(x, weight, bias, mean, invstd, mean_residual)
         else:
-            _launch_forward(x3, y.view(shape3), weight, bias, running_mean, running_var, None, None, None, None, plan,
-                            training, momentum, cumulative, eps, slope, backend)
+            _launch_forward(x, y, weight, bias, running_mean, running_var, None, None, None, None, plan, training,
+                            momentum, cumulative, eps, slope, backend)
             ctx.save_for_backward(x, weight, bias, running_mean, running_var, None)
-        ctx.constants, ctx.shape3, ctx.plan = constants, shape3, plan
+        ctx.constants = constants
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, mean, stat, mean_residual = ctx.saved_tensors
-        training, _, _, eps, slope, backend = ctx.constants
-        shape3 = ctx.shape3
+        training, _, _, eps, slope, backend, plan = ctx.constants
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        # In x's layout first, so that (N, C, S) is a view of it as it is of x.
-        grad_out3 = _in_layout_of(grad_out, x).view(shape3)
+        # In x's layout (the plan's), or else copied into memory allocated like x (its outputs').
+        laid_out = _in_layout_of(grad_out, x)
+        if laid_out is not grad_out:
+            plan = plan._replace(grad_strides=plan.out_strides)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             # Second order, or traced (compiled autograd): _BatchNormLeakyReLUFunction's backward.
             mean_pair = torch.stack((mean, mean_residual)) if training else mean
-            grad_x3, grad_weight, grad_bias = _block_grads(grad_out3, x.view(shape3), weight, bias, mean_pair, stat,
-                                                           training, eps, slope, backend,
+            grad_x3, grad_weight, grad_bias = _block_grads(laid_out.view(plan.shape), x.view(plan.shape), weight, bias,
+                                                           mean_pair, stat, training, eps, slope, backend,
                                                            (need_x, need_weight, need_bias))
             return (grad_x3.view(x.shape) if grad_x3 is not None else None), grad_weight, grad_bias, None, None, None, None
-        channels = shape3[1]
+        channels = plan.shape[1]
         grad_x = _launch.output_like(x) if need_x else None
         grad_weight = _launch.output(weight, (channels,)) if need_weight and weight is not None else None
         grad_bias = _launch.output(bias, (channels,)) if need_bias and bias is not None else None
-        _launch_backward(grad_out3, x.view(shape3), weight, bias, mean, mean_residual, stat,
-                         grad_x.view(shape3) if grad_x is not None else None, grad_weight, grad_bias, ctx.plan,
+        _launch_backward(laid_out, x, weight, bias, mean, mean_residual, stat, grad_x, grad_weight, grad_bias, plan,
                          training, training, eps, slope, backend)
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
@@ -1226,11 +1243,13 @@ def batch_norm_leaky_relu(
         # (float64 buffers, say) selects like a float64 input does: the torch backend.
         unsupported = next((t.dtype for t in (x, weight, bias, running_mean, running_var)
                             if t is not None and t.dtype not in _backend.KERNEL_DTYPES), None)
-        checked = (unsupported if unsupported is not None else x.dtype, _spatial_dims_merge(x),
-                   _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum))
+        # [dtype selecting the backend, spatial dims merge, native layout, eager kernel-path plan
+        # (filled on first use)]
+        checked = [unsupported if unsupported is not None else x.dtype, _spatial_dims_merge(x),
+                   _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum), None]
         if key is not None:
             _CHECKED_ARGUMENTS.store(key, checked)
-    selecting_dtype, spatial_dims_merge, native_layout = checked
+    selecting_dtype, spatial_dims_merge, native_layout, plan = checked
     name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, selecting_dtype)
     # An empty synchronised batch still runs the kernel path: its collectives must match the
     # other processes' (the reference's differ in shape).
@@ -1279,7 +1298,11 @@ def batch_norm_leaky_relu(
     statistics = (running_mean, running_var, num_batches_tracked if cumulative else None)
     constants = (float(momentum) if momentum is not None else 0.0, cumulative, float(eps), float(negative_slope), name)
     if group is None and not torch.compiler.is_compiling():
-        return _EagerBatchNormLeakyReLUFunction.apply(x, weight, bias, *statistics, (training, *constants))
+        if plan is None or not spatial_dims_merge:
+            plan = _eager_plan(x.shape, x.stride(), x.device)
+            if spatial_dims_merge:
+                checked[3] = plan
+        return _EagerBatchNormLeakyReLUFunction.apply(x, weight, bias, *statistics, (training, *constants, plan))
     x3 = _three_d(x)
     if group is not None:
         y3 = _SyncBatchNormLeakyReLUFunction.apply(x3, weight, bias, *statistics, *constants, group.group_name)[0]
