@@ -1231,7 +1231,7 @@ def batch_norm_leaky_relu(
     Returns:
         y, shaped like ``x`` in its memory format and dtype.
     """
-    group = _synchronising_group(process_group, training)
+    group = None if process_group is None else _synchronising_group(process_group, training)
     # Traced (torch.compile): validated in full, so no guard on the cache's contents joins the graph.
     key = _arguments_key(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
                          negative_slope) if group is None and not torch.compiler.is_compiling() else None
@@ -1243,14 +1243,23 @@ def batch_norm_leaky_relu(
         # (float64 buffers, say) selects like a float64 input does: the torch backend.
         unsupported = next((t.dtype for t in (x, weight, bias, running_mean, running_var)
                             if t is not None and t.dtype not in _backend.KERNEL_DTYPES), None)
-        # [dtype selecting the backend, spatial dims merge, native layout, eager kernel-path plan
-        # (filled on first use)]
+        # [dtype selecting the backend, spatial dims merge, native layout, the eager kernel
+        # path's (backend, constants and plan) once a call has taken it]
         checked = [unsupported if unsupported is not None else x.dtype, _spatial_dims_merge(x),
                    _native_layout_of_call(x, weight, bias, running_mean, running_var, training, momentum), None]
         if key is not None:
             _CHECKED_ARGUMENTS.store(key, checked)
-    selecting_dtype, spatial_dims_merge, native_layout, plan = checked
+    selecting_dtype, spatial_dims_merge, native_layout, eager_call = checked
     name = _backend.select_backend("batch_norm_leaky_relu", backend, x.device, selecting_dtype)
+    if eager_call is not None and eager_call[0] == name:
+        # These arguments took the eager kernel path on this backend before (their layout is
+        # the plan's, the per-channel vectors contiguous): straight to it (host time is the
+        # cost of a small block).
+        if training:
+            _advance(num_batches_tracked, running_mean)
+        constants = eager_call[1]
+        return _EagerBatchNormLeakyReLUFunction.apply(x, weight, bias, running_mean, running_var,
+                                                      num_batches_tracked if constants[2] else None, constants)
     # An empty synchronised batch still runs the kernel path: its collectives must match the
     # other processes' (the reference's differ in shape).
     if (name == "torch" and group is not None) or (x.numel() == 0 and group is None):
@@ -1280,6 +1289,7 @@ def batch_norm_leaky_relu(
                                                         cpu_kernel))
     # The kernels index the per-channel vectors as contiguous: copy strided weight/bias (the
     # copy stays in the autograd graph); running statistics are updated in place, so refuse.
+    given_weight, given_bias = weight, bias
     weight = weight.contiguous() if weight is not None else None
     bias = bias.contiguous() if bias is not None else None
     for value, label in ((running_mean, "running_mean"), (running_var, "running_var")):
@@ -1298,11 +1308,11 @@ def batch_norm_leaky_relu(
     statistics = (running_mean, running_var, num_batches_tracked if cumulative else None)
     constants = (float(momentum) if momentum is not None else 0.0, cumulative, float(eps), float(negative_slope), name)
     if group is None and not torch.compiler.is_compiling():
-        if plan is None or not spatial_dims_merge:
-            plan = _eager_plan(x.shape, x.stride(), x.device)
-            if spatial_dims_merge:
-                checked[3] = plan
-        return _EagerBatchNormLeakyReLUFunction.apply(x, weight, bias, *statistics, (training, *constants, plan))
+        eager_constants = (training, *constants, _eager_plan(x.shape, x.stride(), x.device))
+        if key is not None and spatial_dims_merge and weight is given_weight and bias is given_bias:
+            # Nothing was copied: the next call with these arguments can go straight to the Function.
+            checked[3] = (name, eager_constants)
+        return _EagerBatchNormLeakyReLUFunction.apply(x, weight, bias, *statistics, eager_constants)
     x3 = _three_d(x)
     if group is not None:
         y3 = _SyncBatchNormLeakyReLUFunction.apply(x3, weight, bias, *statistics, *constants, group.group_name)[0]
