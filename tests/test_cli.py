@@ -371,16 +371,10 @@ def test_toy_presets_have_one_latent_component_per_mode(data, components, steps,
     assert trainer.total_steps == (20000 if data == "grid100" else steps)
 
 
-def test_final_hold_takes_a_fraction_and_toy_runs_thread_by_batch():
+def test_final_hold_takes_a_fraction():
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--final-hold", "1/4", "--steps", "400",
                                                                 "--device", "cpu"]))
     assert config["final_hold"] == 0.25 and cli._schedule_steps(config) == 300
-    # One thread for the toy MLPs at batches under 512 (faster), torch's default from 512 (grid100).
-    assert cli._default_threads(config) == 1
-    grid100 = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "grid100", "--device", "cpu"]))
-    assert cli._default_threads(grid100) is None
-    shapes = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", "shapes", "--device", "cpu"]))
-    assert cli._default_threads(shapes) is None
 
 
 def test_a_config_saved_before_the_grid100_settings_still_builds_and_resumes():
