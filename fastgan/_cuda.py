@@ -146,7 +146,8 @@ def launch_batch_norm_forward_train(x, y, weight, bias, running_mean, running_va
     n, c, s = plan.shape
     codes = DTYPE_CODES
     # The optional operands' addresses and codes written out, not through address()/dtype_code():
-    # a call each is a microsecond per launch (host time is the cost of a small block).
+    # 0.15-0.35 µs less per launch, about 0.5 µs of a block's fwd+bwd (the two launchers
+    # a training step of every block makes; host time is the cost of a small block).
     _backend.extension().batch_norm_forward_train(
         x.data_ptr(), codes[x.dtype], plan.x_strides, y.data_ptr(), codes[y.dtype], plan.out_strides, n, c, s,
         0 if weight is None else weight.data_ptr(), 0 if weight is None else codes[weight.dtype],

@@ -748,8 +748,8 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     from fastgan._allocator import keep_freed_memory
 
     keep_freed_memory()  # activations freed each step stay in the heap instead of going back to the kernel
-    # torch's default threads unless --threads: two are faster than one here for every preset,
-    # with the same results (paired runs: 0.94x the wall time on grid25, 0.71x on grid100).
+    # torch's default threads unless --threads: for the toy MLPs too, two are faster than one
+    # here, with the same results (paired runs: 0.94x the wall time on grid25, 0.71x on grid100).
     if args.threads:
         torch.set_num_threads(args.threads)
     data, generator, discriminator = _build(config)
