@@ -53,7 +53,7 @@ def stream_handle(tensor: Tensor) -> int:
 
 
 def launch_bce_with_logits_forward(
-    input, target, weight, pos_weight, loss, partials, grad, *, target_value, grad_scale, loss_scale, reduce, plan, launch
+    input, target, weight, pos_weight, loss, partials, grad, target_value, grad_scale, loss_scale, reduce, plan, launch
 ):
     """CUDA twin of ``fastgan.kernels.bce.launch_bce_with_logits_forward``.
 

@@ -351,7 +351,7 @@ VECTOR_GROUP = 16  # the tail is masked in groups of 16 elements (whole 128-bit 
 
 
 def launch_bce_with_logits_forward(
-    input, target, weight, pos_weight, loss, partials, grad, *, target_value, grad_scale, loss_scale, reduce, plan, launch
+    input, target, weight, pos_weight, loss, partials, grad, target_value, grad_scale, loss_scale, reduce, plan, launch
 ):
     """Launch :func:`bce_with_logits_forward_kernel` (and the finisher) for prepared operands.
 

@@ -349,6 +349,8 @@ def test_bce_writes_every_output_element(kernel_backend, device, monkeypatch):
         return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
 
     monkeypatch.setattr(_launch, "output", poisoned)
+    # The reduced losses are allocated like a 0-d template the call's plan holds.
+    monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
     n = _launch.BLOCK * 3 + 5
     x = logits((n,), device).float().requires_grad_()
     y = torch.rand(n, device=device)
