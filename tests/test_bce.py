@@ -390,6 +390,52 @@ def test_bce_double_backward_matches_reference(backend, device, reduction):
     assert_matches_reference(h, ht, hr, torch.float32, "second-order grad", scale=(w * v).abs() / n)
 
 
+class _TaggedTensor(torch.Tensor):
+    """A tensor subclass with torch's default __torch_function__: results keep the class."""
+
+
+def test_losses_keep_the_input_class_whatever_call_came_first(kernel_backend, device):
+    """Eager kernel calls allocate a reduced loss from a 0-d template their cached plan holds;
+    a subclass's loss must still be that subclass, before or after a plain call of the same
+    layout (and a plain call's loss a plain tensor)."""
+    x = logits((40,), device).float().requires_grad_()
+    y = torch.rand(40, device=device)
+    for first, second in ((torch.Tensor, _TaggedTensor), (_TaggedTensor, torch.Tensor)):
+        for cls in (first, second):
+            xs, ys = x.detach().as_subclass(cls).requires_grad_(), y.as_subclass(cls)
+            loss = bce_with_logits(xs, ys, backend=kernel_backend)
+            assert type(loss) is cls, (first, cls)
+            d_loss, g_loss = gan_bce_losses(xs, ys - 0.5, backend=kernel_backend)
+            assert type(d_loss) is cls and type(g_loss) is cls, (first, cls)
+
+
+def test_library_op_plans_keep_no_loss_template(kernel_backend, device, monkeypatch):
+    """The torch.library ops (what torch.compile runs, inside CUDA-graph trees) make no 0-d
+    templates: every allocation there must be the call's own. The eager path's plans do."""
+    monkeypatch.setattr(bce_module, "_BCE_CALLS", bce_module.BoundedCache(16))
+    bce_module._gan_launch_plan.cache_clear()
+    x = logits((33,), device).float().requires_grad_()
+    y = torch.rand(33, device=device)
+    loss, _ = bce_module._bce_with_logits_op(x, y, 0.0, None, None, 1, True, kernel_backend)
+    d_loss, g_loss, *_ = bce_module._gan_bce_losses_op(x, y - 0.5, 1.0, 0.0, True, kernel_backend)
+    torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(x, y))
+    assert [call.loss_template for call in bce_module._BCE_CALLS.values()] == [None]
+    assert bce_module._gan_launch_plan.cache_info().currsize == 1
+    bce_with_logits(x, y, backend=kernel_backend)
+    gan_bce_losses(x, y - 0.5, backend=kernel_backend)
+    assert sum(call.loss_template is not None for call in bce_module._BCE_CALLS.values()) == 1
+    assert bce_module._gan_launch_plan.cache_info().currsize == 2
+    bce_module._gan_launch_plan.cache_clear()
+
+
+def test_no_loss_template_during_cuda_graph_capture(monkeypatch):
+    """A plan made while a CUDA graph is captured keeps no template: it would stay behind in
+    the graph's private pool (checked before anything is allocated, so it runs without a GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert _launch.loss_template(torch.device("cuda", 0), torch.float32) is None
+    assert _launch.loss_template(torch.device("cpu"), torch.bfloat16).dtype == torch.bfloat16
+
+
 def test_bce_no_grad_writes_no_gradient(kernel_backend, device, monkeypatch):
     shapes = []
     real_output = _launch.output

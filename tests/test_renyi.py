@@ -299,6 +299,7 @@ def test_renyi_writes_every_output(kernel_backend, device, monkeypatch):
         return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
 
     monkeypatch.setattr(_launch, "output", poisoned)
+    monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))  # the gradient's
     for shape, dim in ((37, 5), 0), ((3, _launch.BLOCK * _launch.SINGLE_PROGRAM_MAX_BLOCKS + 9), 1):
         r = log_ratios(shape, device).requires_grad_()
         got = renyi_divergence(r, 0.5, dim, backend=kernel_backend)

@@ -372,9 +372,8 @@ class _BceCall(NamedTuple):
     backend: str
     out_dtype: torch.dtype
     loss_shape: tuple
-    # Reduced: a 0-d tensor of the loss's dtype and device; each call's loss is its empty_like,
-    # 0.3 µs less than new_empty(()) (host time at 64-1024 logits). None for reduction="none".
-    loss_like: Optional[Tensor]
+    # Eager calls of plain tensors reduced: the loss's _launch.loss_template (else None).
+    loss_template: Optional[Tensor]
     grad_shape: tuple
     expand: tuple  # (target, weight, pos_weight): expanded to the input's shape first
     copy_contiguous: bool  # more than 4 non-mergeable dimensions: operands copied first
@@ -403,19 +402,21 @@ def _arguments_key(input, target, weight, pos_weight, reduction: int) -> tuple:
 
 
 def _bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend,
-              arguments_key=None) -> _BceCall:
-    """The cached plan of a kernel call (see :class:`_BceCall`)."""
+              arguments_key=None, eager=False) -> _BceCall:
+    """The cached plan of a kernel call (see :class:`_BceCall`); ``eager``: for the eager
+    Functions rather than the ``torch.library`` op (only those plans keep a loss template)."""
     if arguments_key is None:
         arguments_key = _arguments_key(input, target, weight, pos_weight, reduction)
-    key = (arguments_key, target_value, write_grad, backend)
+    key = (arguments_key, target_value, write_grad, backend, eager)
     call = _BCE_CALLS.get(key)
     if call is None:
         call = _BCE_CALLS.store(key, _plan_bce_call(input, target, target_value, weight, pos_weight, reduction,
-                                                    write_grad, backend))
+                                                    write_grad, backend, eager))
     return call
 
 
-def _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend) -> _BceCall:
+def _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, write_grad, backend,
+                   eager) -> _BceCall:
     shape = input.shape
     numel = input.numel()
     reduce = reduction != _NONE
@@ -436,7 +437,9 @@ def _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, w
     return _BceCall(
         target_value=target_value, reduction=reduction, write_grad=write_grad, backend=backend,
         out_dtype=out_dtype, loss_shape=() if reduce else tuple(shape),
-        loss_like=input.new_empty((), dtype=out_dtype) if reduce else None,
+        # A subclass's loss keeps its class through new_empty; a template would make it a Tensor.
+        loss_template=_launch.loss_template(input.device, out_dtype) if (
+            eager and reduce and type(input) is torch.Tensor) else None,
         grad_shape=tuple(shape) if write_grad else (0,), expand=expand, copy_contiguous=copy_contiguous, plan=plan,
         launch=launch, mean_scale=mean_scale, partials=partials,
         direct=plan is not None and not any(expand) and not copy_contiguous and not partials,
@@ -460,8 +463,8 @@ def _bce_kernel_forward(
 
 
 def _new_loss(input: Tensor, call: _BceCall) -> Tensor:
-    if call.loss_like is not None:
-        return _launch.output_like(call.loss_like)
+    if call.loss_template is not None:
+        return _launch.output_like(call.loss_template)
     return _launch.output(input, call.loss_shape, call.out_dtype)
 
 
@@ -592,7 +595,7 @@ class _BCELabelsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, call):
         if call.direct:  # _run_bce_call's common case, inlined (host time at 64-1024 logits)
-            loss = _launch.output_like(call.loss_like) if call.loss_like is not None else _launch.output(
+            loss = _launch.output_like(call.loss_template) if call.loss_template is not None else _launch.output(
                 input, call.loss_shape, call.out_dtype)
             grad = _launch.output(input, call.grad_shape)
             _launcher(call.backend, "bce_with_logits_forward")(
@@ -741,7 +744,7 @@ def bce_with_logits(
                 return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
         elif not torch.compiler.is_compiling():
             # A call seen before is validated and planned: one lookup (host time is the cost at 64-1024 logits).
-            labels_key = (input.shape, input.stride(), target.shape, target.stride(), dtype, device,
+            labels_key = (input.__class__, input.shape, input.stride(), target.shape, target.stride(), dtype, device,
                           target.device, reduction, torch.is_grad_enabled() and input.requires_grad, name)
             call = _LABELS_CALLS.get(labels_key)
             if call is not None:
@@ -788,7 +791,7 @@ def bce_with_logits(
     if torch.compiler.is_compiling():
         loss, _ = _bce_with_logits_op(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name)
         return loss
-    call = _bce_call(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name, key)
+    call = _bce_call(input, target_tensor, target_value, weight, pos_weight, code, write_grad, name, key, eager=True)
     if labels_key is not None:
         _LABELS_CALLS.store(labels_key, call)
         return _BCELabelsFunction.apply(input, target_tensor, call)
@@ -814,23 +817,26 @@ def _shared_grad_layout(real: Tensor, fake: Tensor) -> Optional[int]:
 
 @functools.lru_cache(maxsize=1024)
 def _gan_launch_plan(n_real: int, real_stride: int, n_fake: int, fake_stride: int, device: torch.device,
-                     real_dtype: torch.dtype, fake_dtype: torch.dtype):
-    """(real launch, fake launch, programs, 64-bit indexing, d_loss like, g_loss like), planned
-    once per shape: the latency regime counts the logits of both inputs together, so up to
-    SINGLE_PROGRAM_MAX_BLOCKS * BLOCK of them take one program, hence one launch. The last two
-    are 0-d tensors of the losses' dtypes on ``device``: each call's losses are their
-    empty_like, 0.3 µs less each than new_empty(()) (host time at 64-1024 logits)."""
+                     real_dtype: torch.dtype, fake_dtype: torch.dtype, templates: bool):
+    """(real launch, fake launch, programs, 64-bit indexing, d_loss template, g_loss template),
+    planned once per shape: the latency regime counts the logits of both inputs together, so up
+    to SINGLE_PROGRAM_MAX_BLOCKS * BLOCK of them take one program, hence one launch. The
+    templates are 0-d tensors from :func:`fastgan.ops._launch.loss_template` when
+    ``templates`` (eager calls of plain tensors), else None."""
     blocks = -(-(n_real + n_fake) // _launch.BLOCK)
     num_programs = _launch.program_budget(device, max(blocks, 1))
     largest_offset = max((n_real - 1) * real_stride, (n_fake - 1) * fake_stride, n_real, n_fake)
-    d_loss_like = torch.empty((), dtype=torch.promote_types(real_dtype, fake_dtype), device=device)
-    g_loss_like = torch.empty((), dtype=fake_dtype, device=device)
+    d_template = g_template = None
+    if templates:
+        d_template = _launch.loss_template(device, torch.promote_types(real_dtype, fake_dtype))
+        g_template = _launch.loss_template(device, fake_dtype)
     return (_launch.reduction(n_real, num_programs), _launch.reduction(n_fake, num_programs), num_programs,
-            _indexing.needs_int64(largest_offset), d_loss_like, g_loss_like)
+            _indexing.needs_int64(largest_offset), d_template, g_template)
 
 
 def _gan_kernel_forward(
-    real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str
+    real: Tensor, fake: Tensor, real_target: float, fake_target: float, write_grad: bool, backend: str,
+    eager: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (d_loss, g_loss, grad_d, grad_fake_d, grad_fake_g); the gradients are empty
     unless ``write_grad``, and already divided by the counts. ``grad_d`` holds d d_loss/d real
@@ -841,10 +847,15 @@ def _gan_kernel_forward(
     real_flat = real if real.dim() == 1 else real.reshape(-1)
     fake_flat = fake if fake.dim() == 1 else fake.reshape(-1)
     n_real, n_fake = real_flat.numel(), fake_flat.numel()
-    real_launch, fake_launch, num_programs, needs_int64, d_loss_like, g_loss_like = _gan_launch_plan(
-        n_real, real_flat.stride(0), n_fake, fake_flat.stride(0), real.device, real.dtype, fake.dtype)
-    d_loss = _launch.output_like(d_loss_like)
-    g_loss = _launch.output_like(g_loss_like)
+    # Loss templates for eager calls of plain tensors (a subclass keeps its class through new_empty).
+    templates = eager and type(real) is torch.Tensor and type(fake) is torch.Tensor
+    real_launch, fake_launch, num_programs, needs_int64, d_template, g_template = _gan_launch_plan(
+        n_real, real_flat.stride(0), n_fake, fake_flat.stride(0), real.device, real.dtype, fake.dtype, templates)
+    if d_template is not None:
+        d_loss, g_loss = _launch.output_like(d_template), _launch.output_like(g_template)
+    else:
+        d_loss = _launch.output(real, (), torch.promote_types(real.dtype, fake.dtype))
+        g_loss = _launch.output(fake, ())
     fake_offset = _shared_grad_layout(real, fake)
     if not write_grad:
         grad_d = _launch.output(real, (0,))
@@ -954,7 +965,8 @@ class _GanBCELossesFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, real, fake, real_target, fake_target, write_grad, backend):
-        d_loss, g_loss, *grads = _gan_kernel_forward(real, fake, real_target, fake_target, write_grad, backend)
+        d_loss, g_loss, *grads = _gan_kernel_forward(real, fake, real_target, fake_target, write_grad, backend,
+                                                     eager=True)
         _save_gan_context(ctx, real, fake, grads, real_target, fake_target, write_grad)
         return d_loss, g_loss
 
