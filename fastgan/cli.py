@@ -275,7 +275,7 @@ def _validate(config: dict) -> None:
         raise UsageError("--d-fourier (Fourier input features) applies to the toy MLP discriminator only")
     coarse_to_fine = config.get("d_coarse_to_fine", 0.0)
     if not 0 <= coarse_to_fine <= 1:
-        raise UsageError(f"--d-coarse-to-fine must be a fraction of the run in [0, 1], got {coarse_to_fine}")
+        raise UsageError(f"--d-coarse-to-fine must be a fraction of the schedule in [0, 1], got {coarse_to_fine}")
     if coarse_to_fine and not fourier:
         raise UsageError("--d-coarse-to-fine schedules the octaves of --d-fourier: give --d-fourier too")
     final_hold = config.get("final_hold", 0.0)

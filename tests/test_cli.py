@@ -172,7 +172,7 @@ def test_sample_and_eval(tmp_path, capsys):
         (["train", "--resume"], "--resume needs --out"),
         (["train", "--d-fourier", "17"], "--d-fourier must be an integer from 0 to 16"),
         (["train", "--data", "shapes", "--d-fourier", "4"], "--d-fourier (Fourier input features) applies to the toy"),
-        (["train", "--d-coarse-to-fine", "1.5"], "--d-coarse-to-fine must be a fraction of the run in [0, 1]"),
+        (["train", "--d-coarse-to-fine", "1.5"], "--d-coarse-to-fine must be a fraction of the schedule in [0, 1]"),
         (["train", "--relocate-every", "-1"], "--relocate-every must be a non-negative integer"),
         (["train", "--final-hold", "1"], "--final-hold must be a fraction of the run in [0, 1)"),
         (["train", "--final-hold", "-0.1"], "--final-hold must be a fraction of the run in [0, 1)"),
