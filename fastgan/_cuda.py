@@ -89,15 +89,20 @@ def launch_bce_with_logits_forward(
 
 
 def launch_gan_bce_forward(
-    real, fake, d_loss, g_loss, partials, grad_real, grad_fake_d, grad_fake_g, *,
+    real, fake, d_loss, g_loss, partials, grad_real, grad_fake_d, grad_fake_g,
     real_target, fake_target, inv_n_real, inv_n_fake, real_launch, fake_launch, needs_int64
 ):
     """CUDA twin of ``fastgan.kernels.bce.launch_gan_bce_forward`` (always 64-bit indexing)."""
+    codes = DTYPE_CODES
+    # Addresses and codes written out rather than through address()/dtype_code(): a function
+    # call each is host time a 256-logit loss cannot spare (as in the batch-norm launchers).
     _backend.extension().gan_bce_forward(
-        address(real), dtype_code(real), real.numel(), real.stride(0),
-        address(fake), dtype_code(fake), fake.numel(), fake.stride(0),
-        address(d_loss), dtype_code(d_loss), address(g_loss), dtype_code(g_loss), address(partials),
-        address(grad_real), address(grad_fake_d), address(grad_fake_g),
+        real.data_ptr(), codes[real.dtype], real.numel(), real.stride(0),
+        fake.data_ptr(), codes[fake.dtype], fake.numel(), fake.stride(0),
+        d_loss.data_ptr(), codes[d_loss.dtype], g_loss.data_ptr(), codes[g_loss.dtype],
+        0 if partials is None else partials.data_ptr(),
+        0 if grad_real is None else grad_real.data_ptr(), 0 if grad_fake_d is None else grad_fake_d.data_ptr(),
+        0 if grad_fake_g is None else grad_fake_g.data_ptr(),
         real_target, fake_target, inv_n_real, inv_n_fake, real_launch.num_programs, stream_handle(real),
     )
 
@@ -110,24 +115,33 @@ def _renyi_row_geometry(rows: Tensor) -> tuple[int, int, int, int]:
     return num_rows, n, rows.stride(0), rows.stride(1)
 
 
-def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
+def launch_renyi_forward(rows, out, shift, expsum, partials, beta, inv_beta, log_n, splits, cols_per_split,
                          needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_forward`` (always 64-bit indexing)."""
-    num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
+    codes = DTYPE_CODES
+    if rows.dim() == 1:  # _renyi_row_geometry, inlined for the usual batch of logits (host time)
+        num_rows, n, row_stride, col_stride = 1, rows.shape[0], 0, rows.stride(0)
+    else:
+        num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
     _backend.extension().renyi_forward(
-        address(rows), dtype_code(rows), num_rows, n, row_stride, col_stride,
-        address(out), dtype_code(out), address(shift), address(expsum), address(partials),
+        rows.data_ptr(), codes[rows.dtype], num_rows, n, row_stride, col_stride,
+        out.data_ptr(), codes[out.dtype], shift.data_ptr(), expsum.data_ptr(),
+        0 if partials is None else partials.data_ptr(),
         beta, inv_beta, log_n, cols_per_split, splits, stream_handle(rows),
     )
 
 
-def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
+def launch_renyi_backward(rows, grad_out, shift, expsum, grad, beta, needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_backward`` (always 64-bit indexing)."""
-    num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
+    codes = DTYPE_CODES
+    if rows.dim() == 1:
+        num_rows, n, row_stride, col_stride = 1, rows.shape[0], 0, rows.stride(0)
+    else:
+        num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
     _backend.extension().renyi_backward(
-        address(rows), dtype_code(rows), num_rows, n, row_stride, col_stride,
-        address(grad_out), dtype_code(grad_out), grad_out.stride(0) if grad_out.dim() else 0,
-        address(shift), address(expsum), address(grad), dtype_code(grad), beta, stream_handle(rows),
+        rows.data_ptr(), codes[rows.dtype], num_rows, n, row_stride, col_stride,
+        grad_out.data_ptr(), codes[grad_out.dtype], grad_out.stride(0) if grad_out.dim() else 0,
+        shift.data_ptr(), expsum.data_ptr(), grad.data_ptr(), codes[grad.dtype], beta, stream_handle(rows),
     )
 
 

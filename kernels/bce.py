@@ -386,7 +386,7 @@ def _gan_warps(real, fake) -> int:
 
 
 def launch_gan_bce_forward(
-    real, fake, d_loss, g_loss, partials, grad_real, grad_fake_d, grad_fake_g, *,
+    real, fake, d_loss, g_loss, partials, grad_real, grad_fake_d, grad_fake_g,
     real_target, fake_target, inv_n_real, inv_n_fake, real_launch, fake_launch, needs_int64
 ):
     """Launch :func:`gan_bce_forward_kernel` (and the finisher) on 1-d (possibly strided) logits.

@@ -304,7 +304,7 @@ def _row_geometry(rows) -> tuple[int, int, int, int]:
     return num_rows, n, rows.stride(0) if num_rows > 1 else 0, rows.stride(1)
 
 
-def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, log_n, splits, cols_per_split,
+def launch_renyi_forward(rows, out, shift, expsum, partials, beta, inv_beta, log_n, splits, cols_per_split,
                          needs_int64, block):
     """Launch the forward (and, for split rows, the finishing kernel) on a (rows, n) view or
     a 1-d tensor (one row)."""
@@ -323,7 +323,7 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, *, beta, inv_beta, 
         )
 
 
-def launch_renyi_backward(rows, grad_out, shift, expsum, grad, *, beta, needs_int64, block):
+def launch_renyi_backward(rows, grad_out, shift, expsum, grad, beta, needs_int64, block):
     """Launch the backward on the forward's (rows, n) view or 1-d row; ``grad`` is contiguous
     and shaped like ``rows``, ``grad_out`` has one value per row (0-d for a 1-d row)."""
     num_rows, n, row_stride, col_stride = _row_geometry(rows)

@@ -467,10 +467,11 @@ def _renyi_kernel_forward(rows: Tensor, beta: float, backend: str, out_shape=Non
     partials = None
     if splits > 1:
         partials = torch.empty(num_rows * splits * 5, dtype=torch.float32, device=rows.device)
+    # Positional, in the launcher's order (beta, inv_beta, log_n, splits, cols_per_split,
+    # needs_int64, block): keywords cost 0.15-0.3 µs a call (host time at 64-1024 logits).
     _launcher(backend, "renyi_forward")(
-        rows, out, shift, expsum, partials,
-        beta=beta, inv_beta=1.0 / beta if beta != 0.0 else 0.0, log_n=math.log(n),
-        splits=splits, cols_per_split=cols_per_split, needs_int64=needs_int64, block=_launch.BLOCK,
+        rows, out, shift, expsum, partials, beta, 1.0 / beta if beta != 0.0 else 0.0, math.log(n),
+        splits, cols_per_split, needs_int64, _launch.BLOCK,
     )
     return out, shift, expsum
 
@@ -481,9 +482,7 @@ def _renyi_kernel_backward(rows, grad_out, shift, expsum, beta, backend) -> Tens
     if rows.numel() == 0:
         return grad
     _, _, needs_int64 = _row_layout(rows)
-    _launcher(backend, "renyi_backward")(
-        rows, grad_out, shift, expsum, grad, beta=beta, needs_int64=needs_int64, block=_launch.BLOCK
-    )
+    _launcher(backend, "renyi_backward")(rows, grad_out, shift, expsum, grad, beta, needs_int64, _launch.BLOCK)
     return grad
 
 
