@@ -375,6 +375,7 @@ class _BceCall(NamedTuple):
     # Eager calls of plain tensors reduced: the loss's _launch.loss_template (else None).
     loss_template: Optional[Tensor]
     grad_shape: tuple
+    grad_like_input: bool  # the gradient is written and allocated as empty_like(input) (contiguous input)
     expand: tuple  # (target, weight, pos_weight): expanded to the input's shape first
     copy_contiguous: bool  # more than 4 non-mergeable dimensions: operands copied first
     plan: object  # _indexing.StridedPlan
@@ -440,7 +441,8 @@ def _plan_bce_call(input, target, target_value, weight, pos_weight, reduction, w
         # A subclass's loss keeps its class through new_empty; a template would make it a Tensor.
         loss_template=_launch.loss_template(input.device, out_dtype) if (
             eager and reduce and type(input) is torch.Tensor) else None,
-        grad_shape=tuple(shape) if write_grad else (0,), expand=expand, copy_contiguous=copy_contiguous, plan=plan,
+        grad_shape=tuple(shape) if write_grad else (0,), grad_like_input=write_grad and input.is_contiguous(),
+        expand=expand, copy_contiguous=copy_contiguous, plan=plan,
         launch=launch, mean_scale=mean_scale, partials=partials,
         direct=plan is not None and not any(expand) and not copy_contiguous and not partials,
         launch_arguments=(target_value, mean_scale, mean_scale, reduce, plan, launch),
@@ -597,25 +599,28 @@ class _BCELabelsFunction(torch.autograd.Function):
         if call.direct:  # _run_bce_call's common case, inlined (host time at 64-1024 logits)
             loss = _launch.output_like(call.loss_template) if call.loss_template is not None else _launch.output(
                 input, call.loss_shape, call.out_dtype)
-            grad = _launch.output(input, call.grad_shape)
+            if call.grad_like_input:
+                grad = _launch.output_like(input)
+            else:
+                grad = _launch.output(input, call.grad_shape) if call.write_grad else None
             _launcher(call.backend, "bce_with_logits_forward")(
-                input, target, None, None, loss, None, grad if call.write_grad else None, *call.launch_arguments)
+                input, target, None, None, loss, None, grad, *call.launch_arguments)
         else:
             loss, grad = _run_bce_call(input, target, None, None, call)
-        ctx.save_for_backward(input, target, grad if call.write_grad else None)
+            grad = grad if call.write_grad else None
+        ctx.save_for_backward(input, target, grad)
         ctx.call = call
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         input, target, saved_grad = ctx.saved_tensors
-        call = ctx.call
-        needs = ctx.needs_input_grad
-        if saved_grad is not None and not needs[1] and not torch.is_grad_enabled():
+        if saved_grad is not None and not ctx.needs_input_grad[1] and not torch.is_grad_enabled():
             # _bce_grads' fast case, without its general bookkeeping (host time at 64-1024 logits).
             # The product has the input's dtype: so do the loss (hence the incoming gradient,
             # which autograd casts to the loss's dtype) and the saved gradient.
             return grad_loss * saved_grad, None, None
+        call, needs = ctx.call, ctx.needs_input_grad
         grads = _bce_grads(grad_loss, input, target, call.target_value, None, None, saved_grad, call.reduction,
                            (needs[0], needs[1], False, False))
         return grads[0], grads[1], None
