@@ -20,6 +20,17 @@ from fastgan import _backend
 
 sys.path.insert(0, os.path.dirname(__file__))  # the benchmark files import benchutil
 
+from fastgan._allocator import keep_freed_memory  # noqa: E402
+
+# Freed blocks stay in the process's heap, as `fastgan train` keeps them (README, "The CPU
+# allocator"): under glibc's defaults a block of 2 MiB and up is mapped and zeroed afresh
+# whenever its moving mmap and trim thresholds say so, and the same 32x64x16x16 block call
+# measured 0.22 ms in one run and 1.2 ms in the next (eager's 0.9-1.07 ms; 0.30-0.33 ms with
+# the blocks kept). Both providers run under the same setting; FASTGAN_KEEP_FREED_MEMORY=0
+# benches the C library's defaults. Recorded with every case (report.py's header).
+ALLOCATOR = ("freed memory kept in the heap (glibc mmap/trim thresholds raised, as fastgan train does)"
+             if keep_freed_memory() else "the C library's defaults")
+
 from benchutil import (  # noqa: E402
     DEVICE,
     GPU,
@@ -75,6 +86,7 @@ def measure(benchmark):
         info.update(extra)
         info["device"] = torch.cuda.get_device_name() if GPU else f"cpu ({platform.processor() or platform.machine()})"
         info["versions"] = {"torch": torch.__version__, "fastgan": fastgan.__version__}
+        info["allocator"] = ALLOCATOR
         if GPU:
             info["versions"].update(cuda=torch.version.cuda, driver=gpu_driver_version())
         issue = unsynchronised or fn

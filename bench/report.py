@@ -199,6 +199,11 @@ def versions(data: dict, cases: list[dict]) -> dict:
     return found
 
 
+def allocator(cases: list[dict]):
+    """The CPU allocator setting bench/conftest.py recorded with the cases (None if none did)."""
+    return next((case["allocator"] for case in cases if isinstance(case.get("allocator"), str)), None)
+
+
 def commit(data: dict):
     info = data.get("commit_info") if isinstance(data.get("commit_info"), dict) else {}
     sha = info.get("id")
@@ -412,6 +417,10 @@ def markdown(meta: dict, grouped, chart_name: str, source: str) -> str:
         f"triton {v.get('triton') or 'not installed'}, Python {v.get('python') or '?'}"
         + (f", CUDA {v['cuda']}, driver {v.get('driver') or '?'}" if v.get("cuda") else ""),
         f"- **Commit:** {meta['commit'] or 'unknown'}",
+    ]
+    if meta.get("allocator"):
+        lines.append(f"- **Allocator:** {meta['allocator']}")
+    lines += [
         f"- **Source:** `{source}` (regenerate with `python bench/report.py OUT.json`)",
         "",
     ]
@@ -549,6 +558,7 @@ def main(argv=None) -> int:
         "date": run_date(data),
         "versions": versions(data, cases),
         "commit": commit(data),
+        "allocator": allocator(cases),
     }
     name = slug(device)
     out = args.out_dir
@@ -565,6 +575,7 @@ def main(argv=None) -> int:
         "python": meta["versions"].get("python"),
         "cuda": meta["versions"].get("cuda"),
         "driver": meta["versions"].get("driver"),
+        "allocator": meta["allocator"],
         "cases": cases,
     }
     json_path = results / f"{name}.json"
