@@ -584,6 +584,7 @@ def test_native_kernel_writes_every_output_element(native_kernels, monkeypatch, 
         return torch.full(shape, math.nan, dtype=dtype or like.dtype, device=like.device)
 
     monkeypatch.setattr(_launch, "output", poisoned)
+    monkeypatch.setattr(_launch, "output_like", lambda like: torch.full_like(like, math.nan))
     for dtype in NATIVE_DTYPES:
         x, y = native_logits(max(n, 128), dtype)
         x, y = x[:n].clone().requires_grad_(), y[:n].clone()

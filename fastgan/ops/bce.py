@@ -221,7 +221,9 @@ def _gan_native_losses(real: Tensor, fake: Tensor, real_target: float, fake_targ
         d_loss += (1.0 - fake_target) * _native_softplus_sum(fake, 0.0) * inv_fake
     if math.isnan(d_loss) or math.isnan(fake_softplus_neg):
         return None
-    return (torch.tensor(d_loss, dtype=real.dtype), torch.tensor(fake_softplus_neg * inv_fake, dtype=fake.dtype))
+    # scalar_tensor: the same rounding as torch.tensor, in 0.9 µs against 1.8 (host time at 256 logits).
+    return (torch.scalar_tensor(d_loss, dtype=real.dtype),
+            torch.scalar_tensor(fake_softplus_neg * inv_fake, dtype=fake.dtype))
 
 
 def _log_sigmoid_sum(x: Tensor, accumulate: torch.dtype) -> Tensor:
@@ -650,11 +652,21 @@ def _native_bce_applies(input: Tensor, target: Tensor) -> bool:
     return True
 
 
+_NATIVE_LOSS_TEMPLATES: dict = {}  # dtype -> _launch.loss_template on the CPU, made on first use
+
+
 def _native_bce_forward(input: Tensor, target: Tensor, reduction: int, write_grad: bool):
-    """(loss, grad_scale·dl/dx or None) from the native kernel; input and target contiguous."""
+    """(loss, grad_scale·dl/dx or None) from the native kernel; input and target contiguous
+    plain CPU tensors (so the outputs' empty_like of a template or of the input is theirs too)."""
     numel = input.numel()
-    loss = _launch.output(input, input.shape if reduction == _NONE else ())
-    grad = _launch.output(input, input.shape) if write_grad else None
+    if reduction == _NONE:
+        loss = _launch.output(input, input.shape)
+    else:
+        template = _NATIVE_LOSS_TEMPLATES.get(input.dtype)
+        if template is None:
+            template = _NATIVE_LOSS_TEMPLATES[input.dtype] = _launch.loss_template(input.device, input.dtype)
+        loss = _launch.output_like(template)
+    grad = _launch.output_like(input) if write_grad else None
     threads = _native.threads_for(numel)
     _native.module().bce_with_logits_forward(
         input.data_ptr(), target.data_ptr(), loss.data_ptr(), grad.data_ptr() if write_grad else 0,
