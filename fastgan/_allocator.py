@@ -8,7 +8,8 @@ every step then has the kernel map and zero them again every step. Measured on t
 preset (2-core CPU, 600 steps): a third of the CPU time in the kernel and 19–24 it/s; with
 the blocks kept, 34 it/s (README).
 
-Only the command line calls this: a library must not change its host process's allocator.
+Only the command line (and bench/conftest.py, for every provider alike) calls this: a library
+must not change its host process's allocator.
 ``FASTGAN_KEEP_FREED_MEMORY=0`` turns it off. The cost: the process's resident memory stays at
 its peak until it exits.
 """

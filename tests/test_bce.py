@@ -968,3 +968,15 @@ def test_gan_native_sums_keep_the_limits_at_infinite_logits(native_kernels):
         torch.testing.assert_close(ours.g_loss, want_g, equal_nan=True)
         torch.testing.assert_close(ours.d_loss, want_d, equal_nan=True)
     assert gan_bce_losses(torch.tensor([inf, 0.5]), torch.tensor([-inf, 1.0]), backend="torch").d_loss.isfinite()
+
+
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
+def test_gan_native_losses_overflow_to_inf_as_pytorch_does(native_kernels, dtype):
+    """Each mean fits the dtype but their sum does not: ±inf, as the PyTorch form gives, not an error."""
+    real = torch.tensor([-3e38], dtype=dtype)  # one logit each: each sum stays finite, their total does not
+    fake = torch.tensor([3e38], dtype=dtype)
+    ours = gan_bce_losses(real, fake, backend="torch")
+    want = gan_bce_losses_reference(real, fake)
+    assert ours.d_loss.isinf() and ours.d_loss > 0 and ours.d_loss.dtype == dtype
+    torch.testing.assert_close(ours.d_loss, want.d_loss)
+    torch.testing.assert_close(ours.g_loss, want.g_loss)
