@@ -119,10 +119,7 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, beta, inv_beta, log
                          needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_forward`` (always 64-bit indexing)."""
     codes = DTYPE_CODES
-    if rows.dim() == 1:  # _renyi_row_geometry, inlined for the usual batch of logits (host time)
-        num_rows, n, row_stride, col_stride = 1, rows.shape[0], 0, rows.stride(0)
-    else:
-        num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
+    num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
     _backend.extension().renyi_forward(
         rows.data_ptr(), codes[rows.dtype], num_rows, n, row_stride, col_stride,
         out.data_ptr(), codes[out.dtype], shift.data_ptr(), expsum.data_ptr(),
@@ -134,10 +131,7 @@ def launch_renyi_forward(rows, out, shift, expsum, partials, beta, inv_beta, log
 def launch_renyi_backward(rows, grad_out, shift, expsum, grad, beta, needs_int64, block):
     """CUDA twin of ``fastgan.kernels.renyi.launch_renyi_backward`` (always 64-bit indexing)."""
     codes = DTYPE_CODES
-    if rows.dim() == 1:
-        num_rows, n, row_stride, col_stride = 1, rows.shape[0], 0, rows.stride(0)
-    else:
-        num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
+    num_rows, n, row_stride, col_stride = _renyi_row_geometry(rows)
     _backend.extension().renyi_backward(
         rows.data_ptr(), codes[rows.dtype], num_rows, n, row_stride, col_stride,
         grad_out.data_ptr(), codes[grad_out.dtype], grad_out.stride(0) if grad_out.dim() else 0,

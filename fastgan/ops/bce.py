@@ -477,15 +477,22 @@ def _bce_kernel_forward(
     return _run_bce_call(input, target, weight, pos_weight, call)
 
 
-def _new_loss(input: Tensor, call: _BceCall) -> Tensor:
+def _new_outputs(input: Tensor, call: _BceCall) -> tuple[Tensor, Optional[Tensor]]:
+    """(loss, gradient buffer or None when the call writes none), allocated as its plan says."""
     if call.loss_template is not None:
-        return _launch.output_like(call.loss_template)
-    return _launch.output(input, call.loss_shape, call.out_dtype)
+        loss = _launch.output_like(call.loss_template)
+    else:
+        loss = _launch.output(input, call.loss_shape, call.out_dtype)
+    if call.grad_like_input:
+        return loss, _launch.output_like(input)
+    return loss, (_launch.output(input, call.grad_shape) if call.write_grad else None)
 
 
 def _run_bce_call(input, target, weight, pos_weight, call: _BceCall) -> tuple[Tensor, Tensor]:
-    loss = _new_loss(input, call)
-    grad = _launch.output(input, call.grad_shape)
+    """(loss, gradient; an empty tensor when none is written, as the custom op returns)."""
+    loss, grad = _new_outputs(input, call)
+    if grad is None:
+        grad = _launch.output(input, (0,))
     operands, partials = (target, weight, pos_weight), None
     if not call.direct:  # the common case has nothing to prepare
         if call.plan is None:  # no elements
@@ -609,13 +616,8 @@ class _BCELabelsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, call):
-        if call.direct:  # _run_bce_call's common case, inlined (host time at 64-1024 logits)
-            loss = _launch.output_like(call.loss_template) if call.loss_template is not None else _launch.output(
-                input, call.loss_shape, call.out_dtype)
-            if call.grad_like_input:
-                grad = _launch.output_like(input)
-            else:
-                grad = _launch.output(input, call.grad_shape) if call.write_grad else None
+        if call.direct:  # _run_bce_call's common case, without its empty gradient (host time at 64-1024 logits)
+            loss, grad = _new_outputs(input, call)
             _launcher(call.backend, "bce_with_logits_forward")(
                 input, target, None, None, loss, None, grad, *call.launch_arguments)
         else:
@@ -750,18 +752,19 @@ def bce_with_logits(
     """
     name = labels_key = None
     if (weight is None and pos_weight is None and isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)
-            and (dtype := input.dtype).is_floating_point and target.dtype == dtype and isinstance(reduction, str)
+            and (input_dtype := input.dtype).is_floating_point and target.dtype == input_dtype
+            and isinstance(reduction, str)
             and reduction in _REDUCTION_CODES):
         # The commonest call: (logits, labels) of one dtype, so that dtype is the kernel dtype.
         device = input.device
-        name = _backend.select_backend("bce_with_logits", backend, device, dtype)
+        name = _backend.select_backend("bce_with_logits", backend, device, input_dtype)
         if name == "torch":
-            if dtype in _EAGER_BCE_DTYPES:
+            if input_dtype in _EAGER_BCE_DTYPES:
                 # PyTorch's own op. With equal shapes, the ATen op itself: F's wrapper only
                 # checks the shapes and maps the reduction name (0.4 µs a call); otherwise F,
                 # which validates it as _check_bce_args would (same messages).
                 if input.shape == target.shape:
-                    if (dtype in _NATIVE_BCE_DTYPES and device.type == "cpu" and input.is_contiguous()
+                    if (input_dtype in _NATIVE_BCE_DTYPES and device.type == "cpu" and input.is_contiguous()
                             and target.is_contiguous() and _native_bce_applies(input, target)):
                         code = _REDUCTION_CODES[reduction]
                         if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
@@ -772,7 +775,7 @@ def bce_with_logits(
                 return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
         elif not torch.compiler.is_compiling():
             # A call seen before is validated and planned: one lookup (host time is the cost at 64-1024 logits).
-            labels_key = (input.__class__, input.shape, input.stride(), target.shape, target.stride(), dtype, device,
+            labels_key = (input.__class__, input.shape, input.stride(), target.shape, target.stride(), input_dtype, device,
                           target.device, reduction, torch.is_grad_enabled() and input.requires_grad, name)
             call = _LABELS_CALLS.get(labels_key)
             if call is not None:
