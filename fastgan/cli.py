@@ -155,7 +155,9 @@ GRID100_OVERRIDES = dict(steps=24000, batch_size=512, d_fourier=7, d_coarse_to_f
 # ring8's own preset: a weaker R1 penalty. Its modes are 5x narrower (σ 0.01) on a 4x smaller
 # extent than grid25's, so the same γ smooths the discriminator over the modes' own width and it
 # cannot pull in their tails (γ 0.86: 84-99 % high-quality over 5 seeds; 0.2: 98.4-99.8 %).
-RING8_OVERRIDES = dict(r1_gamma=0.2)
+# Its 8 modes are learnt sooner than grid25's 25: 8,000 steps give 98.8-99.3 % (11,000 gave
+# 98.4-99.8 %) in 0.73x the time, a margin under the 60 s budget that survives slow hours.
+RING8_OVERRIDES = dict(r1_gamma=0.2, steps=8000)
 TOY_OVERRIDES = {"grid100": GRID100_OVERRIDES, "ring8": RING8_OVERRIDES}
 IMAGE_DEFAULTS = dict(
     model="dcgan", latent_dim=100, components=0, hidden=64, layers=None, d_hidden=None, d_layers=None, d_loss="bce", g_loss="nonsaturating", alpha=None,

@@ -347,7 +347,7 @@ def test_info_and_help(capsys):
         assert "usage" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 256), ("ring8", 8, 11000, 256),
+@pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 256), ("ring8", 8, 8000, 256),
                                                          ("grid100", 100, 24000, 512)])
 def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
