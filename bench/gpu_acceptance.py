@@ -874,8 +874,10 @@ def _pytest_step(run: Run, step: Step, deadline: float) -> Outcome:
 
 def merge_benchmark_json(paths: list[Path], commit: str | None) -> dict | None:
     """One pytest-benchmark JSON from several runs' (their benchmarks concatenated; the first
-    readable file's machine and commit information), with the commit filled in where git was
-    not there to record it. None when no file has a benchmark."""
+    readable file's machine information), with ``commit`` as its commit. The commit this run
+    was given wins over the one pytest-benchmark read: a device copy of the tree can carry a
+    stale .git (on 2026-11-30 an H200 run of fa1ab7f was recorded as the session's first
+    commit, de272e3, "dirty"). None when no file has a benchmark."""
     merged = None
     for path in paths:
         try:
@@ -889,10 +891,9 @@ def merge_benchmark_json(paths: list[Path], commit: str | None) -> dict | None:
         merged["benchmarks"] += data["benchmarks"]
     if not merged or not merged["benchmarks"]:
         return None
-    info = merged.get("commit_info") if isinstance(merged.get("commit_info"), dict) else {}
-    if commit and not commit.startswith("unknown") and not info.get("id"):
+    if commit and not commit.startswith("unknown"):
         sha, dirty = commit.removesuffix("-dirty"), commit.endswith("-dirty")
-        merged["commit_info"] = {**info, "id": sha, "dirty": dirty}
+        merged["commit_info"] = {"id": sha, "dirty": dirty}
     return merged
 
 

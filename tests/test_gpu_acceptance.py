@@ -291,10 +291,11 @@ def test_pytest_steps_fail_on_failures_and_on_skips_for_want_of_the_gpu(tmp_path
     assert acceptance.judge_pytest(5, _junit(tmp_path, []), "tests").status == "failed"
 
 
-def test_merged_benchmark_json_concatenates_and_fills_in_the_commit(tmp_path):
+def test_merged_benchmark_json_concatenates_and_records_the_given_commit(tmp_path):
     sample = acceptance.canned_benchmark_json()
     first, second, broken = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
-    first.write_text(json.dumps({**sample, "benchmarks": sample["benchmarks"][:2]}))
+    stale = {"id": "de272e3", "dirty": True, "branch": "main"}  # what a device copy's old .git said
+    first.write_text(json.dumps({**sample, "commit_info": stale, "benchmarks": sample["benchmarks"][:2]}))
     second.write_text(json.dumps({**sample, "benchmarks": sample["benchmarks"][2:]}))
     broken.write_text("{not json")
     merged = acceptance.merge_benchmark_json([first, broken, tmp_path / "absent.json", second], "abc123-dirty")
