@@ -2,7 +2,9 @@
 
 * toy MLP GAN on grid25, batch 512: a plain eager PyTorch loop, that loop with the models
   under ``torch.compile`` (default, and ``mode="reduce-overhead"`` on a GPU), fastgan's
-  Trainer without and (on a GPU) with CUDA graphs;
+  Trainer without and (on a GPU) with CUDA graphs; on the CPU its default step is the MLP
+  GAN's hand-derived backward (``fastgan.mlp_gan_step``), and ``fastgan-autograd`` is the same
+  trainer on autograd;
 * DCGAN-64, batch 128, bf16 autocast (GPU only: a CPU step takes seconds);
 * fastgan dropped into a third-party DCGAN-64 loop (the PyTorch examples', fp32, batch 32;
   every device): ``fuse`` and fastgan's BCE module against the loop as written.
@@ -31,6 +33,7 @@ PROVIDERS = [
     pytest.param("compile-reduce-overhead", id="compile-reduce-overhead",
                  marks=pytest.mark.skipif(not GPU, reason="reduce-overhead is CUDA graphs: needs a GPU")),
     pytest.param("fastgan", id="fastgan"),
+    pytest.param("fastgan-autograd", id="fastgan-autograd"),
     pytest.param("fastgan-graphs", id="fastgan-graphs",
                  marks=pytest.mark.skipif(not GPU, reason="CUDA graphs need a GPU")),
 ]
@@ -69,7 +72,7 @@ def _run(measure, provider, make_models, sample_real, data_source, batch, latent
     if provider.startswith("fastgan"):
         trainer = Trainer(generator, discriminator, device=DEVICE, lr_g=2e-4, lr_d=2e-4, ema_decay=None,
                           precision="bf16" if bf16 else "fp32", cuda_graphs=provider == "fastgan-graphs",
-                          total_steps=10**9)
+                          total_steps=10**9, backward="autograd" if provider == "fastgan-autograd" else "auto")
         target = [0]
 
         def call():

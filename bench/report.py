@@ -41,7 +41,8 @@ REPO = HERE.parent
 
 # Provider ids in table order: the op benches' (bench/conftest.py) and the training benches'.
 KNOWN_PROVIDERS = ("eager", "eager-loop", "compile", "compile-reduce-overhead",
-                   "fastgan-torch", "fastgan-triton", "fastgan-cuda", "fastgan", "fastgan-graphs", "fastgan-drop-in")
+                   "fastgan-torch", "fastgan-triton", "fastgan-cuda", "fastgan", "fastgan-autograd", "fastgan-graphs",
+                   "fastgan-drop-in")
 # The provider each "vs" column compares against, in order of preference per case.
 BASELINES = {"eager": ("eager", "eager-loop"), "compile": ("compile",),
              "reduce-overhead": ("compile-reduce-overhead",)}

@@ -45,6 +45,7 @@ from fastgan.checkpoint import load_checkpoint, save_checkpoint
 from fastgan.cuda_graphs import StepGraphs
 from fastgan.distributed import process_info, resumed_stream_seed, stream_seed
 from fastgan.fusion import fuse as fuse_models
+from fastgan.mlp_gan_step import MLPGANStep, adam_step, unsupported_reason
 from fastgan.nn import SyncBatchNormLeakyReLU
 from fastgan.ops.collectives import gather_batch
 from fastgan.relocation import Relocation, forget_optimizer_state, relocate_components, supports_relocation
@@ -53,6 +54,7 @@ from fastgan.sampling import truncated_latents
 __all__ = ["LogRecord", "Trainer", "TrainingDiverged", "load_checkpoint", "save_checkpoint"]
 
 PRECISIONS = ("fp32", "bf16")
+BACKWARDS = ("auto", "autograd", "derived")
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,6 +81,11 @@ class LogRecord:
         record = asdict(self)
         record.update(record.pop("extra"))
         return record
+
+
+def _upcast(tensor: Tensor) -> Tensor:
+    """float32 for half-precision (autocast) values; float32 and float64 stay as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _check_choice(value, name: str, choices) -> None:
@@ -136,6 +143,13 @@ class Trainer:
         cuda_graphs: ``"auto"`` (on CUDA devices, single-process), True (CUDA only; an error
             elsewhere) or False.
         backend: pin the fastgan op backend for the losses and fused blocks.
+        backward: how a step's gradients are computed. ``"autograd"``; ``"derived"``: the
+            backward derived by hand in :mod:`fastgan.mlp_gan_step`, for an MLPGenerator
+            against an MLPDiscriminator (no Fourier features) with the ``bce`` and
+            ``nonsaturating`` losses, fp32, single-process, without ``fuse`` or CUDA graphs
+            (an error otherwise, with the reason); ``"auto"``: ``"derived"`` where it applies on
+            the CPU (a toy preset's step in about three quarters of the time), else autograd.
+            Which one runs is :attr:`backward`; the two agree to float32 rounding.
         distributed, process_group: data-parallel training over a ``torch.distributed``
             process group (see below). ``"auto"``: when a group is initialised and has more than
             one process; True: always (an error without an initialised group); False: never.
@@ -186,6 +200,7 @@ class Trainer:
         backend: Optional[str] = None,
         latent_dim: Optional[int] = None,
         distributed="auto",
+        backward: str = "auto",
         process_group=None,
     ) -> None:
         for model, name in ((generator, "generator"), (discriminator, "discriminator")):
@@ -194,6 +209,7 @@ class Trainer:
         _check_choice(precision, "precision", PRECISIONS)
         _check_choice(cuda_graphs, "cuda_graphs", ("auto", True, False))
         _check_choice(distributed, "distributed", ("auto", True, False))
+        _check_choice(backward, "backward", BACKWARDS)
         group_ready = dist.is_available() and dist.is_initialized()
         if distributed is True and not group_ready:
             raise ValueError("distributed=True needs an initialised torch.distributed process group (launch with "
@@ -294,11 +310,35 @@ class Trainer:
         self._first_bad_step = torch.full((), -1, device=self.device, dtype=torch.int64)
         self._step_tensor = torch.zeros((), device=self.device, dtype=torch.int64)
         self._step_graphs = StepGraphs()
+        self._derived_step = None
+        self.backward = self._choose_backward(backward, fuse)
         self._in_step = False
         self._capturing = False
         self.messages: list[str] = []
         if self.distributed and self.device.type == "cuda" and cuda_graphs == "auto":
             self._say("CUDA graphs are off under DistributedDataParallel (pass cuda_graphs=True to try capture)")
+
+    def _choose_backward(self, requested: str, fuse: bool) -> str:
+        if requested == "autograd":
+            return "autograd"
+        reason = unsupported_reason(self.generator, self.discriminator, self.d_loss, self.g_loss)
+        if reason is None:
+            if self.precision != "fp32":
+                reason = f"precision is {self.precision!r}"
+            elif self.distributed:
+                reason = "the run is distributed"
+            elif fuse:
+                reason = "fuse=True"
+            elif self._use_graphs():
+                reason = "the steps are CUDA graphs"
+            elif requested == "auto" and self.device.type != "cpu":
+                reason = "auto chooses it on the CPU only"
+        if reason is not None:
+            if requested == "derived":
+                raise ValueError(f"backward='derived' cannot train this: {reason}")
+            return "autograd"
+        self._derived_step = MLPGANStep(self.generator, self.discriminator)
+        return "derived"
 
     # ----------------------------------------------------------------------------------
     # The step
@@ -321,10 +361,10 @@ class Trainer:
         with self._autocast():
             real_logits = self._discriminator_train(real)
             out = self.d_loss(real_logits, self._discriminator_train(fake))
-        loss = out.loss.float()
+        loss = _upcast(out.loss)
         if r1:
-            (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
-            penalty = grad.float().square().flatten(1).sum(1).mean()
+            (grad,) = torch.autograd.grad(_upcast(real_logits).sum(), real, create_graph=True)
+            penalty = _upcast(grad).square().flatten(1).sum(1).mean()
             loss = loss + (0.5 * self.r1_gamma * self.r1_every) * penalty
         self.opt_d.zero_grad(set_to_none=not self._capturing)
         loss.backward()
@@ -344,17 +384,20 @@ class Trainer:
                     logits = gather_batch(logits, self.process_group)
                 out = self.g_loss(logits)
             self.opt_g.zero_grad(set_to_none=not self._capturing)
-            out.loss.float().backward()
+            _upcast(out.loss).backward()
             self.opt_g.step()
         finally:
             self.discriminator.requires_grad_(True)
+        self._update_ema()
+        return out
+
+    def _update_ema(self) -> None:
         if self.ema is not None:
             with torch.no_grad():
                 ema_params = list(self.ema.parameters())
                 torch._foreach_lerp_(ema_params, list(self.generator.parameters()), 1.0 - self.ema_decay)
                 for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers()):
                     ema_buffer.copy_(buffer)
-        return out
 
 
     def _flag_if_bad(self, values: Tensor, step: Tensor) -> None:
@@ -363,25 +406,54 @@ class Trainer:
 
     def _record_d(self, d_out) -> None:
         """Add one D update's loss and telemetry to the device accumulators (no sync)."""
+        tel = d_out.telemetry
+        self._accumulate_d(torch.stack([d_out.loss.detach().double(), tel.divergence.double(), tel.d_real.double(),
+                                        tel.d_fake.double()]))
+
+    def _accumulate_d(self, values: Tensor) -> None:
+        """values (4,): the D update's loss, divergence estimate, mean D(real), mean D(fake)."""
         with torch.no_grad():
-            tel = d_out.telemetry
-            values = torch.stack([d_out.loss.detach().double(), tel.divergence.double(), tel.d_real.double(),
-                                  tel.d_fake.double()])
             self._d_accumulated.add_(values)
             self._flag_if_bad(values[:1], self._step_tensor + 1)
 
     def _record_g(self, g_out) -> None:
         """Add the G update's loss and telemetry, and count the step (no sync)."""
+        self._accumulate_g(torch.stack([g_out.loss.detach().double(), g_out.telemetry.saturated_fraction.double()]))
+
+    def _accumulate_g(self, values: Tensor) -> None:
+        """values (2,): the G update's loss and saturated fraction."""
         with torch.no_grad():
-            values = torch.stack([g_out.loss.detach().double(), g_out.telemetry.saturated_fraction.double()])
             self._g_accumulated.add_(values)
             self._step_tensor.add_(1)
             self._flag_if_bad(values[:1], self._step_tensor)
 
     def _eager_step(self, data, batch: int, noise=None) -> None:
+        if self._derived_step is not None:
+            self._derived_eager_step(data, batch, noise)
+            return
         for index in range(self.d_steps):
             self._record_d(self._discriminator_step(data, batch, noise, self._r1_due(index)))
         self._record_g(self._generator_step(batch, noise))
+
+    def _derived_eager_step(self, data, batch: int, noise=None) -> None:
+        """The eager step with :mod:`fastgan.mlp_gan_step`'s gradients: the same draws, in
+        the same order, and the same optimiser, EMA and accumulator updates as autograd's."""
+        derived = self._derived_step
+        for index in range(self.d_steps):
+            real = data.sample(batch, device=self.device, generator=self.data_generator)
+            fake = derived.generate(self._noise(batch, noise))
+            r1_weight = 0.5 * self.r1_gamma * self.r1_every if self._r1_due(index) else 0.0
+            grads, stats = derived.discriminator_gradients(real, fake, r1_weight)
+            for parameter, grad in zip(derived.d_parameters, grads):
+                parameter.grad = grad
+            adam_step(self.opt_d)
+            self._accumulate_d(stats.double())
+        grads, stats = derived.generator_gradients(self._noise(batch, noise), loss_library.SATURATION_THRESHOLD)
+        for parameter, grad in zip(derived.g_parameters, grads):
+            parameter.grad = grad
+        adam_step(self.opt_g)
+        self._update_ema()
+        self._accumulate_g(stats.double())
 
     def _set_learning_rates(self) -> None:
         fraction = self.lr_decay ** min(1.0, self.step / self.total_steps)

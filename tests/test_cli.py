@@ -310,6 +310,29 @@ def test_resume_applies_the_flags_it_may_change(finished_run, tmp_path, capsys):
     assert strict_json(open(os.path.join(out, "metrics.json")).read())["samplers"]["jacobian"]["acceptance"] == 1
 
 
+def test_backward_flag_chooses_the_gradients_and_a_resume_may_change_it(finished_run, tmp_path, capsys):
+    out = _damaged_copy(finished_run, tmp_path, lambda out: None)
+    assert strict_json(open(os.path.join(out, "config.json")).read())["backward"] == "auto"
+    code, _, err = run(["train", "--out", out, "--resume", "--steps", "14", "--backward", "autograd"], capsys)
+    assert code == 0 and "(derived backward)" not in err
+    assert strict_json(open(os.path.join(out, "config.json")).read())["backward"] == "autograd"
+    code, _, err = run(["train", "--steps", "4", "--out", str(tmp_path / "derived"), "--backward", "derived", *SMALL[:-1]],
+                       capsys)
+    assert code == 0 and "(derived backward)" in err
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--d-loss", "hinge", "--g-loss", "hinge"], "the discriminator loss is 'hinge'"),
+    (["--precision", "bf16"], "precision is 'bf16'"),
+    (["--d-fourier", "2"], "the discriminator has Fourier input features"),
+    (["--data", "shapes"], "the models are not fastgan's MLPGenerator and MLPDiscriminator"),
+])
+def test_backward_derived_where_it_does_not_apply_is_one_line(tmp_path, capsys, flags, needle):
+    code, _, err = run(["train", "--steps", "1", "--out", str(tmp_path / "run"), "--backward", "derived", "--quiet",
+                        *flags], capsys)
+    _assert_one_line_error(code, err, "--backward derived: " + needle)
+
+
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert run(["train", "--steps", "5", "--out", out, *SMALL], capsys)[0] == 0
@@ -347,12 +370,14 @@ def test_info_and_help(capsys):
         assert "usage" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 11000, 256), ("ring8", 8, 8000, 256),
+@pytest.mark.parametrize("data,components,steps,batch", [("grid25", 25, 10000, 256), ("ring8", 8, 8000, 256),
                                                          ("grid100", 100, 24000, 512)])
 def test_toy_presets_have_one_latent_component_per_mode(data, components, steps, batch):
     config = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--device", "cpu"]))
     assert (config["components"], config["steps"], config["batch_size"]) == (components, steps, batch)
     assert config["r1_gamma"] == (0.2 if data == "ring8" else 0.86)  # ring8's narrow modes: a weaker R1
+    # grid25: StyleGAN2's Adam betas, robust to a rounding change (README)
+    assert (config["beta1"], config["beta2"]) == ((0.0, 0.99) if data == "grid25" else (0.5, 0.999))
     given = cli._resolve_config(cli.build_parser().parse_args(["train", "--data", data, "--r1-gamma", "3"]))
     assert given["r1_gamma"] == 3.0  # a flag beats the preset
     flags = cli.build_parser().parse_args(["train", "--data", data, "--components", "0", "--steps", "7", "--device", "cpu"])
