@@ -4,9 +4,10 @@ Why: the toy presets train a 3×128 ReLU generator against a 3×128 LeakyReLU di
 batch 256 for thousands of steps on a CPU, and a step under autograd is about 400 small
 operations, the R1 penalty's double backward among them. Its matrix products run near the
 CPU's peak; what autograd adds (graph nodes, saved tensors, the double-backward formulas, the
-losses' telemetry) is a quarter of the step. This module computes the same gradients with
-plain tensor operations under ``torch.no_grad``. The trainer uses it where its models and losses
-are the ones derived here (:func:`unsupported_reason`), and autograd elsewhere.
+losses' telemetry, ``torch.optim``'s per-call bookkeeping) was a third of the step. This
+module computes the same gradients with plain tensor operations under ``torch.no_grad``. The
+trainer uses it where its models and losses are the ones derived here
+(:func:`unsupported_reason`), and autograd elsewhere.
 
 Notation. D: u = x·s_D (s_D = ``inv_scale``); a_0 = u W_0ᵀ + b_0; h_j = lrelu(a_j) (slope
 0.2); a_j = h_{j−1} W_jᵀ + b_j; logit v = h_{n−2} W_{n−1}ᵀ + b_{n−1}; m_j = lrelu'(a_j) ∈ {1, 0.2}
@@ -31,9 +32,9 @@ and no bias gradient. tests/test_mlp_gan_step.py checks every gradient against a
 float64.
 
 The optimisers, the EMA, the random streams (real batch, then noise, per D update; noise for
-the G update) and the log accumulators are the trainer's own, so a run is the autograd run up
+the G update) and the log accumulators are the trainer's own, so a step is the autograd step up
 to float32 rounding (the products are grouped differently: D sees real and fake rows in one
-product).
+product; over thousands of steps the two runs part, as any two roundings of a GAN do).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ LEAKY_SLOPE = 0.2  # MLPDiscriminator's LeakyReLU
 
 
 def _linears(sequential: nn.Sequential, activation: type, slope: Optional[float] = None) -> Optional[list]:
-    """The Linear layers of ``Linear, act, Linear, act, …, Linear``, or None for any other shape."""
+    """The Linear layers of ``Linear, act, Linear, act, …, Linear`` (one hidden layer at least),
+    or None for any other shape."""
     modules = list(sequential)
-    if len(modules) % 2 != 1:
+    if len(modules) % 2 != 1 or len(modules) < 3:
         return None
     for index, module in enumerate(modules):
         if index % 2 == 0:
@@ -64,12 +66,31 @@ def _linears(sequential: nn.Sequential, activation: type, slope: Optional[float]
     return modules[0::2]
 
 
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                        "_global_backward_pre_hooks")
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    """Whether any hook would run in an autograd step of ``model``: module hooks (global or on
+    any submodule, e.g. the old hook-based spectral norm) or gradient hooks on a parameter."""
+    from torch.nn.modules import module as module_internals
+
+    if any(getattr(module_internals, name, None) for name in _GLOBAL_MODULE_HOOKS):
+        return True
+    if any(getattr(m, name, None) for m in model.modules() for name in _MODULE_HOOKS):
+        return True
+    return any(getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None)
+               for p in model.parameters())
+
+
 def unsupported_reason(generator: nn.Module, discriminator: nn.Module, d_loss, g_loss) -> Optional[str]:
     """Why the hand-derived step cannot train these models with these losses, or None if it can.
 
     It covers :class:`~fastgan.models.MLPGenerator` (with or without a mixture latent) against
-    :class:`~fastgan.models.MLPDiscriminator` without Fourier features, float32 or float64,
-    the ``bce`` discriminator loss (real label 1) and the ``nonsaturating`` generator loss."""
+    :class:`~fastgan.models.MLPDiscriminator` without Fourier features, as constructed (their
+    own layers and parameters, all trainable, no hooks), float32 or float64, the ``bce``
+    discriminator loss (real label 1) and the ``nonsaturating`` generator loss."""
     from fastgan import losses
     from fastgan.models import MixtureLatent, MLPDiscriminator, MLPGenerator
 
@@ -81,6 +102,18 @@ def unsupported_reason(generator: nn.Module, discriminator: nn.Module, d_loss, g
         return "the generator's latent prior is not a MixtureLatent"
     if _linears(generator.net, nn.ReLU) is None or _linears(discriminator.net, nn.LeakyReLU, LEAKY_SLOPE) is None:
         return "the MLPs' layers were changed after construction"
+    g_linears, d_linears = _linears(generator.net, nn.ReLU), _linears(discriminator.net, nn.LeakyReLU, LEAKY_SLOPE)
+    prior = [generator.prior.means, generator.prior.log_scales] if generator.prior is not None else []
+    expected = (prior + [p for linear in g_linears for p in (linear.weight, linear.bias)],
+                [p for linear in d_linears for p in (linear.weight, linear.bias)])
+    for model, parameters in zip((generator, discriminator), expected):
+        if [id(p) for p in model.parameters()] != [id(p) for p in parameters]:
+            return "the models hold parameters besides their layers' (the step would not update them)"
+    parameters = expected[0] + expected[1]
+    if not all(p.requires_grad for p in parameters):
+        return "a parameter is frozen (requires_grad=False)"
+    if _has_hooks(generator) or _has_hooks(discriminator):
+        return "the models have hooks (module, parameter or global), which the step would not call"
     dtypes = {p.dtype for p in (*generator.parameters(), *discriminator.parameters())}
     dtypes |= {b.dtype for b in (*generator.buffers(), *discriminator.buffers())}
     if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64):
@@ -138,8 +171,9 @@ class MLPGANStep:
                 g = torch.ops.aten.leaky_relu_backward(g, pre[index - 1], LEAKY_SLOPE, False)
         return grads, g * self.discriminator.inv_scale
 
-    def _add_r1_gradients(self, grads: list, pre: list, rows: int, weight: float) -> None:
-        """Add ∂(weight · mean ‖∇_x logit‖²)/∂W over the first ``rows`` rows to ``grads``."""
+    def _add_r1_gradients(self, grads: list, pre: list, rows: int, weight: float) -> Tensor:
+        """Add ∂(weight · mean ‖∇_x logit‖²)/∂W over the first ``rows`` rows to ``grads``;
+        returns ∇_x logit (rows, data_dim)."""
         linears, scale = self.d_linears, self.discriminator.inv_scale
         masks_at = [a[:rows] for a in pre]  # the real rows' pre-activations
         last = len(linears) - 1
@@ -262,12 +296,18 @@ def adam_step(optimizer: torch.optim.Optimizer) -> None:
     ``torch._fused_adam_`` call on the same state, so the same values bit for bit. Anything
     else (another optimizer or setting, a parameter without a gradient, the first step, which
     creates the state) goes through ``optimizer.step()``."""
+    from torch.optim import optimizer as optimizer_internals
+
     groups = optimizer.param_groups
     group = groups[0]
-    if (type(optimizer) is not Adam or len(groups) != 1 or not group.get("fused") or group["amsgrad"]
-            or group["maximize"] or group["weight_decay"] or group.get("decoupled_weight_decay")
-            or isinstance(group["lr"], Tensor) or optimizer._optimizer_step_pre_hooks
-            or optimizer._optimizer_step_post_hooks):
+    if (type(optimizer) is not Adam or "step" in vars(optimizer)  # e.g. an LR scheduler's counting wrapper
+            or len(groups) != 1 or not group.get("fused") or group["amsgrad"] or group["maximize"]
+            or group["weight_decay"] or group.get("decoupled_weight_decay") or group.get("differentiable")
+            or any(isinstance(v, Tensor) for v in (group["lr"], *group["betas"]))
+            or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+            or getattr(optimizer_internals, "_global_optimizer_pre_hooks", None)
+            or getattr(optimizer_internals, "_global_optimizer_post_hooks", None)
+            or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None):
         optimizer.step()
         return
     params = group["params"]

@@ -38,12 +38,19 @@ def test_short_grid25_run_improves_metrics():
     assert 0 < records[-1].d_real < 1 and 0 < records[-1].d_fake < 1
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    straight = toy_trainer()
+# On the CPU these toy models train on the derived backward by default (fastgan.mlp_gan_step);
+# the tests of resume, Ctrl-C and NaN run both backwards.
+BACKWARDS = ["auto", "autograd"]
+
+
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_resume_equals_uninterrupted(tmp_path, backward):
+    straight = toy_trainer(backward=backward)
+    assert straight.backward == ("derived" if backward == "auto" else "autograd")
     straight.train(GRID, 60, 64, log_every=20)
-    first = toy_trainer()
+    first = toy_trainer(backward=backward)
     first.train(GRID, 25, 64, log_every=5, checkpoint_path=str(tmp_path / "ckpt.pt"))
-    resumed = toy_trainer(seed=0)
+    resumed = toy_trainer(seed=0, backward=backward)
     torch.manual_seed(123)  # the resumed process's global RNG differs; the checkpoint restores it
     resumed.resume(str(tmp_path / "ckpt.pt"))
     assert resumed.step == 25
@@ -54,9 +61,10 @@ def test_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path, backward):
     path = str(tmp_path / "ckpt.pt")
-    trainer = toy_trainer()
+    trainer = toy_trainer(backward=backward)
 
     def interrupt(record):
         if record.step == 30:
@@ -66,10 +74,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path):
         trainer.train(GRID, 60, 64, log_every=10, on_log=interrupt, checkpoint_path=path, config={"note": "x"})
     state = load_checkpoint(path)
     assert state["step"] == 30 and state["config"] == {"note": "x"}
-    resumed = toy_trainer()
+    resumed = toy_trainer(backward=backward)
     resumed.resume(path)
     resumed.train(GRID, 60, 64, log_every=10)
-    straight = toy_trainer()
+    straight = toy_trainer(backward=backward)
     straight.train(GRID, 60, 64, log_every=10)
     for a, b in zip(parameters(straight), parameters(resumed)):
         assert torch.equal(a, b)
@@ -87,9 +95,10 @@ class PoisonedAfter:
         return x * math.nan if self.count > self.calls else x
 
 
-def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, backward):
     path = str(tmp_path / "ckpt.pt")
-    trainer = toy_trainer()
+    trainer = toy_trainer(backward=backward)
     with pytest.raises(TrainingDiverged, match="at step 23"):
         trainer.train(PoisonedAfter(22), 60, 32, log_every=10, checkpoint_path=path, checkpoint_every=10)
     good = load_checkpoint(path)
