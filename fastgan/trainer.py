@@ -376,6 +376,7 @@ class Trainer:
         return self.r1_gamma > 0 and (self.step * self.d_steps + d_index) % self.r1_every == 0
 
     def _generator_step(self, batch: int, noise: Optional[Tensor] = None):
+        trainable = [p.requires_grad for p in self.discriminator.parameters()]
         self.discriminator.requires_grad_(False)
         try:
             with self._autocast():
@@ -386,8 +387,9 @@ class Trainer:
             self.opt_g.zero_grad(set_to_none=not self._capturing)
             _upcast(out.loss).backward()
             self.opt_g.step()
-        finally:
-            self.discriminator.requires_grad_(True)
+        finally:  # D's own frozen parameters stay frozen
+            for parameter, flag in zip(self.discriminator.parameters(), trainable):
+                parameter.requires_grad_(flag)
         self._update_ema()
         return out
 

@@ -322,3 +322,19 @@ def test_r1_penalty_gradient_and_lazy_schedule():
         trainer.step = step
         due += [trainer._r1_due(i) for i in range(2)]
     assert due == [True, False, False, True, False, False, True, False]
+
+
+def test_frozen_parameters_stay_frozen():
+    """A frozen parameter in D or G is neither updated nor unfrozen by the steps (the G step
+    freezes D for its backward and gives D back its own flags)."""
+    trainer = toy_trainer()
+    frozen = [trainer.discriminator.net[0].bias, trainer.generator.net[0].weight]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    trainer = Trainer(trainer.generator, trainer.discriminator, lr_g=5e-3, lr_d=5e-3, r1_gamma=0.5, seed=0)
+    assert trainer.backward == "autograd"  # the derived backward trains every parameter: refused
+    before = [p.detach().clone() for p in frozen]
+    trainer.train(GRID, 5, 64)
+    for parameter, value in zip(frozen, before):
+        assert not parameter.requires_grad and torch.equal(parameter, value)
+    assert all(p.requires_grad for p in trainer.discriminator.net[2].parameters())
