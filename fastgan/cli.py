@@ -764,12 +764,12 @@ def _train(args: argparse.Namespace, started: float, info, device) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data, generator, discriminator = _build(config)
+    from fastgan.mlp_gan_step import DerivedBackwardUnavailable
+
     try:
         trainer = _make_trainer(config, generator, discriminator, device)
-    except ValueError as error:
-        if str(error).startswith("backward="):  # the one Trainer error a flag's value alone causes
-            raise UsageError(f"--backward derived: {str(error).split(': ', 1)[1]}") from None
-        raise
+    except DerivedBackwardUnavailable as error:
+        raise UsageError(f"--backward derived: {error.reason}") from None
     if args.resume:
         from fastgan.checkpoint import CheckpointError
 

@@ -84,6 +84,15 @@ def _has_hooks(model: nn.Module) -> bool:
                for p in model.parameters())
 
 
+class DerivedBackwardUnavailable(ValueError):
+    """``backward="derived"`` was asked for a run the derived step does not cover; ``reason``
+    says why (:func:`unsupported_reason`, or the trainer's own settings)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"backward='derived' cannot train this: {reason}")
+        self.reason = reason
+
+
 def unsupported_reason(generator: nn.Module, discriminator: nn.Module, d_loss, g_loss) -> Optional[str]:
     """Why the hand-derived step cannot train these models with these losses, or None if it can.
 
@@ -100,9 +109,9 @@ def unsupported_reason(generator: nn.Module, discriminator: nn.Module, d_loss, g
         return "the discriminator has Fourier input features"
     if generator.prior is not None and type(generator.prior) is not MixtureLatent:
         return "the generator's latent prior is not a MixtureLatent"
-    if _linears(generator.net, nn.ReLU) is None or _linears(discriminator.net, nn.LeakyReLU, LEAKY_SLOPE) is None:
-        return "the MLPs' layers were changed after construction"
     g_linears, d_linears = _linears(generator.net, nn.ReLU), _linears(discriminator.net, nn.LeakyReLU, LEAKY_SLOPE)
+    if g_linears is None or d_linears is None:
+        return "the MLPs' layers were changed after construction"
     prior = [generator.prior.means, generator.prior.log_scales] if generator.prior is not None else []
     expected = (prior + [p for linear in g_linears for p in (linear.weight, linear.bias)],
                 [p for linear in d_linears for p in (linear.weight, linear.bias)])
@@ -171,9 +180,8 @@ class MLPGANStep:
                 g = torch.ops.aten.leaky_relu_backward(g, pre[index - 1], LEAKY_SLOPE, False)
         return grads, g * self.discriminator.inv_scale
 
-    def _add_r1_gradients(self, grads: list, pre: list, rows: int, weight: float) -> Tensor:
-        """Add ∂(weight · mean ‖∇_x logit‖²)/∂W over the first ``rows`` rows to ``grads``;
-        returns ∇_x logit (rows, data_dim)."""
+    def _add_r1_gradients(self, grads: list, pre: list, rows: int, weight: float) -> None:
+        """Add ∂(weight · mean ‖∇_x logit‖²)/∂W over the first ``rows`` rows to ``grads``."""
         linears, scale = self.d_linears, self.discriminator.inv_scale
         masks_at = [a[:rows] for a in pre]  # the real rows' pre-activations
         last = len(linears) - 1
@@ -194,7 +202,6 @@ class MLPGANStep:
             r = q.mm(linears[j].weight.t())
         q = torch.ops.aten.leaky_relu_backward(r, masks_at[last - 1], LEAKY_SLOPE, False)
         grads[2 * last] = grads[2 * last] + q.sum(0, keepdim=True)
-        return input_grad
 
     @torch.no_grad()
     def discriminator_gradients(self, real: Tensor, fake: Tensor, r1_weight: float = 0.0):

@@ -45,7 +45,7 @@ from fastgan.checkpoint import load_checkpoint, save_checkpoint
 from fastgan.cuda_graphs import StepGraphs
 from fastgan.distributed import process_info, resumed_stream_seed, stream_seed
 from fastgan.fusion import fuse as fuse_models
-from fastgan.mlp_gan_step import MLPGANStep, adam_step, unsupported_reason
+from fastgan.mlp_gan_step import DerivedBackwardUnavailable, MLPGANStep, adam_step, unsupported_reason
 from fastgan.nn import SyncBatchNormLeakyReLU
 from fastgan.ops.collectives import gather_batch
 from fastgan.relocation import Relocation, forget_optimizer_state, relocate_components, supports_relocation
@@ -335,7 +335,7 @@ class Trainer:
                 reason = "auto chooses it on the CPU only"
         if reason is not None:
             if requested == "derived":
-                raise ValueError(f"backward='derived' cannot train this: {reason}")
+                raise DerivedBackwardUnavailable(reason)
             return "autograd"
         self._derived_step = MLPGANStep(self.generator, self.discriminator)
         return "derived"
@@ -365,11 +365,16 @@ class Trainer:
         if r1:
             (grad,) = torch.autograd.grad(_upcast(real_logits).sum(), real, create_graph=True)
             penalty = _upcast(grad).square().flatten(1).sum(1).mean()
-            loss = loss + (0.5 * self.r1_gamma * self.r1_every) * penalty
+            loss = loss + self._r1_weight * penalty
         self.opt_d.zero_grad(set_to_none=not self._capturing)
         loss.backward()
         self.opt_d.step()
         return out
+
+    @property
+    def _r1_weight(self) -> float:
+        """The lazy R1 penalty's weight on mean ‖∇_x D‖² in the D updates that carry it."""
+        return 0.5 * self.r1_gamma * self.r1_every
 
     def _r1_due(self, d_index: int) -> bool:
         """Whether the ``d_index``-th D update of this step carries the lazy R1 penalty."""
@@ -444,7 +449,7 @@ class Trainer:
         for index in range(self.d_steps):
             real = data.sample(batch, device=self.device, generator=self.data_generator)
             fake = derived.generate(self._noise(batch, noise))
-            r1_weight = 0.5 * self.r1_gamma * self.r1_every if self._r1_due(index) else 0.0
+            r1_weight = self._r1_weight if self._r1_due(index) else 0.0
             grads, stats = derived.discriminator_gradients(real, fake, r1_weight)
             for parameter, grad in zip(derived.d_parameters, grads):
                 parameter.grad = grad
